@@ -1,0 +1,151 @@
+"""The ``saslimap`` command: argument parsing, logging setup and exit codes.
+
+Subcommands: ``serve`` (the daemon), ``check-config FILE`` and ``test`` (a
+``testsaslauthd`` equivalent).  Exit codes follow sysexits: 78 (EX_CONFIG) for
+a bad configuration, which systemd units list in ``RestartPreventExitStatus``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from saslimap import app, client
+from saslimap.config import ConfigError, ServerConfig
+
+EX_CONFIG = 78
+DEFAULT_CONFIG = Path("/etc/saslimap/saslimap.toml")
+
+log = logging.getLogger("saslimap")
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s saslimap[%(process)d]: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saslimap",
+        description="saslauthd-compatible daemon that checks passwords against an IMAP server",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
+    )
+    serve.add_argument("--socket", help="mux socket path (overrides server.socket)")
+    serve.add_argument(
+        "--imap", help="imaps://host[:port], imap://host (STARTTLS), imap+plaintext://host"
+    )
+    serve.add_argument(
+        "--ca-file", help="CA certificates for the IMAP server (overrides imap.ca_file)"
+    )
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file", type=Path)
+
+    test = sub.add_parser("test", help="ask a running daemon, like testsaslauthd")
+    test.add_argument(
+        "-f", dest="socket", default=str(ServerConfig().socket), help="mux socket path"
+    )
+    test.add_argument("-u", dest="user", required=True, help="user name")
+    test.add_argument(
+        "-p", dest="password", help="password (read from the terminal or stdin if absent)"
+    )
+    test.add_argument("-s", dest="service", default="", help="service name (e.g. smtp)")
+    test.add_argument("-r", dest="realm", default="", help="realm")
+    test.add_argument(
+        "-t", dest="timeout", type=float, default=30.0, help="seconds to wait for the reply"
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    overrides = {
+        key: value
+        for key, value in (
+            ("server.socket", args.socket),
+            ("imap.url", args.imap),
+            ("imap.ca_file", args.ca_file),
+        )
+        if value is not None
+    }
+    try:
+        cfg = app.load_config(path, overrides)
+    except ConfigError as err:
+        _setup_logging()
+        log.error("configuration error: %s", err)
+        return EX_CONFIG
+    _setup_logging(cfg.logging.level)
+    try:
+        return app.serve(cfg, path, overrides)
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = app.load_config(args.file, {})
+    except ConfigError as err:
+        print(f"saslimap: {err}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{args.file}: OK (IMAP server {cfg.imap.target}, socket {cfg.server.socket})")
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def _test(args: argparse.Namespace) -> int:
+    password = args.password if args.password is not None else _read_password()
+    try:
+        reply = client.query(
+            args.socket,
+            args.user.encode(),
+            password.encode(),
+            args.service.encode(),
+            args.realm.encode(),
+            timeout=args.timeout,
+        )
+    except client.NoReply:
+        print('0: NO "connection closed without a reply (temporary failure)"')
+        return 2
+    except OSError as err:
+        print(f"saslimap test: cannot query {args.socket}: {err}", file=sys.stderr)
+        return 2
+    text = reply.decode("utf-8", "replace")
+    if text.startswith("OK"):
+        print('0: OK "Success."')
+        return 0
+    print(f'0: NO "{text[3:] if text.startswith("NO ") else text}"')
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``saslimap`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    return _test(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The saslauthd wire protocol, as pure functions over bytes.
+
+This module owns the byte format spoken on saslauthd's "mux" Unix socket by
+cyrus-sasl 2.1.28 (``lib/checkpw.c`` on the client side, ``saslauthd/ipc_unix.c``
+on the server side) and nothing else: no sockets, no asyncio.
+
+A request is a sequence of *counted strings*: a 2-byte big-endian length, then
+that many bytes.  Four are always sent: login, password, service, realm.  Newer
+cyrus-sasl releases append a fifth, the client address; it is optional, so a
+complete request is recognised after four fields and the fifth is taken only
+when its bytes are already there.  The reply is one counted string, ``OK`` or
+``NO <reason>``; libsasl accepts any reply whose first two bytes are ``OK``, so a
+failure text must never start with them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+# saslauthd's MAX_REQ_LEN: each field may hold at most 256 bytes.
+DEFAULT_MAX_FIELD = 256
+# libsasl reads the reply into a 1024-byte buffer including the NUL it adds.
+MAX_REPLY = 1023
+_LEN = struct.Struct(">H")
+FIELD_NAMES = ("login", "password", "service", "realm", "client address")
+
+
+class ProtocolError(Exception):
+    """A request that cannot be a valid saslauthd request."""
+
+
+class FieldTooLong(ProtocolError):
+    """A field's declared length exceeds the configured limit.
+
+    Raised as soon as the 2-byte length is seen, so the daemon never buffers
+    the oversized value; the daemon answers ``NO``.
+    """
+
+    def __init__(self, name: str, length: int, limit: int) -> None:
+        super().__init__(f"{name} field of {length} bytes exceeds the {limit}-byte limit")
+        self.name = name
+        self.length = length
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decoded request; ``password`` is excluded from ``repr``."""
+
+    login: bytes
+    password: bytes = field(repr=False)
+    service: bytes
+    realm: bytes
+    client_addr: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A complete request and how many bytes of the buffer it used."""
+
+    request: Request
+    consumed: int
+
+
+def _fields(buf: bytes, limit: int, wanted: int) -> tuple[list[bytes], int]:
+    """Read up to ``wanted`` complete counted strings from the start of ``buf``."""
+    out: list[bytes] = []
+    pos = 0
+    while len(out) < wanted and len(buf) - pos >= _LEN.size:
+        (length,) = _LEN.unpack_from(buf, pos)
+        if length > limit:
+            raise FieldTooLong(FIELD_NAMES[len(out)], length, limit)
+        end = pos + _LEN.size + length
+        if end > len(buf):
+            break
+        out.append(buf[pos + _LEN.size : end])
+        pos = end
+    return out, pos
+
+
+def parse_request(buf: bytes, max_field: int = DEFAULT_MAX_FIELD) -> Parsed | None:
+    """Decode a request from the start of ``buf``.
+
+    Returns ``None`` while fewer than four complete fields have arrived, and
+    raises :class:`FieldTooLong` as soon as a declared length is over the limit.
+    A fifth field (client address) is included only if it is complete in
+    ``buf``; a partial fifth field is left unconsumed, never waited for.
+    """
+    try:
+        fields, consumed = _fields(buf, max_field, 5)
+    except FieldTooLong as err:
+        # An oversized *fifth* field must not spoil a complete four-field request:
+        # the optional field is simply ignored.
+        if err.name != FIELD_NAMES[4]:
+            raise
+        fields, consumed = _fields(buf, max_field, 4)
+    if len(fields) < 4:
+        return None
+    login, password, service, realm = fields[:4]
+    addr = fields[4] if len(fields) == 5 else None
+    return Parsed(Request(login, password, service, realm, addr), consumed)
+
+
+def max_request_size(max_field: int = DEFAULT_MAX_FIELD) -> int:
+    """The largest number of bytes a valid five-field request can take."""
+    return 5 * (_LEN.size + max_field)
+
+
+def encode_reply(text: bytes) -> bytes:
+    """Frame a reply; it is cut to what libsasl's buffer holds."""
+    body = text[:MAX_REPLY]
+    return _LEN.pack(len(body)) + body
+
+
+def reply_ok() -> bytes:
+    """The framed success reply."""
+    return encode_reply(b"OK")
+
+
+def reply_no(reason: str) -> bytes:
+    """The framed failure reply ``NO <reason>``.
+
+    The reason is reduced to printable ASCII so nothing a client sent can be
+    echoed back as control characters; since it follows ``NO``, the reply can
+    never be mistaken for ``OK``.
+    """
+    clean = "".join(c if " " <= c <= "~" else "?" for c in reason)
+    return encode_reply(b"NO " + clean.encode("ascii"))
+
+
+def encode_request(
+    login: bytes,
+    password: bytes,
+    service: bytes,
+    realm: bytes,
+    client_addr: bytes | None = None,
+) -> bytes:
+    """Frame a request as libsasl does (client side: tests, tools, benchmarks)."""
+    parts = [login, password, service, realm]
+    if client_addr is not None:
+        parts.append(client_addr)
+    out = bytearray()
+    for part in parts:
+        if len(part) > 0xFFFF:
+            raise ValueError("a counted string holds at most 65535 bytes")
+        out += _LEN.pack(len(part)) + part
+    return bytes(out)
+
+
+def parse_reply(buf: bytes) -> bytes | None:
+    """Decode a framed reply, or ``None`` while it is incomplete."""
+    if len(buf) < _LEN.size:
+        return None
+    (length,) = _LEN.unpack_from(buf)
+    if len(buf) < _LEN.size + length:
+        return None
+    return buf[_LEN.size : _LEN.size + length]
+
+
+def reply_is_ok(reply: bytes) -> bool:
+    """Whether libsasl would treat this reply as success (its ``strncmp(.., "OK", 2)``)."""
+    return reply[:2] == b"OK"

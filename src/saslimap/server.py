@@ -1,0 +1,314 @@
+"""The mux socket: accept, read with a deadline and a size limit, reply, drain.
+
+This module owns the Unix socket (creating it with the right mode and group,
+replacing a stale one safely, removing it on exit), the per-connection state
+machine, the connection cap, and the graceful drain on shutdown.  Decoding is
+:mod:`saslimap.protocol`'s job and deciding is the authenticator's; a
+connection here only moves bytes between them.
+
+Per connection (saslauthd's ``ipc_unix.c`` semantics): one request, one reply,
+then a half-close (``shutdown(SHUT_WR)``) and a bounded drain so a fifth field
+or trailing bytes never turn into a reset.  A request that is not complete
+within ``read_timeout`` of the connection opening (a slow or silent client) is
+closed without a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from saslimap import protocol
+from saslimap.config import ServerConfig
+from saslimap.service import Result, Verdict
+
+log = logging.getLogger(__name__)
+
+Verify = Callable[[bytes, bytes, bytes, bytes], Awaitable[Result]]
+
+
+class SocketInUse(OSError):
+    """Another process is already answering on the socket path."""
+
+
+def bind_unix_socket(
+    path: Path, mode: int = 0o660, group: str = "", create_directory: bool = True
+) -> socket.socket:
+    """A listening Unix socket at ``path`` with the given mode and group.
+
+    The socket is bound under a temporary name, given its mode and group, and
+    only then renamed into place, so no client ever sees it with the wrong
+    permissions.  An existing file at ``path`` is replaced only if it is a
+    socket nobody answers on (stale, left by a crash); a live socket or any
+    other kind of file is refused.
+    """
+    if create_directory:
+        # 0755: the postfix user must be able to reach the socket inside.
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _refuse_live(path)
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(temp))
+        os.chmod(temp, mode)
+        if gid != -1:
+            os.chown(temp, -1, gid)
+        sock.listen(1024)
+        os.replace(temp, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _refuse_live(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(errno.EEXIST, f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("replacing stale socket %s", path)
+        return
+    except OSError as err:
+        raise SocketInUse(err.errno or errno.EADDRINUSE, f"{path}: cannot probe ({err})") from err
+    finally:
+        probe.close()
+    raise SocketInUse(errno.EADDRINUSE, f"{path} is in use by another running daemon")
+
+
+class _State(enum.Enum):
+    READING = "reading"
+    CHECKING = "checking"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class _Connection(asyncio.Protocol):
+    """One client: one request, one reply."""
+
+    def __init__(self, server: MuxServer) -> None:
+        self.server = server
+        self.state = _State.READING
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.server.admit(self):
+            self.state = _State.CLOSED
+            transport.abort()
+            return
+        self.timer = self.server.loop.call_later(self.server.cfg.read_timeout, self._read_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is not _State.READING:
+            return  # trailing bytes after a complete request are drained and ignored
+        self.buf += data
+        try:
+            parsed = protocol.parse_request(bytes(self.buf), self.server.cfg.max_field_length)
+        except protocol.FieldTooLong as err:
+            self.server.bad_request(f"{err}")
+            self._reply(protocol.reply_no(f"{err.name} too long"))
+            return
+        if parsed is None:
+            if len(self.buf) > self.server.max_request:  # cannot happen with checked lengths
+                self.server.bad_request("request larger than any valid one")
+                self._close()
+            return
+        self.state = _State.CHECKING
+        self._cancel_timer()
+        self.server.spawn(self._check(parsed.request))
+
+    def eof_received(self) -> bool:
+        if self.state is _State.READING:
+            self.server.bad_request(f"truncated request ({len(self.buf)} bytes) closed")
+            self._close()
+            return False
+        if self.state is _State.DRAINING:
+            self._close()
+            return False
+        return True  # half-closed while we check: keep the socket open to reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _State.CLOSED
+        self._cancel_timer()
+        self.server.forget(self)
+
+    # -- our own steps -----------------------------------------------------
+    async def _check(self, req: protocol.Request) -> None:
+        try:
+            result = await self.server.verify(req.login, req.password, req.service, req.realm)
+        except Exception:
+            # The policy never raises for bad input; anything here is our bug.
+            log.exception("internal error while checking a request; answering tempfail")
+            result = Result(Verdict.TEMPFAIL, "internal error")
+        if self.state is not _State.CHECKING:
+            return  # the client went away; the check was still logged
+        if result.verdict is Verdict.OK:
+            self._reply(protocol.reply_ok())
+        elif result.verdict is Verdict.NO:
+            self._reply(protocol.reply_no(result.reason))
+        elif self.server.cfg.on_backend_error == "no":
+            self._reply(protocol.reply_no(f"temporary failure: {result.reason}"))
+        else:
+            # No reply: libsasl reports "generic failure" and Postfix answers 454 4.7.0,
+            # which clients retry and fail2ban does not count as a wrong password.
+            self._close()
+
+    def _reply(self, frame: bytes) -> None:
+        assert self.transport is not None
+        self.state = _State.DRAINING
+        self._cancel_timer()
+        self.transport.write(frame)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.buf.clear()
+        self.timer = self.server.loop.call_later(self.server.cfg.read_timeout, self._close)
+
+    def _read_timeout(self) -> None:
+        self.timer = None
+        if self.state is _State.READING:
+            self.server.bad_request(
+                f"no complete request within {self.server.cfg.read_timeout:g} s "
+                f"({len(self.buf)} bytes) closed"
+            )
+        self._close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and self.state is not _State.CLOSED:
+            self.state = _State.CLOSED
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (used when the drain deadline passes)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class MuxServer:
+    """The saslauthd-protocol server on a Unix socket."""
+
+    def __init__(self, cfg: ServerConfig, verify: Verify) -> None:
+        self.cfg = cfg
+        self.verify = verify
+        self.loop = asyncio.get_running_loop()
+        self.max_request = protocol.max_request_size(cfg.max_field_length)
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._path: Path | None = None
+        self._inode: int | None = None
+        self._refused = 0
+        self._refused_logged_at = 0.0
+        self.bad_requests = 0
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``sock`` (e.g. from systemd) or on a socket created at ``cfg.socket``."""
+        if sock is None:
+            sock = bind_unix_socket(
+                self.cfg.socket,
+                self.cfg.socket_mode,
+                self.cfg.socket_group,
+                self.cfg.create_directory,
+            )
+            self._path = self.cfg.socket
+            self._inode = os.stat(self._path).st_ino
+        self._server = await self.loop.create_unix_server(
+            lambda: _Connection(self), sock=sock, backlog=1024
+        )
+        log.info("listening on %s", self._path or sock.getsockname())
+
+    # -- bookkeeping used by connections ----------------------------------
+    def admit(self, conn: _Connection) -> bool:
+        """Count a new connection in, unless the cap is reached."""
+        if len(self.connections) >= self.cfg.max_connections:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged_at >= 10.0:  # one line per 10 s, not one per client
+                log.warning(
+                    "connection cap of %d reached; refused %d connection(s) since last report",
+                    self.cfg.max_connections,
+                    self._refused,
+                )
+                self._refused = 0
+                self._refused_logged_at = now
+            return False
+        self.connections.add(conn)
+        return True
+
+    def forget(self, conn: _Connection) -> None:
+        """A connection ended."""
+        self.connections.discard(conn)
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a check, keeping a reference so it is not garbage-collected and can be awaited."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def bad_request(self, what: str) -> None:
+        """Log one line for a request that could not be answered normally."""
+        self.bad_requests += 1
+        log.warning("bad request: %s", what)
+
+    # -- lifecycle ----------------------------------------------------------
+    def close_listener(self) -> None:
+        """Stop accepting; connections already open carry on."""
+        if self._server is not None:
+            self._server.close()
+        self._unlink()
+
+    async def drain(self, deadline: float) -> None:
+        """Wait up to ``deadline`` seconds for checks in progress, then drop what is left."""
+        self.close_listener()
+        if self.tasks:
+            log.info("draining %d check(s) in progress", len(self.tasks))
+            _, pending = await asyncio.wait(set(self.tasks), timeout=deadline or None)
+            if pending:
+                log.warning("drain deadline passed; abandoning %d check(s)", len(pending))
+                for task in pending:
+                    task.cancel()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _unlink(self) -> None:
+        # Remove the socket file only if it is still ours (not a successor's).
+        if self._path is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self._path).st_ino == self._inode:
+                self._path.unlink()
+        self._path = None
