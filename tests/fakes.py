@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+from collections.abc import Callable
 
 from saslimap.imap import BackendUnavailable, LoginResult
 
@@ -26,3 +29,75 @@ class FakeBackend:
         if self.users.get(user) == password:
             return LoginResult.ACCEPTED
         return LoginResult.REJECTED
+
+
+class ScriptedImap:
+    """A tiny threaded TCP server on 127.0.0.1 that plays an IMAP server badly or well.
+
+    ``greeting`` is sent on connect (``None``: never greet); each received line is
+    recorded and passed to ``answer``, which returns bytes to send (with the tag
+    substituted for ``{tag}``) or ``None`` for silence.
+    """
+
+    def __init__(
+        self,
+        greeting: bytes | None,
+        answer: Callable[[bytes], bytes | None] = lambda _line: None,
+    ) -> None:
+        self.greeting = greeting
+        self.answer = answer
+        self.received: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(0.1)
+            if self.greeting is not None:
+                conn.sendall(self.greeting)
+            buf = b""
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    self.received.append(line)
+                    reply = self.answer(line)
+                    if reply is not None:
+                        tag = line.split(b" ", 1)[0]
+                        try:
+                            conn.sendall(reply.replace(b"{tag}", tag))
+                        except OSError:
+                            return  # the client hung up first
+
+    def close(self) -> None:
+        """Stop accepting and end every connection."""
+        self._stop.set()
+        self.listener.close()
+        self._accepter.join(2)
+        for t in self._threads:
+            t.join(2)

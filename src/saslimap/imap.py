@@ -42,8 +42,18 @@ from saslimap.config import ImapConfig, ImapTarget
 
 log = logging.getLogger(__name__)
 
+
+
+def _no_protocol_trace(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
 # imapclient logs every command it sends (LOGIN with its password included) at DEBUG.
+# Cap the level, and filter DEBUG records out on the loggers it actually uses, so
+# that even an administrator who turns imapclient's logger up never sees a password.
 logging.getLogger("imapclient").setLevel(logging.WARNING)
+for _name in ("imapclient.imapclient", "imapclient.imaplib", "imapclient.tls", "imapclient.imap4"):
+    logging.getLogger(_name).addFilter(_no_protocol_trace)
 
 # Response codes (RFC 5530) on a tagged NO that mean "try later", not "wrong password".
 _TEMPORARY_CODES = frozenset({b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE", b"PRIVACYREQUIRED"})
@@ -140,8 +150,12 @@ class _Session:
         )
         self.imap: Any = self.client._imap  # the imaplib.IMAP4 underneath
         self.imap.debug = 0  # imapclient enables imaplib's trace, which would log the password
-        sock = self.client.socket()
-        sock.settimeout(settings.response_timeout)
+        self.client.socket().settimeout(settings.response_timeout)
+        self.capabilities: frozenset[str] = frozenset()
+
+    def secure(self, settings: ImapSettings) -> None:
+        """Check the greeting and negotiate STARTTLS where the URL asks for it."""
+        target = settings.target
         if self.imap.state != "NONAUTH":
             # PREAUTH: the server let us in without a password; that proves nothing.
             raise BackendUnavailable("protocol", f"server greeted in state {self.imap.state}")
@@ -211,6 +225,7 @@ def check_login(settings: ImapSettings, user: str, password: str) -> LoginResult
     session: _Session | None = None
     try:
         session = _Session(settings)
+        session.secure(settings)
         return session.authenticate(user, password, settings.mechanism)
     except BackendUnavailable:
         raise
