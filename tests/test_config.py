@@ -24,7 +24,8 @@ def test_shipped_config_documents_every_key() -> None:
     """Every key the code knows appears in conf/saslimap.toml, and nothing else."""
     text = CONF.read_text()
     documented = set(re.findall(r"^(\w+) = ", text, re.M))
-    known = {f.name for section in fields(Config) for f in fields(section.default_factory())}  # type: ignore[misc]
+    cfg = Config()
+    known = {f.name for section in fields(cfg) for f in fields(getattr(cfg, section.name))}
     assert known == documented
 
 
@@ -70,7 +71,7 @@ def test_flags_override_the_file() -> None:
     """A flag replaces the file's value, with the same validation."""
     cfg = override(load(CONF), "imap.url", "imap://other.example.com")
     assert "imap://other.example.com" == cfg.imap.url
-    with pytest.raises(ConfigError, match="imap.url"):
+    with pytest.raises(ConfigError, match=r"imap\.url"):
         override(cfg, "imap.url", "ftp://x")
 
 

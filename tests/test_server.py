@@ -28,14 +28,14 @@ class Running:
         self.backend = backend
         self.path = path
 
-    async def exchange(self, data: bytes, *, eof: bool = False, timeout: float = 5.0) -> bytes:
+    async def exchange(self, data: bytes, *, eof: bool = False, limit: float = 5.0) -> bytes:
         """Send raw bytes, read until the server closes; returns all it sent."""
         reader, writer = await asyncio.open_unix_connection(str(self.path))
         writer.write(data)
         if eof:
             writer.write_eof()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 return await reader.read(-1)
         except ConnectionResetError:
             return b""  # closed while our request was unread: the same as a close for libsasl
@@ -83,7 +83,9 @@ async def test_fifth_field_is_accepted(srv: Running) -> None:
 
 async def test_reply_is_followed_by_half_close(srv: Running) -> None:
     """After the reply the server sends EOF, so the client's read ends at once."""
-    raw = await srv.exchange(protocol.encode_request(b"alice", b"right pw", b"smtp", b"example.com"))
+    raw = await srv.exchange(
+        protocol.encode_request(b"alice", b"right pw", b"smtp", b"example.com")
+    )
     assert b"\x00\x02OK" == raw
 
 
@@ -120,13 +122,13 @@ async def test_silent_client_is_closed_after_the_deadline(srv: Running) -> None:
     """A connection that never completes a request is closed at read_timeout."""
     loop = asyncio.get_running_loop()
     begin = loop.time()
-    assert b"" == await srv.exchange(b"\x00", timeout=3.0)
+    assert b"" == await srv.exchange(b"\x00", limit=3.0)
     assert loop.time() - begin < 2.0
 
 
 async def test_slow_client_does_not_delay_others(srv: Running) -> None:
     """While one client dribbles bytes, another is answered at once."""
-    reader, writer = await asyncio.open_unix_connection(str(srv.path))
+    _, writer = await asyncio.open_unix_connection(str(srv.path))
     writer.write(b"\x00")
     assert b"OK" == await srv.ask(b"alice", b"right pw", b"example.com")
     writer.close()

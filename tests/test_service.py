@@ -124,7 +124,7 @@ async def test_hostile_user_name_is_escaped_in_the_log(caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO):
         await auth.verify(b'x"\r\nfake line', b"pw", b"smtp", b"")
     assert "\n" not in caplog.records[0].getMessage()
-    assert 'x\\x22\\x0d\\x0afake line' in caplog.records[0].getMessage()
+    assert "x\\x22\\x0d\\x0afake line" in caplog.records[0].getMessage()
 
 
 def test_shown_keeps_unicode_letters() -> None:

@@ -43,7 +43,6 @@ from saslimap.config import ImapConfig, ImapTarget
 log = logging.getLogger(__name__)
 
 
-
 def _no_protocol_trace(record: logging.LogRecord) -> bool:
     return record.levelno > logging.DEBUG
 
@@ -166,9 +165,7 @@ class _Session:
                 )
             # imaplib re-reads the capabilities after the handshake (RFC 3501 6.2.1).
             self.client.starttls(settings.ssl_context)
-        self.capabilities: frozenset[str] = frozenset(
-            str(c).upper() for c in self.imap.capabilities
-        )
+        self.capabilities = frozenset(str(c).upper() for c in self.imap.capabilities)
 
     def authenticate(self, user: str, password: str, mechanism: str) -> LoginResult:
         """Try the credentials once; the session is unusable afterwards."""
