@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -101,3 +102,71 @@ class ScriptedImap:
         self._accepter.join(2)
         for t in self._threads:
             t.join(2)
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a real server; chosen connections stall.
+
+    ``stall(n)`` decides for the n-th accepted connection (from 0): True means
+    accept it and never send or forward a byte (a hung server); False means pipe
+    both ways to ``127.0.0.1:target_port``.
+    """
+
+    def __init__(self, target_port: int, stall: Callable[[int], bool]) -> None:
+        self.target_port = target_port
+        self.stall = stall
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        n = 0
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.stall(n):
+                self._held.append(conn)
+            else:
+                threading.Thread(target=self._pipe, args=(conn,), daemon=True).start()
+            n += 1
+
+    def _pipe(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            conn.close()
+            return
+
+        def copy(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while chunk := src.recv(65536):
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        t = threading.Thread(target=copy, args=(upstream, conn), daemon=True)
+        t.start()
+        copy(conn, upstream)
+        t.join(5)
+        conn.close()
+        upstream.close()
+
+    def close(self) -> None:
+        """Stop accepting and drop every held connection."""
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(2)
+        for s in self._held:
+            s.close()

@@ -1,0 +1,73 @@
+"""Session fixtures for integration tests: one real Dovecot (with a generated CA) and
+one real ``saslimap serve`` in front of it, shared by every test that only reads."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.dovecot import Dovecot
+from devstack.saslimapd import SaslimapDaemon
+from devstack.tls import TlsFiles, make_tls
+
+# Users with the passwords the issue names as hard: spaces, quotes, backslashes,
+# %, IMAP literal syntax, non-ASCII, and 200 characters.
+USERS: dict[str, str] = {
+    "alice@example.com": "alice pw",
+    "bob@example.com": "bob-secret",
+    "spaces@example.com": "  two  spaces  ",
+    "quotes@example.com": "say \"hello\" 'there'",
+    "backslash@example.com": "back\\slash\\\\",
+    "percent@example.com": "100% %s %n %d",
+    "braces@example.com": "{3}\r\n"[:3] + "{3} {10+} }{",
+    "unicode@example.com": "pässwörd ünïcødé 密码 🔑",
+    "long@example.com": ("Long-Pw_" * 25)[:200],
+    "mix@example.com": 'a "b" \\c {3} 100% ü',
+    "plain": "bare name pw",
+}
+HARD = [u for u in USERS if u not in ("plain",)]
+
+
+def _short_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def workroot() -> Iterator[Path]:
+    """A short private directory for every daemon of the session."""
+    path = _short_dir("sg")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls(workroot: Path) -> TlsFiles:
+    """A generated CA and a server certificate for 127.0.0.1/localhost."""
+    return make_tls(workroot / "tls")
+
+
+@pytest.fixture(scope="session")
+def dovecot(workroot: Path, tls: TlsFiles) -> Iterator[Dovecot]:
+    """The session's internal IMAP server (never stopped by tests)."""
+    server = Dovecot(workroot / "dovecot", USERS, tls=tls, fast_failures=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def daemon(workroot: Path, dovecot: Dovecot, tls: TlsFiles) -> Iterator[SaslimapDaemon]:
+    """The real saslimap daemon, STARTTLS to the session Dovecot."""
+    d = SaslimapDaemon(
+        workroot / "saslimap",
+        {"imap": {"url": dovecot.imap_url("imap"), "ca_file": str(tls.ca_cert)}},
+    )
+    d.start()
+    yield d
+    assert 0 == d.stop()
