@@ -20,6 +20,7 @@ from pathlib import Path
 
 __all__ = [
     "UNIX_PATH_MAX",
+    "child_pids",
     "check_config_path",
     "check_traversable",
     "check_unix_path",
@@ -87,6 +88,23 @@ def pids_matching(*markers: str) -> list[int]:
         if all(marker in cmdline for marker in wanted) and is_running(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def child_pids(parent: int) -> list[int]:
+    """Pids of live processes whose parent is ``parent``."""
+    children: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        # After the parenthesised command: state, ppid, ...
+        fields = status.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(parent) and fields[0] not in ("Z", "X"):
+            children.append(int(entry.name))
+    return children
 
 
 def stop_pid(

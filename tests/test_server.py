@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
 import socket
 import stat
@@ -206,3 +207,13 @@ def test_regular_file_is_not_replaced(sockdir: Path) -> None:
     with pytest.raises(SocketInUse):
         bind_unix_socket(sockdir / "mux")
     assert "precious" == (sockdir / "mux").read_text()
+
+
+def test_socket_group_is_applied(sockdir: Path) -> None:
+    """socket_group sets the socket's group (Debian uses "sasl" for postfix)."""
+    group = grp.getgrgid(os.getgid() if os.getgid() != 0 else 1)
+    sock = bind_unix_socket(sockdir / "mux", group=group.gr_name)
+    try:
+        assert group.gr_gid == os.stat(sockdir / "mux").st_gid
+    finally:
+        sock.close()
