@@ -250,9 +250,11 @@ passdb {{
         # "nodelay" skips both the 500 ms failure queue and the penalty
         # update (auth-request-handler.c: the nodelay branch returns before
         # auth_penalty_update), so the penalty stays 0 and anvil is left
-        # alone.  passwd-file's own extra fields are rolled back on a
-        # mismatch, so the field comes from a second, catch-all passdb that
-        # denies whoever the first one rejected.  Measured: wrong password
+        # alone.  The field must be present on the *failed* request: tried
+        # and measured useless, as a per-user passwd-file extra field and as
+        # override_fields (both are dropped on a mismatch, still 0.5 s).  So
+        # it comes from a second, catch-all passdb that denies whoever the
+        # first one rejected.  Measured: wrong password
         # or unknown user ~48 ms round trip (same as a success), no delay on
         # following logins, first greeting ~25 ms after start.  Clients see
         # the usual "NO [AUTHENTICATIONFAILED] Authentication failed."; only

@@ -20,10 +20,10 @@ from pathlib import Path
 
 __all__ = [
     "UNIX_PATH_MAX",
-    "child_pids",
     "check_config_path",
     "check_traversable",
     "check_unix_path",
+    "child_pids",
     "is_running",
     "pids_matching",
     "read_pid",

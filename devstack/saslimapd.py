@@ -13,12 +13,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 
+from devstack.ports import free_port
 from devstack.proc import tail
+from saslimap.config import Config
 
-_SECTIONS = ("server", "imap", "users", "logging")
+_SECTIONS = tuple(f.name for f in fields(Config))
 
 
 def _toml_value(value: object) -> str:
@@ -49,15 +52,18 @@ class SaslimapDaemon:
     """One ``saslimap serve`` process with its own config file, socket and log file.
 
     ``settings`` is merged over a base that puts the socket at
-    ``workdir/run/mux`` with mode 0666 (so a test Postfix can reach it) and
-    logs at debug level (tests also check no password is logged).
+    ``workdir/run/mux`` with mode 0666 (so a test Postfix can reach it),
+    serves metrics on a free loopback port (``metrics_port``), and logs at
+    debug level (tests also check no password is logged).
     """
 
     def __init__(self, workdir: Path, settings: Mapping[str, Mapping[str, object]]) -> None:
         self.workdir = workdir.absolute()
         self.socket_path = self.workdir / "run" / "mux"
+        self.metrics_port = free_port()
         base: dict[str, dict[str, object]] = {
             "server": {"socket": str(self.socket_path), "socket_mode": "0666"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "logging": {"level": "debug"},
         }
         for section, values in settings.items():

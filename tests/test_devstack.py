@@ -7,6 +7,7 @@ and STARTTLS, smtplib for SMTP AUTH, the saslauthd socket protocol.
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import os
 import shutil
@@ -368,3 +369,26 @@ def test_postfix_binds_only_its_own_port(root: Path) -> None:
     assert mta.pid is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((mta.host, port), timeout=2).close()
+
+
+def test_postfix_auth_through_dovecot_sasl(root: Path) -> None:
+    """sasl_dovecot_path wires smtpd to a Dovecot auth listener added with extra_config."""
+    socket_path = root / "dv-sasl" / "auth-postfix"
+    listener = f"""
+service auth {{
+  unix_listener {socket_path} {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
+}}
+"""
+    with (
+        Dovecot(root / "dv-sasl", {"erin@example.com": HARD}, extra_config=listener),
+        Postfix(root / "pf3", sasl_dovecot_path=socket_path) as mta,
+        smtplib.SMTP(mta.host, mta.smtpd_port) as s,
+    ):
+        s.ehlo()
+        # smtplib.auth() encodes as ASCII; send the UTF-8 PLAIN response directly.
+        response = base64.b64encode(f"\0erin@example.com\0{HARD}".encode()).decode()
+        assert 235 == s.docmd("AUTH", f"PLAIN {response}")[0]

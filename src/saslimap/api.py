@@ -28,7 +28,9 @@ class Verifier:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._backend = ImapBackend.from_config(config.imap)
-        self._auth = Authenticator(config.users, self._backend)
+        self._auth = Authenticator(
+            config.users, self._backend, cache=config.cache, limits=config.limits
+        )
 
     @classmethod
     def from_url(
@@ -61,10 +63,12 @@ class Verifier:
         return await self._auth.verify(user, password, service, realm)
 
     def close(self) -> None:
-        """Release the worker threads."""
+        """Release the worker threads and warm connections."""
+        self._auth.close()
         self._backend.close()
 
     async def __aenter__(self) -> Verifier:
+        self._backend.start()
         return self
 
     async def __aexit__(

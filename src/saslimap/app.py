@@ -1,10 +1,12 @@
 """The daemon's composition root: build, listen, notify, wait, reload, drain.
 
 This is the only place that knows how the pieces fit: config -> IMAP backend
--> authenticator -> mux server.  It owns the process lifecycle: readiness to
-systemd, SIGTERM/SIGINT (stop accepting, let checks in progress finish within
-``drain_timeout``, then exit), and SIGHUP (re-read and validate the config file;
-on error keep the old one and say so).
+-> authenticator (caches, limits) -> mux server, plus the metrics endpoint.  It
+owns the process lifecycle: readiness to systemd, SIGTERM/SIGINT (stop
+accepting, let checks in progress finish within ``drain_timeout``, then exit),
+and SIGHUP (re-read and validate the config file; on error keep the old one and
+say so; on success rebuild the backend and authenticator, which flushes every
+cache).  Metrics live for the whole process, across reloads.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from saslimap import config as config_mod
 from saslimap import sdnotify
 from saslimap.config import Config, ConfigError
 from saslimap.imap import ImapBackend
+from saslimap.metrics import Metrics, MetricsServer
 from saslimap.server import MuxServer
 from saslimap.service import Authenticator
 
@@ -32,6 +37,11 @@ def _warn_about(cfg: Config) -> None:
         )
 
 
+def build_authenticator(cfg: Config, backend: ImapBackend, metrics: Metrics) -> Authenticator:
+    """The policy object for a config (fresh caches every time)."""
+    return Authenticator(cfg.users, backend, cache=cfg.cache, limits=cfg.limits, metrics=metrics)
+
+
 class Daemon:
     """The running daemon: one server, and the current authenticator behind it."""
 
@@ -39,18 +49,25 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self.overrides = overrides
+        self.metrics = Metrics()
         self.backend = ImapBackend.from_config(cfg.imap)
-        self.auth = Authenticator(cfg.users, self.backend)
+        self.auth = build_authenticator(cfg, self.backend, self.metrics)
+        self.metrics.watch_cache_sizes(lambda: self.auth.cache_sizes())
         self.server: MuxServer | None = None
+        self.metrics_server: MetricsServer | None = None
         self.stopping = asyncio.Event()
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
         loop = asyncio.get_running_loop()
         _warn_about(self.cfg)
+        if self.cfg.metrics.listen:
+            host, port = config_mod.split_listen(self.cfg.metrics.listen)
+            self.metrics_server = MetricsServer(self.metrics, host, port)
         inherited = sdnotify.listen_sockets()
-        self.server = MuxServer(self.cfg.server, self.auth.verify)
+        self.server = MuxServer(self.cfg.server, self.auth.verify, self.metrics)
         await self.server.start(inherited[0] if inherited else None)
+        self.backend.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -62,7 +79,10 @@ class Daemon:
             "stopping: no new connections; draining for up to %g s", self.cfg.server.drain_timeout
         )
         await self.server.drain(self.cfg.server.drain_timeout)
+        self.auth.close()
         self.backend.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         log.info("stopped")
         return 0
 
@@ -75,20 +95,29 @@ class Daemon:
             log.error("reload failed, keeping the current configuration: %s", err)
             sdnotify.notify("READY=1")
             return
-        if new.server != self.cfg.server:
-            log.warning(
-                "reload: [server] changes (socket, limits) take effect only after a restart"
-            )
-        old_backend = self.backend
+        if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
+            log.warning("reload: [server] and [metrics] changes take effect only after a restart")
+        old_backend, old_auth = self.backend, self.auth
         self.backend = ImapBackend.from_config(new.imap)
-        self.auth = Authenticator(new.users, self.backend)
+        self.auth = build_authenticator(new, self.backend, self.metrics)
         if self.server is not None:
             self.server.verify = self.auth.verify
-        self.cfg = Config(self.cfg.server, new.imap, new.users, new.logging)
+        self.cfg = Config(
+            self.cfg.server,
+            new.imap,
+            new.users,
+            new.cache,
+            new.limits,
+            self.cfg.metrics,
+            new.logging,
+        )
+        loop = asyncio.get_running_loop()
+        self.backend.start()
+        old_auth.close()
         # Checks already waiting on the old backend finish within its deadline; then it goes.
-        asyncio.get_running_loop().call_later(old_backend.deadline + 1, old_backend.close)
+        loop.call_later(old_backend.deadline + 1, old_backend.close)
         _warn_about(self.cfg)
-        log.info("reloaded configuration from %s", self.config_path or "defaults and flags")
+        log.info("reloaded configuration from %s; caches flushed", self.config_path or "flags")
         sdnotify.notify("READY=1")
 
 
@@ -101,6 +130,19 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     return cfg
 
 
+def _runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """asyncio.run, or uvloop's run when chosen (or installed, for "auto")."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:  # "auto" without uvloop ("uvloop" was checked with the config)
+            pass
+        else:
+            return uvloop.run
+    return asyncio.run
+
+
 def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
     """Run the daemon in a fresh event loop."""
-    return asyncio.run(Daemon(cfg, config_path, overrides).run())
+    run = _runner(cfg.server.event_loop)
+    return run(Daemon(cfg, config_path, overrides).run())

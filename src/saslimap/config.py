@@ -163,6 +163,21 @@ def _domains(key: str, value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _listen(key: str, value: object) -> str:
+    text = _string(key, value)
+    if text:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f'{key}: must be "host:port" (or "" to turn it off); got {text!r}')
+    return text
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9101"`` -> ``("127.0.0.1", 9101)``; ``[::1]:9101`` works too."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _opt(default: Any, check: Check) -> Any:
     """A config field with its default and the function that validates a raw TOML value."""
     if isinstance(default, list | dict | set):
@@ -184,6 +199,9 @@ class ServerConfig:
     max_field_length: int = _opt(256, _integer(16, 65535))
     on_backend_error: Literal["close", "no"] = _opt("close", _choice("close", "no"))
     drain_timeout: float = _opt(10.0, _number(0, 600))
+    event_loop: Literal["auto", "asyncio", "uvloop"] = _opt(
+        "auto", _choice("auto", "asyncio", "uvloop")
+    )
 
 
 @dataclass(frozen=True)
@@ -195,7 +213,10 @@ class ImapConfig:
     connect_timeout: float = _opt(5.0, _number(0.05, 120))
     response_timeout: float = _opt(5.0, _number(0.05, 120))
     max_concurrency: int = _opt(16, _integer(1, 1024))
+    max_queue: int = _opt(64, _integer(0, 100_000))
     mechanism: Literal["auto", "plain", "login"] = _opt("auto", _choice("auto", "plain", "login"))
+    warm_connections: int = _opt(2, _integer(0, 64))
+    warm_max_idle: float = _opt(20.0, _number(1, 3600))
 
     @property
     def target(self) -> ImapTarget:
@@ -210,6 +231,33 @@ class UsersConfig:
     realm: Literal["join", "ignore"] = _opt("join", _choice("join", "ignore"))
     lowercase: bool = _opt(False, _boolean)
     allowed_domains: tuple[str, ...] = _opt((), _domains)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What is remembered between checks (see saslimap.cache)."""
+
+    ttl: float = _opt(3600.0, _number(0, 30 * 86400))
+    refresh_after: float = _opt(300.0, _number(0, 30 * 86400))
+    stale_if_error: float = _opt(4 * 3600.0, _number(0, 30 * 86400))
+    max_entries: int = _opt(100_000, _integer(0, 10_000_000))
+    negative_ttl: float = _opt(60.0, _number(0, 86400))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Brute-force limits."""
+
+    failure_budget: int = _opt(10, _integer(0, 1_000_000))
+    failure_window: float = _opt(900.0, _number(1, 30 * 86400))
+    failure_delay: float = _opt(0.0, _number(0, 30))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint."""
+
+    listen: str = _opt("127.0.0.1:9101", _listen)
 
 
 @dataclass(frozen=True)
@@ -228,6 +276,9 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     users: UsersConfig = field(default_factory=UsersConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -282,6 +333,13 @@ def override(cfg: Config, key: str, value: object) -> Config:
 
 def require_complete(cfg: Config) -> None:
     """Checks that need the whole picture (after flags were applied)."""
+    if cfg.server.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ConfigError("server.event_loop: uvloop is not installed") from None
+    if cfg.cache.refresh_after > cfg.cache.ttl:
+        raise ConfigError("cache.refresh_after: must not exceed cache.ttl")
     if not cfg.imap.url:
         raise ConfigError("imap.url: no IMAP server configured (set it in the file or with --imap)")
     if cfg.imap.ca_file is not None and not cfg.imap.ca_file.is_file():

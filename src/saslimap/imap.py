@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import enum
 import imaplib
@@ -211,26 +212,50 @@ class _Session:
             self.imap.shutdown()
 
 
-def check_login(settings: ImapSettings, user: str, password: str) -> LoginResult:
-    """Log in to the IMAP server once and report the verdict (blocking).
+def open_session(settings: ImapSettings) -> _Session:
+    """Connect, check the greeting and negotiate TLS: a session ready for one login.
 
-    Raises :class:`BackendUnavailable` for anything that is not a clear answer
-    about these credentials.  Exceptions raised here never carry the password:
-    every library exception is replaced by one of ours built from its type and
-    the server's reply, with the original chain suppressed.
+    Raises :class:`BackendUnavailable` (never a library exception).
     """
     session: _Session | None = None
     try:
         session = _Session(settings)
         session.secure(settings)
+        return session
+    except Exception as err:
+        if session is not None:
+            session.close()
+        if isinstance(err, BackendUnavailable):
+            raise
+        raise _unavailable(err, "") from None
+
+
+def authenticate_on(
+    session: _Session, settings: ImapSettings, user: str, password: str
+) -> LoginResult:
+    """Try the credentials on an open session, then close it (one login per connection).
+
+    Exceptions raised here never carry the password: every library exception is
+    replaced by one of ours built from its type and the server's reply, with the
+    original chain suppressed.
+    """
+    try:
         return session.authenticate(user, password, settings.mechanism)
     except BackendUnavailable:
         raise
     except Exception as err:  # every library failure means "no verdict"
         raise _unavailable(err, password) from None
     finally:
-        if session is not None:
-            session.close()
+        session.close()
+
+
+def check_login(settings: ImapSettings, user: str, password: str) -> LoginResult:
+    """Log in to the IMAP server once on a new connection and report the verdict (blocking).
+
+    Raises :class:`BackendUnavailable` for anything that is not a clear answer
+    about these credentials.
+    """
+    return authenticate_on(open_session(settings), settings, user, password)
 
 
 def _unavailable(err: BaseException, password: str) -> BackendUnavailable:
@@ -252,19 +277,128 @@ def _unavailable(err: BaseException, password: str) -> BackendUnavailable:
     return BackendUnavailable(kind, detail[:300])
 
 
+class WarmPool:
+    """IMAP sessions opened and TLS-negotiated ahead of demand (each used for one login).
+
+    Worker threads take sessions (:meth:`take`); an asyncio task keeps the pool
+    at its size, closes sessions idle longer than ``max_idle`` (before the
+    server's own pre-login timeout would), and backs off while the server is
+    unreachable.  The newest session is taken first; the oldest expire first.
+    """
+
+    def __init__(self, settings: ImapSettings, size: int, max_idle: float) -> None:
+        self.settings = settings
+        self.size = size
+        self.max_idle = max_idle
+        self._sessions: collections.deque[tuple[float, _Session]] = collections.deque()
+        self._opener = ThreadPoolExecutor(1, thread_name_prefix="imap-warm")
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Begin filling the pool (from the event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._keep_filled())
+
+    def take(self) -> _Session | None:
+        """A fresh session, or None (called from worker threads)."""
+        session = None
+        while session is None:
+            try:
+                opened, candidate = self._sessions.pop()
+            except IndexError:
+                break
+            if time.monotonic() - opened < self.max_idle:
+                session = candidate
+            else:
+                candidate.close()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wanted.set)
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def _keep_filled(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.0
+        while True:
+            now = time.monotonic()
+            while self._sessions and now - self._sessions[0][0] >= self.max_idle:
+                try:
+                    _, old = self._sessions.popleft()
+                except IndexError:
+                    break
+                old.close()
+            while len(self._sessions) < self.size:
+                try:
+                    await loop.run_in_executor(self._opener, self._open_one)
+                except BackendUnavailable as err:
+                    backoff = min(max(backoff * 2, 0.5), 10.0)
+                    log.debug("warm connection failed (%s); retrying in %.1f s", err.kind, backoff)
+                    break
+                backoff = 0.0
+            self._wanted.clear()
+            if backoff:
+                await asyncio.sleep(backoff)  # the server is unreachable: do not retry per request
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), self.max_idle / 4)
+
+    def _open_one(self) -> None:
+        # In the opener thread; it may finish after close(), which must not leak it.
+        self._sessions.append((time.monotonic(), open_session(self.settings)))
+        if self._closed:
+            self._close_all()
+
+    def close(self) -> None:
+        """Stop refilling and close every idle session."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        self._opener.shutdown(wait=False, cancel_futures=True)
+        self._close_all()
+
+    def _close_all(self) -> None:
+        while self._sessions:
+            try:
+                _, session = self._sessions.pop()
+            except IndexError:
+                break
+            session.close()
+
+
 class ImapBackend:
-    """Runs :func:`check_login` in worker threads with bounded concurrency and a deadline."""
+    """IMAP checks in worker threads: bounded concurrency and queue, a deadline, warm sessions.
+
+    At most ``max_concurrency`` logins run at once and at most ``max_queue``
+    checks wait for a slot; a check beyond that is refused at once as ``busy``
+    rather than piling up behind a slow server.
+    """
 
     def __init__(
         self,
         settings: ImapSettings,
         max_concurrency: int = 16,
-        check: Callable[[ImapSettings, str, str], LoginResult] = check_login,
+        *,
+        max_queue: int = 64,
+        warm_connections: int = 0,
+        warm_max_idle: float = 20.0,
+        check: Callable[[ImapSettings, str, str], LoginResult] | None = None,
     ) -> None:
         self.settings = settings
-        self._check = check
+        self.max_queue = max_queue
+        self.pool = (
+            WarmPool(settings, warm_connections, warm_max_idle)
+            if warm_connections > 0 and check is None
+            else None
+        )
+        self._check = check or self._check_pooled
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="imap-login")
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._waiting = 0
         # Socket timeouts bound each step; this bounds the whole exchange:
         # connect + greeting, STARTTLS, handshake, CAPABILITY, the login itself.
         self.deadline = settings.connect_timeout * 2 + settings.response_timeout * 3
@@ -272,22 +406,56 @@ class ImapBackend:
     @classmethod
     def from_config(cls, cfg: ImapConfig) -> ImapBackend:
         """The backend described by the ``[imap]`` section."""
-        return cls(ImapSettings.from_config(cfg), cfg.max_concurrency)
+        return cls(
+            ImapSettings.from_config(cfg),
+            cfg.max_concurrency,
+            max_queue=cfg.max_queue,
+            warm_connections=cfg.warm_connections,
+            warm_max_idle=cfg.warm_max_idle,
+        )
+
+    def start(self) -> None:
+        """Begin keeping warm sessions (if configured); call from the event loop."""
+        if self.pool is not None:
+            self.pool.start()
+
+    def _check_pooled(self, settings: ImapSettings, user: str, password: str) -> LoginResult:
+        session = self.pool.take() if self.pool is not None else None
+        if session is not None:
+            try:
+                return authenticate_on(session, settings, user, password)
+            except BackendUnavailable as err:
+                if err.kind not in ("closed", "connect"):
+                    raise
+                # The server dropped the idle connection; a new one decides.
+                log.debug("warm connection was closed by the server (%s); reconnecting", err.kind)
+        return check_login(settings, user, password)
 
     async def login(self, user: str, password: str) -> LoginResult:
         """Check the credentials against the IMAP server."""
+        if self._slots.locked() and self._waiting >= self.max_queue:
+            raise BackendUnavailable("busy", f"{self._waiting} checks already queued")
         loop = asyncio.get_running_loop()
         start = time.monotonic()
+        self._waiting += 1
+        queued = True
         try:
             async with asyncio.timeout(self.deadline):
                 async with self._slots:
+                    self._waiting -= 1
+                    queued = False
                     return await loop.run_in_executor(
                         self._executor, self._check, self.settings, user, password
                     )
         except TimeoutError:
             waited = time.monotonic() - start
             raise BackendUnavailable("timeout", f"no verdict within {waited:.1f} s") from None
+        finally:
+            if queued:
+                self._waiting -= 1
 
     def close(self) -> None:
         """Stop the worker threads; checks still running finish on their own socket timeouts."""
+        if self.pool is not None:
+            self.pool.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -27,9 +27,11 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 from saslimap import protocol
 from saslimap.config import ServerConfig
+from saslimap.metrics import Metrics
 from saslimap.service import Result, Verdict
 
 log = logging.getLogger(__name__)
@@ -117,11 +119,11 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         if not self.server.admit(self):
             self.state = _State.CLOSED
-            transport.abort()
+            self.transport.abort()
             return
         self.timer = self.server.loop.call_later(self.server.cfg.read_timeout, self._read_timeout)
 
@@ -219,9 +221,10 @@ class _Connection(asyncio.Protocol):
 class MuxServer:
     """The saslauthd-protocol server on a Unix socket."""
 
-    def __init__(self, cfg: ServerConfig, verify: Verify) -> None:
+    def __init__(self, cfg: ServerConfig, verify: Verify, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
         self.verify = verify
+        self.metrics = metrics or Metrics()
         self.loop = asyncio.get_running_loop()
         self.max_request = protocol.max_request_size(cfg.max_field_length)
         self.connections: set[_Connection] = set()
@@ -254,6 +257,7 @@ class MuxServer:
         """Count a new connection in, unless the cap is reached."""
         if len(self.connections) >= self.cfg.max_connections:
             self._refused += 1
+            self.metrics.connections_refused.inc()
             now = time.monotonic()
             if now - self._refused_logged_at >= 10.0:  # one line per 10 s, not one per client
                 log.warning(
@@ -280,6 +284,7 @@ class MuxServer:
     def bad_request(self, what: str) -> None:
         """Log one line for a request that could not be answered normally."""
         self.bad_requests += 1
+        self.metrics.requests.labels("bad_request").inc()
         log.warning("bad request: %s", what)
 
     # -- lifecycle ----------------------------------------------------------

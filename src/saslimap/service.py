@@ -3,26 +3,44 @@
 This module owns what happens between "a client sent these four fields" and
 "answer OK, NO, or tell the client to try later": input validation (encoding,
 control characters, empty values), turning login and realm into the IMAP user
-name, the allowed-domains guard against an open relay, asking the backend, and
+name, the allowed-domains guard against an open relay, the caches and the
+brute-force budget (stores in :mod:`saslimap.cache`), asking the backend, and
 the one log line per check.  The backend is anything with an async ``login``
 (:class:`LoginBackend`), so tests use a small fake and the daemon uses
 :class:`saslimap.imap.ImapBackend`.
+
+Order of decisions for a well-formed request:
+
+1. a fresh cached success for this password -> OK (re-verified in the
+   background once older than ``refresh_after``);
+2. the same wrong password seen within ``negative_ttl`` -> NO;
+3. user over the failure budget, and the password is not their cached one -> NO
+   (``ratelimited``), without asking IMAP;
+4. ask IMAP (concurrent identical checks share one login); accepted -> OK and
+   cache; rejected -> NO, remember, spend budget; unavailable -> OK only from a
+   stale cached success, else TEMPFAIL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import random
 import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-from saslimap.config import UsersConfig
+from saslimap.cache import CredentialCache, FailureBudget, Freshness, Hasher, Key, NegativeCache
+from saslimap.config import CacheConfig, LimitsConfig, UsersConfig
 from saslimap.imap import BackendUnavailable, LoginResult
+from saslimap.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+Kind = Literal["ok", "no", "tempfail", "ratelimited", "bad_request"]
 
 
 class Verdict(enum.Enum):
@@ -40,7 +58,9 @@ class Result:
     ``reason`` is a short human text safe to send back to the client and to log;
     ``user`` is the effective IMAP user name (empty when the request was refused
     before one could be formed); ``backend_seconds`` is the IMAP round trip, or
-    ``None`` when the backend was not asked.  ``detail`` is for the log only.
+    ``None`` when the backend was not asked; ``source`` says where the answer
+    came from (``imap``, ``cache``, ``negative-cache``, ``stale-cache``,
+    ``policy``).  ``detail`` is for the log only.
     """
 
     verdict: Verdict
@@ -49,6 +69,21 @@ class Result:
     backend_seconds: float | None = None
     error_kind: str | None = None
     detail: str = ""
+    kind: Kind | None = None
+    source: str = "policy"
+
+    @property
+    def label(self) -> Kind:
+        """The ``result`` label of the requests metric."""
+        if self.kind is not None:
+            return self.kind
+        return (
+            "ok"
+            if self.verdict is Verdict.OK
+            else "no"
+            if self.verdict is Verdict.NO
+            else "tempfail"
+        )
 
 
 class LoginBackend(Protocol):
@@ -96,18 +131,48 @@ def _text(name: str, value: str | bytes, *, required: bool) -> str:
 
 
 class Authenticator:
-    """Checks credentials against a backend according to the ``[users]`` policy."""
+    """Checks credentials against a backend according to the configured policy."""
 
     def __init__(
         self,
         users: UsersConfig,
         backend: LoginBackend,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        cache: CacheConfig | None = None,
+        limits: LimitsConfig | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.users = users
         self.backend = backend
         self.clock = clock
+        self.limits = limits or LimitsConfig()
+        self.metrics = metrics or Metrics()
+        cache = cache or CacheConfig()
+        hasher = Hasher()
+        self.cache = CredentialCache(
+            hasher,
+            clock,
+            ttl=cache.ttl,
+            refresh_after=cache.refresh_after,
+            stale_if_error=cache.stale_if_error,
+            max_entries=cache.max_entries,
+        )
+        self.negative = NegativeCache(
+            hasher, clock, ttl=cache.negative_ttl, max_entries=cache.max_entries
+        )
+        self.budget = FailureBudget(
+            hasher, clock, limit=self.limits.failure_budget, window=self.limits.failure_window
+        )
         self._allowed = frozenset(users.allowed_domains)
+        self._pending: dict[tuple[Key, bytes], asyncio.Future[LoginResult]] = {}
+        self._hasher = hasher
+        self.background: set[asyncio.Task[None]] = set()
+        self._refreshing: set[Key] = set()
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in each cache (for the metrics gauge)."""
+        return {"positive": len(self.cache), "negative": len(self.negative)}
 
     def imap_user(self, login: str, realm: str) -> str:
         """The user name the IMAP server is asked about (login joined with the realm)."""
@@ -133,17 +198,23 @@ class Authenticator:
         try:
             result = await self._verify(login, password, service, realm)
         except _Refused as refusal:
-            result = Result(Verdict.NO, str(refusal))
+            result = Result(Verdict.NO, str(refusal), kind="bad_request")
+        self.metrics.requests.labels(result.label).inc()
         log.info(
-            'auth user="%s" service="%s" realm="%s" result=%s reason="%s" backend_ms=%s%s',
+            'auth user="%s" service="%s" realm="%s" result=%s source=%s reason="%s"'
+            " backend_ms=%s%s",
             shown(result.user or login),
             shown(service),
             shown(realm),
-            result.verdict.value,
+            result.label,
+            result.source,
             result.reason,
             "-" if result.backend_seconds is None else f"{result.backend_seconds * 1000:.1f}",
             f' detail="{shown(result.detail)}"' if result.detail else "",
         )
+        if result.verdict is Verdict.NO and self.limits.failure_delay > 0:
+            # Jitter so timing says nothing about why; not a secret, so plain random.
+            await asyncio.sleep(self.limits.failure_delay * random.uniform(0.5, 1.5))  # noqa: S311
         return result
 
     async def _verify(
@@ -155,24 +226,109 @@ class Authenticator:
     ) -> Result:
         login_s = _text("login", login, required=True)
         password_s = _text("password", password, required=True)
-        _text("service", service, required=False)
+        service_s = _text("service", service, required=False)
         realm_s = _text("realm", realm, required=False)
         user = self.imap_user(login_s, realm_s)
         if not self._domain_allowed(user):
-            return Result(Verdict.NO, "domain not allowed", user)
+            return Result(Verdict.NO, "domain not allowed", user, kind="bad_request")
+        key: Key = (user, realm_s, service_s)
+
+        freshness = self.cache.lookup(key, password_s)
+        if freshness is Freshness.FRESH or freshness is Freshness.REFRESH:
+            self.metrics.cache_hits.labels("positive").inc()
+            if freshness is Freshness.REFRESH:
+                self._refresh_later(key, password_s)
+            return Result(Verdict.OK, "authenticated", user, source="cache")
+        if (key, password_s) in self.negative:
+            self.metrics.cache_hits.labels("negative").inc()
+            return Result(Verdict.NO, "authentication failed", user, source="negative-cache")
+        if freshness is None and self.budget.exhausted(user):
+            return Result(
+                Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
+            )
+
+        self.metrics.cache_misses.inc()
         start = self.clock()
         try:
-            answer = await self.backend.login(user, password_s)
+            answer = await self._login_once(key, password_s)
         except BackendUnavailable as err:
+            elapsed = self.clock() - start
+            if freshness is Freshness.STALE:
+                self.metrics.cache_hits.labels("stale").inc()
+                return Result(
+                    Verdict.OK, "authenticated", user, elapsed, err.kind, err.detail,
+                    source="stale-cache",
+                )  # fmt: skip
             return Result(
                 Verdict.TEMPFAIL,
                 f"IMAP server unavailable ({err.kind})",
                 user,
-                self.clock() - start,
+                elapsed,
                 err.kind,
                 err.detail,
+                source="imap",
             )
         elapsed = self.clock() - start
         if answer is LoginResult.ACCEPTED:
-            return Result(Verdict.OK, "authenticated", user, elapsed)
-        return Result(Verdict.NO, "authentication failed", user, elapsed)
+            self.cache.store(key, password_s)
+            return Result(Verdict.OK, "authenticated", user, elapsed, source="imap")
+        if freshness is Freshness.STALE:
+            self.cache.drop(key)  # the IMAP server now rejects what it once accepted
+        self.negative.add(key, password_s)
+        self.budget.spend(user, password_s)
+        return Result(Verdict.NO, "authentication failed", user, elapsed, source="imap")
+
+    async def _login_once(self, key: Key, password: str) -> LoginResult:
+        """Ask the backend; identical checks already in flight share that one answer."""
+        flight = (key, self._hasher.digest(key[0], password))
+        pending = self._pending.get(flight)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[LoginResult] = asyncio.get_running_loop().create_future()
+        self._pending[flight] = future
+        self.metrics.in_flight.inc()
+        try:
+            started = time.monotonic()
+            answer = await self.backend.login(key[0], password)
+            self.metrics.imap_login_seconds.observe(time.monotonic() - started)
+            future.set_result(answer)
+            return answer
+        except BaseException as err:
+            if isinstance(err, BackendUnavailable):
+                self.metrics.imap_errors.labels(err.kind).inc()
+                future.set_exception(err)
+            else:  # cancelled (shutdown) or a bug: sharers get an outage, not a verdict
+                future.set_exception(BackendUnavailable("protocol", "check abandoned"))
+            future.exception()  # mark retrieved: there may be no sharer to read it
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            del self._pending[flight]
+
+    def _refresh_later(self, key: Key, password: str) -> None:
+        """Re-verify a cached success in the background (at most one per user at a time)."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        task = asyncio.get_running_loop().create_task(self._refresh(key, password))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        task.add_done_callback(lambda _t: self._refreshing.discard(key))
+
+    async def _refresh(self, key: Key, password: str) -> None:
+        try:
+            answer = await self._login_once(key, password)
+        except BackendUnavailable as err:
+            log.info('refresh user="%s" kept: IMAP unavailable (%s)', shown(key[0]), err.kind)
+            return
+        if answer is LoginResult.ACCEPTED:
+            self.cache.store(key, password)
+            log.debug('refresh user="%s" still valid', shown(key[0]))
+        else:
+            self.cache.drop(key)
+            log.info('refresh user="%s" dropped: the IMAP server now rejects it', shown(key[0]))
+
+    def close(self) -> None:
+        """Cancel background refreshes (on shutdown or reload)."""
+        for task in list(self.background):
+            task.cancel()

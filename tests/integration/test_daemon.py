@@ -154,16 +154,19 @@ def test_stalled_imap_server_is_bounded(workroot: Path, dovecot: Dovecot, tls: T
                 "connect_timeout": 1.0,
                 "response_timeout": 1.0,
                 "max_concurrency": 8,
-            }
+                "warm_connections": 0,
+            },
+            "cache": {"max_entries": 0},  # every check must reach the proxy
         },
     )
     d.start()
     try:
 
-        def one(_: int) -> tuple[str, float]:
+        def one(n: int) -> tuple[str, float]:
+            user = HARD[n % len(HARD)]
             begin = time.monotonic()
             try:
-                reply = client.query(d.socket_path, b"alice@example.com", b"alice pw", b"smtp")
+                reply = client.query(d.socket_path, user.encode(), USERS[user].encode(), b"smtp")
                 outcome = reply.decode()
             except client.NoReply:
                 outcome = "tempfail"

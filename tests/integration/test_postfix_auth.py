@@ -117,10 +117,13 @@ def test_no_relay_without_auth(stack: Stack) -> None:
 
 
 def test_imap_outage_is_454(stack: Stack) -> None:
-    """With Dovecot stopped Postfix answers 454 4.7.0 (temporary), not 535."""
+    """With Dovecot stopped Postfix answers 454 4.7.0 (temporary), not 535.
+
+    The user has not authenticated before, so no cached success can answer.
+    """
     stack.dovecot.stop()
     with connect(stack) as smtp:
-        code, text = auth_plain(smtp, "alice@example.com", "alice pw")
+        code, text = auth_plain(smtp, "spaces@example.com", USERS["spaces@example.com"])
     assert 454 == code
     assert b"4.7.0" in text
     assert "generic failure" in stack.postfix.maillog_text()

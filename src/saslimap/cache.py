@@ -1,0 +1,185 @@
+"""What saslimap remembers between checks: verified passwords, recent wrong ones, budgets.
+
+This module owns three small, socket-free stores, each on an injected clock so
+expiry is tested without sleeping:
+
+- :class:`CredentialCache` — successes only.  It keeps an HMAC-SHA256 of the
+  password under a random per-process key (never the password, never a plain
+  hash that could be brute-forced offline), compared in constant time.  An entry
+  is *fresh* until ``refresh_after``, *usable but due for re-verification* until
+  ``ttl``, and *stale* (usable only while the IMAP server is unavailable) until
+  ``ttl + stale_if_error``.
+- :class:`NegativeCache` — a wrong password remembered briefly, so a phone that
+  retries the same wrong password does not reach IMAP (or the budget) again.
+- :class:`FailureBudget` — distinct wrong passwords per user in a sliding
+  window; over budget, only the cached verified password is still accepted.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+Clock = Callable[[], float]
+Key = tuple[str, str, str]  # (IMAP user, realm, service)
+
+
+class Hasher:
+    """HMAC-SHA256 under a random key that lives only in this process's memory."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    def digest(self, user: str, password: str) -> bytes:
+        """Bind the password to the user so equal passwords of two users differ."""
+        msg = (
+            user.encode("utf-8", "surrogatepass")
+            + b"\0"
+            + password.encode("utf-8", "surrogatepass")
+        )
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+
+class Freshness(enum.Enum):
+    """How a cached success may be used."""
+
+    FRESH = "fresh"  # answer OK
+    REFRESH = "refresh"  # answer OK and re-verify in the background
+    STALE = "stale"  # answer OK only if IMAP is unavailable
+
+
+@dataclass(frozen=True)
+class _Entry:
+    digest: bytes
+    verified_at: float
+
+
+class CredentialCache:
+    """Verified successes, keyed by user, realm and service."""
+
+    def __init__(
+        self,
+        hasher: Hasher,
+        clock: Clock,
+        *,
+        ttl: float = 3600.0,
+        refresh_after: float = 300.0,
+        stale_if_error: float = 4 * 3600.0,
+        max_entries: int = 100_000,
+    ) -> None:
+        self.hasher = hasher
+        self.clock = clock
+        self.ttl = ttl
+        self.refresh_after = refresh_after
+        # The store itself forgets entries once they are of no use, even as stale.
+        self._store: TTLCache[Key, _Entry] = TTLCache(
+            maxsize=max_entries, ttl=ttl + stale_if_error, timer=clock
+        )
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def lookup(self, key: Key, password: str) -> Freshness | None:
+        """How a matching entry may be used, or ``None`` (no entry, or another password)."""
+        entry = self._store.get(key)
+        if entry is None or not hmac.compare_digest(
+            entry.digest, self.hasher.digest(key[0], password)
+        ):
+            return None
+        age = self.clock() - entry.verified_at
+        if age < self.refresh_after:
+            return Freshness.FRESH
+        if age < self.ttl:
+            return Freshness.REFRESH
+        return Freshness.STALE
+
+    def matches(self, key: Key, password: str) -> bool:
+        """Whether ``password`` is the user's cached verified password (of any age)."""
+        return self.lookup(key, password) is not None
+
+    def store(self, key: Key, password: str) -> None:
+        """Remember a password the IMAP server just accepted."""
+        if self._store.maxsize > 0:
+            self._store[key] = _Entry(self.hasher.digest(key[0], password), self.clock())
+
+    def drop(self, key: Key) -> None:
+        """Forget a user's entry (IMAP now rejects it: the password changed)."""
+        self._store.pop(key, None)
+
+
+class NegativeCache:
+    """Wrong passwords seen recently, per user; HMACs only."""
+
+    def __init__(
+        self, hasher: Hasher, clock: Clock, *, ttl: float = 60.0, max_entries: int = 100_000
+    ) -> None:
+        self.hasher = hasher
+        self._store: TTLCache[tuple[Key, bytes], bool] = TTLCache(
+            maxsize=max_entries, ttl=ttl, timer=clock
+        )
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def _key(self, key: Key, password: str) -> tuple[Key, bytes]:
+        return key, self.hasher.digest(key[0], password)
+
+    def __contains__(self, item: tuple[Key, str]) -> bool:
+        return self._key(*item) in self._store
+
+    def add(self, key: Key, password: str) -> None:
+        """Remember that the IMAP server rejected this password for this user."""
+        if self._store.maxsize > 0:
+            self._store[self._key(key, password)] = True
+
+
+class FailureBudget:
+    """Distinct wrong passwords per user within a sliding window."""
+
+    def __init__(
+        self,
+        hasher: Hasher,
+        clock: Clock,
+        *,
+        limit: int = 10,
+        window: float = 900.0,
+        max_users: int = 100_000,
+    ) -> None:
+        self.hasher = hasher
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        # user -> {password HMAC: last time it failed}
+        self._users: TTLCache[str, dict[bytes, float]] = TTLCache(
+            maxsize=max_users, ttl=window, timer=clock
+        )
+
+    def _recent(self, user: str) -> dict[bytes, float]:
+        seen = self._users.get(user)
+        if seen is None:
+            return {}
+        cutoff = self.clock() - self.window
+        for digest in [d for d, t in seen.items() if t <= cutoff]:
+            del seen[digest]
+        return seen
+
+    def exhausted(self, user: str) -> bool:
+        """Whether the user has used up the budget of distinct wrong passwords."""
+        return self.limit > 0 and len(self._recent(user)) >= self.limit
+
+    def spend(self, user: str, password: str) -> None:
+        """Count a wrong password (a repeat of one already counted is free)."""
+        seen = self._recent(user)
+        seen[self.hasher.digest(user, password)] = self.clock()
+        # Re-inserting restarts the store's TTL: the user stays tracked while failing.
+        self._users[user] = seen
+
+    def failures(self, user: str) -> int:
+        """Distinct wrong passwords within the window."""
+        return len(self._recent(user))

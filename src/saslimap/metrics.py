@@ -1,0 +1,88 @@
+"""Every Prometheus metric saslimap exports, on an injected registry.
+
+This module owns the metric names, their help texts and label sets, and the
+HTTP endpoint.  Labels come only from small fixed sets (results, cache kinds,
+error kinds): never a user name, realm or password.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+RESULTS = ("ok", "no", "tempfail", "ratelimited", "bad_request")
+CACHE_KINDS = ("positive", "negative", "stale")
+IMAP_ERROR_KINDS = ("connect", "timeout", "tls", "starttls", "protocol", "closed", "busy")
+
+
+class Metrics:
+    """The daemon's metrics; one instance per process, kept across reloads."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "saslimap_requests", "Requests answered, by result.", ["result"], registry=r
+        )
+        self.cache_hits = Counter(
+            "saslimap_cache_hits", "Checks answered from a cache, by kind.", ["kind"], registry=r
+        )
+        self.cache_misses = Counter(
+            "saslimap_cache_misses", "Checks that had to ask the IMAP server.", registry=r
+        )
+        self.imap_login_seconds = Histogram(
+            "saslimap_imap_login_seconds",
+            "Time for one IMAP login check that got a verdict (connect to answer).",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.imap_errors = Counter(
+            "saslimap_imap_errors", "IMAP checks without a verdict, by kind.", ["kind"], registry=r
+        )
+        self.in_flight = Gauge(
+            "saslimap_checks_in_flight", "Checks currently waiting for the IMAP server.", registry=r
+        )
+        self.cache_entries = Gauge(
+            "saslimap_cache_entries", "Entries held, by cache.", ["cache"], registry=r
+        )
+        self.connections_refused = Counter(
+            "saslimap_connections_refused",
+            "Mux connections closed at once because max_connections was reached.",
+            registry=r,
+        )
+        # Pre-create every label so dashboards see zeros rather than gaps.
+        for result in RESULTS:
+            self.requests.labels(result)
+        for kind in CACHE_KINDS:
+            self.cache_hits.labels(kind)
+        for kind in IMAP_ERROR_KINDS:
+            self.imap_errors.labels(kind)
+
+    def watch_cache_sizes(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Read cache sizes at scrape time from the current authenticator."""
+        for cache in ("positive", "negative"):
+            self.cache_entries.labels(cache).set_function(
+                lambda cache=cache: float(sizes().get(cache, 0))  # type: ignore[misc]
+            )
+
+
+class MetricsServer:
+    """The HTTP endpoint (prometheus_client's threaded WSGI server)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self._server: WSGIServer = server
+        self._thread: threading.Thread = thread
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
