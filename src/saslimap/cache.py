@@ -159,6 +159,7 @@ class FailureBudget:
         self._users: TTLCache[str, dict[bytes, float]] = TTLCache(
             maxsize=max_users, ttl=window, timer=clock
         )
+        self._in_flight: dict[str, int] = {}
 
     def _recent(self, user: str) -> dict[bytes, float]:
         seen = self._users.get(user)
@@ -170,8 +171,26 @@ class FailureBudget:
         return seen
 
     def exhausted(self, user: str) -> bool:
-        """Whether the user has used up the budget of distinct wrong passwords."""
-        return self.limit > 0 and len(self._recent(user)) >= self.limit
+        """Whether the user's failures, plus checks of theirs still in flight, use up the budget.
+
+        Counting checks in flight keeps a burst of concurrent guesses from all
+        slipping past a budget that has one unit left.
+        """
+        if self.limit <= 0:
+            return False
+        return len(self._recent(user)) + self._in_flight.get(user, 0) >= self.limit
+
+    def begin(self, user: str) -> None:
+        """A check that may spend budget has started."""
+        self._in_flight[user] = self._in_flight.get(user, 0) + 1
+
+    def end(self, user: str) -> None:
+        """That check has finished (call after :meth:`spend`, if it failed)."""
+        left = self._in_flight.get(user, 0) - 1
+        if left > 0:
+            self._in_flight[user] = left
+        else:
+            self._in_flight.pop(user, None)
 
     def spend(self, user: str, password: str) -> None:
         """Count a wrong password (a repeat of one already counted is free)."""

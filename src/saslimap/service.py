@@ -248,6 +248,14 @@ class Authenticator:
             )
 
         self.metrics.cache_misses.inc()
+        self.budget.begin(user)
+        try:
+            return await self._ask_imap(key, password_s, freshness)
+        finally:
+            self.budget.end(user)
+
+    async def _ask_imap(self, key: Key, password_s: str, freshness: Freshness | None) -> Result:
+        user = key[0]
         start = self.clock()
         try:
             answer = await self._login_once(key, password_s)

@@ -1,0 +1,250 @@
+"""Caches and brute-force limits in the policy, on a fake clock with a fake IMAP backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import generate_latest
+
+from saslimap.cache import CredentialCache, Hasher
+from saslimap.config import CacheConfig, LimitsConfig, UsersConfig, parse_imap_url
+from saslimap.imap import BackendUnavailable, ImapBackend, ImapSettings, LoginResult
+from saslimap.metrics import Metrics
+from saslimap.service import Authenticator, Verdict
+from tests.clock import FakeClock
+from tests.fakes import FakeBackend
+
+USER = "alice@example.com"
+PW = "right pw"
+
+
+def make(
+    cache: CacheConfig | None = None, limits: LimitsConfig | None = None
+) -> tuple[Authenticator, FakeBackend, FakeClock]:
+    clock = FakeClock()
+    backend = FakeBackend({USER: PW})
+    auth = Authenticator(UsersConfig(), backend, clock, cache=cache, limits=limits)
+    return auth, backend, clock
+
+
+async def check(auth: Authenticator, password: str, user: str = USER) -> Verdict:
+    return (await auth.verify(user, password, "smtp")).verdict
+
+
+async def settle(auth: Authenticator) -> None:
+    """Let background refreshes finish."""
+    while auth.background:
+        await asyncio.gather(*auth.background)
+
+
+async def test_success_is_cached() -> None:
+    """A verified password is answered from the cache the second time."""
+    auth, backend, _ = make()
+    assert Verdict.OK == await check(auth, PW)
+    assert Verdict.OK == await check(auth, PW)
+    assert 1 == len(backend.calls)
+
+
+async def test_other_password_is_not_answered_from_cache() -> None:
+    """A cached success for one password says nothing about another."""
+    auth, backend, _ = make()
+    await check(auth, PW)
+    assert Verdict.NO == await check(auth, "guess")
+    assert 2 == len(backend.calls)
+
+
+async def test_entry_expires_after_ttl() -> None:
+    """Past the TTL the IMAP server is asked again."""
+    auth, backend, clock = make(CacheConfig(ttl=100, refresh_after=100))
+    await check(auth, PW)
+    clock.advance(101)
+    assert Verdict.OK == await check(auth, PW)
+    assert 2 == len(backend.calls)
+
+
+async def test_refresh_after_answers_at_once_and_reverifies() -> None:
+    """An older hit is OK immediately and re-verified in the background."""
+    auth, backend, clock = make(CacheConfig(ttl=3600, refresh_after=300))
+    await check(auth, PW)
+    clock.advance(301)
+    backend.delay = 0.05
+    assert Verdict.OK == await check(auth, PW)  # not waiting for the refresh
+    await settle(auth)
+    assert 2 == len(backend.calls)
+    assert Verdict.OK == await check(auth, PW)  # refreshed: fresh again
+    assert 2 == len(backend.calls)
+
+
+async def test_changed_password_stops_working_after_refresh() -> None:
+    """If IMAP now rejects the cached password, the entry is dropped."""
+    auth, backend, clock = make(CacheConfig(ttl=3600, refresh_after=300))
+    await check(auth, PW)
+    backend.users[USER] = "new pw"
+    clock.advance(301)
+    assert Verdict.OK == await check(auth, PW)  # the one use that triggers the refresh
+    await settle(auth)
+    assert Verdict.NO == await check(auth, PW)
+    assert Verdict.OK == await check(auth, "new pw")
+
+
+async def test_stale_if_error_keeps_users_sending() -> None:
+    """Past the TTL, while IMAP is down, the cached password still gets OK."""
+    auth, backend, clock = make(CacheConfig(ttl=3600, refresh_after=300, stale_if_error=14400))
+    await check(auth, PW)
+    clock.advance(3600 + 100)
+    backend.down = "connect"
+    result = await auth.verify(USER, PW, "smtp")
+    assert (Verdict.OK, "stale-cache") == (result.verdict, result.source)
+    assert Verdict.TEMPFAIL == await check(auth, "guess")
+
+
+async def test_stale_entry_is_gone_after_the_window() -> None:
+    """Beyond TTL plus stale-if-error an outage is a tempfail again."""
+    auth, backend, clock = make(CacheConfig(ttl=3600, refresh_after=300, stale_if_error=600))
+    await check(auth, PW)
+    clock.advance(3600 + 601)
+    backend.down = "timeout"
+    assert Verdict.TEMPFAIL == await check(auth, PW)
+
+
+async def test_stale_entry_is_dropped_when_imap_rejects_it() -> None:
+    """An expired entry that IMAP now rejects is forgotten, not served later."""
+    auth, backend, clock = make(CacheConfig(ttl=100, refresh_after=50, stale_if_error=1000))
+    await check(auth, PW)
+    clock.advance(150)
+    backend.users[USER] = "changed"
+    assert Verdict.NO == await check(auth, PW)
+    clock.advance(61)  # past the negative cache
+    backend.down = "connect"
+    assert Verdict.TEMPFAIL == await check(auth, PW)
+
+
+async def test_negative_cache_spares_imap() -> None:
+    """The same wrong password again within negative_ttl does not reach IMAP."""
+    auth, backend, clock = make(CacheConfig(negative_ttl=60))
+    assert Verdict.NO == await check(auth, "typo")
+    assert Verdict.NO == await check(auth, "typo")
+    assert 1 == len(backend.calls)
+    clock.advance(61)
+    assert Verdict.NO == await check(auth, "typo")
+    assert 2 == len(backend.calls)
+
+
+async def test_budget_stops_distinct_wrong_passwords() -> None:
+    """After the budget of distinct wrong passwords, further guesses never reach IMAP."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=10, failure_window=900))
+    for n in range(50):
+        assert Verdict.NO == await check(auth, f"guess {n}")
+    assert 10 == len(backend.calls)
+    result = await auth.verify(USER, "guess 99", "smtp")
+    assert "ratelimited" == result.label
+
+
+async def test_budget_never_locks_out_the_cached_password() -> None:
+    """Over budget, the user's cached verified password still gets OK."""
+    auth, _, _ = make(limits=LimitsConfig(failure_budget=3))
+    assert Verdict.OK == await check(auth, PW)
+    for n in range(20):
+        await check(auth, f"guess {n}")
+    assert Verdict.OK == await check(auth, PW)
+
+
+async def test_repeated_wrong_password_spends_budget_once() -> None:
+    """A phone retrying one wrong password uses one unit of budget, even after the negative TTL."""
+    auth, _, clock = make(CacheConfig(negative_ttl=10), LimitsConfig(failure_budget=2))
+    for _ in range(5):
+        await check(auth, "old password")
+        clock.advance(11)
+    assert 1 == auth.budget.failures(USER)
+
+
+async def test_budget_window_slides() -> None:
+    """Failures older than the window no longer count."""
+    auth, backend, clock = make(limits=LimitsConfig(failure_budget=2, failure_window=900))
+    await check(auth, "a")
+    await check(auth, "b")
+    assert "ratelimited" == (await auth.verify(USER, "c", "smtp")).label
+    clock.advance(901)
+    await check(auth, "c")
+    assert 3 == len(backend.calls)
+
+
+async def test_identical_concurrent_checks_share_one_login() -> None:
+    """Ten simultaneous checks of the same credentials cost one IMAP login."""
+    auth, backend, _ = make(CacheConfig(max_entries=0))
+    backend.delay = 0.05
+    results = await asyncio.gather(*(check(auth, PW) for _ in range(10)))
+    assert [Verdict.OK] * 10 == results
+    assert 1 == len(backend.calls)
+
+
+async def test_shared_outage_reaches_every_waiter() -> None:
+    """When the shared login fails, every waiter gets the tempfail."""
+    auth, backend, _ = make(CacheConfig(max_entries=0))
+    backend.delay = 0.05
+    backend.down = "timeout"
+    results = await asyncio.gather(*(check(auth, PW) for _ in range(5)))
+    assert [Verdict.TEMPFAIL] * 5 == results
+
+
+def test_cache_keeps_no_password() -> None:
+    """What the cache stores is an HMAC under a per-process key, not the password or its hash."""
+    clock = FakeClock()
+    cache = CredentialCache(Hasher(), clock)
+    cache.store((USER, "", "smtp"), PW)
+    stored = next(iter(cache._store.values()))
+    assert PW.encode() not in stored.digest
+    assert Hasher().digest(USER, PW) != stored.digest  # another process's key differs
+
+
+async def test_metrics_count_results_and_cache_kinds() -> None:
+    """Requests by result and cache hits by kind are counted; no user appears in labels."""
+    metrics = Metrics()
+    clock = FakeClock()
+    backend = FakeBackend({USER: PW})
+    auth = Authenticator(
+        UsersConfig(), backend, clock, limits=LimitsConfig(failure_budget=1), metrics=metrics
+    )
+    await check(auth, PW)
+    await check(auth, PW)
+    await check(auth, "wrong")
+    await check(auth, "wrong")
+    await check(auth, "wrong again")
+    await auth.verify("", "x")
+    sample = metrics.registry.get_sample_value
+    assert 2.0 == sample("saslimap_requests_total", {"result": "ok"})
+    assert 2.0 == sample("saslimap_requests_total", {"result": "no"})
+    assert 1.0 == sample("saslimap_requests_total", {"result": "ratelimited"})
+    assert 1.0 == sample("saslimap_requests_total", {"result": "bad_request"})
+    assert 1.0 == sample("saslimap_cache_hits_total", {"kind": "positive"})
+    assert 1.0 == sample("saslimap_cache_hits_total", {"kind": "negative"})
+    assert 2.0 == sample("saslimap_cache_misses_total")
+    text = generate_latest(metrics.registry).decode()
+    assert USER not in text
+    assert "alice" not in text
+
+
+def _blocking_settings() -> ImapSettings:
+    return ImapSettings(parse_imap_url("imap+plaintext://127.0.0.1:9"), None, 1.0, 1.0)
+
+
+async def test_full_queue_is_busy_at_once() -> None:
+    """Beyond max_concurrency plus max_queue, a check is refused immediately as busy."""
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow(_s: ImapSettings, _u: str, _p: str) -> LoginResult:
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        return LoginResult.ACCEPTED
+
+    backend = ImapBackend(_blocking_settings(), 1, max_queue=1, check=slow)
+    first = asyncio.create_task(backend.login("a", "p"))
+    second = asyncio.create_task(backend.login("b", "p"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(BackendUnavailable) as info:
+        await backend.login("c", "p")
+    assert "busy" == info.value.kind
+    release.set()
+    assert [LoginResult.ACCEPTED] * 2 == list(await asyncio.gather(first, second))
+    backend.close()
