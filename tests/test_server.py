@@ -55,7 +55,7 @@ async def start(sockdir: Path, **changes: object) -> Running:
     cfg = replace(ServerConfig(socket=sockdir / "mux", read_timeout=0.3), **changes)  # type: ignore[arg-type]
     backend = FakeBackend({"alice@example.com": "right pw"})
     auth = Authenticator(UsersConfig(), backend)
-    server = MuxServer(cfg, auth.verify)
+    server = MuxServer(cfg, auth)
     await server.start()
     return Running(server, backend, cfg.socket)
 

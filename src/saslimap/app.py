@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from saslimap import config as config_mod
-from saslimap import sdnotify
+from saslimap import logs, sdnotify
 from saslimap.config import Config, ConfigError
 from saslimap.imap import ImapBackend
 from saslimap.metrics import Metrics, MetricsServer
@@ -65,12 +65,13 @@ class Daemon:
             host, port = config_mod.split_listen(self.cfg.metrics.listen)
             self.metrics_server = MetricsServer(self.metrics, host, port)
         inherited = sdnotify.listen_sockets()
-        self.server = MuxServer(self.cfg.server, self.auth.verify, self.metrics)
+        self.server = MuxServer(self.cfg.server, self.auth, self.metrics)
         await self.server.start(inherited[0] if inherited else None)
         self.backend.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._flush_logs()
         log.info("saslimap ready: IMAP server %s", self.cfg.imap.target)
         sdnotify.notify("READY=1\nSTATUS=answering on the mux socket")
         await self.stopping.wait()
@@ -84,7 +85,15 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.close()
         log.info("stopped")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         return 0
+
+    def _flush_logs(self) -> None:
+        """Flush buffered log lines regularly (see saslimap.logs)."""
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        asyncio.get_running_loop().call_later(logs.FLUSH_INTERVAL, self._flush_logs)
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""
@@ -101,7 +110,7 @@ class Daemon:
         self.backend = ImapBackend.from_config(new.imap)
         self.auth = build_authenticator(new, self.backend, self.metrics)
         if self.server is not None:
-            self.server.verify = self.auth.verify
+            self.server.checker = self.auth
         self.cfg = Config(
             self.cfg.server,
             new.imap,

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from saslimap import app, client
+from saslimap import app, client, logs
 from saslimap.config import ConfigError, ServerConfig
 
 EX_CONFIG = 78
@@ -23,11 +23,7 @@ log = logging.getLogger("saslimap")
 
 
 def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s saslimap[%(process)d]: %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup("saslimap", level)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,22 +21,44 @@ import enum
 import errno
 import grp
 import logging
+import math
 import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 from saslimap import protocol
 from saslimap.config import ServerConfig
 from saslimap.metrics import Metrics
-from saslimap.service import Result, Verdict
+from saslimap.service import Pending, Result, Verdict
 
 log = logging.getLogger(__name__)
 
-Verify = Callable[[bytes, bytes, bytes, bytes], Awaitable[Result]]
+
+class Checker(Protocol):
+    """The policy as the server uses it (an :class:`~saslimap.service.Authenticator`)."""
+
+    @property
+    def failure_delay(self) -> float:
+        """Seconds NO answers are delayed (then they go through :meth:`verify`)."""
+        ...
+
+    def decide(
+        self, login: bytes, password: bytes, service: bytes, realm: bytes
+    ) -> Result | Pending:
+        """Answer now if no IMAP login is needed."""
+        ...
+
+    async def complete(self, pending: Pending) -> Result:
+        """Ask the IMAP server."""
+        ...
+
+    async def verify(self, login: bytes, password: bytes, service: bytes, realm: bytes) -> Result:
+        """Decide, then complete if needed (with any failure delay)."""
+        ...
 
 
 class SocketInUse(OSError):
@@ -115,7 +137,10 @@ class _Connection(asyncio.Protocol):
         self.state = _State.READING
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        # When this connection must have finished its current phase (reading the
+        # request, or the client closing after our reply); MuxServer's sweeper
+        # enforces it, so no timer is created per connection.
+        self.deadline = math.inf
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,7 +150,7 @@ class _Connection(asyncio.Protocol):
             self.state = _State.CLOSED
             self.transport.abort()
             return
-        self.timer = self.server.loop.call_later(self.server.cfg.read_timeout, self._read_timeout)
+        self.deadline = self.server.loop.time() + self.server.cfg.read_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.state is not _State.READING:
@@ -144,7 +169,19 @@ class _Connection(asyncio.Protocol):
             return
         self.state = _State.CHECKING
         self._cancel_timer()
-        self.server.spawn(self._check(parsed.request))
+        req = parsed.request
+        checker = self.server.checker
+        try:
+            decided = checker.decide(req.login, req.password, req.service, req.realm)
+        except Exception:
+            log.exception("internal error while checking a request; answering tempfail")
+            decided = Result(Verdict.TEMPFAIL, "internal error")
+        if isinstance(decided, Result) and not (
+            decided.verdict is Verdict.NO and checker.failure_delay
+        ):
+            self._answer(decided)  # cache hits and refusals: no task, no await
+        else:
+            self.server.spawn(self._check(req))
 
     def eof_received(self) -> bool:
         if self.state is _State.READING:
@@ -164,11 +201,16 @@ class _Connection(asyncio.Protocol):
     # -- our own steps -----------------------------------------------------
     async def _check(self, req: protocol.Request) -> None:
         try:
-            result = await self.server.verify(req.login, req.password, req.service, req.realm)
+            result = await self.server.checker.verify(
+                req.login, req.password, req.service, req.realm
+            )
         except Exception:
             # The policy never raises for bad input; anything here is our bug.
             log.exception("internal error while checking a request; answering tempfail")
             result = Result(Verdict.TEMPFAIL, "internal error")
+        self._answer(result)
+
+    def _answer(self, result: Result) -> None:
         if self.state is not _State.CHECKING:
             return  # the client went away; the check was still logged
         if result.verdict is Verdict.OK:
@@ -190,10 +232,10 @@ class _Connection(asyncio.Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.buf.clear()
-        self.timer = self.server.loop.call_later(self.server.cfg.read_timeout, self._close)
+        self.deadline = self.server.loop.time() + self.server.cfg.read_timeout
 
-    def _read_timeout(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        """The deadline passed: a slow or silent client, or one that never closes."""
         if self.state is _State.READING:
             self.server.bad_request(
                 f"no complete request within {self.server.cfg.read_timeout:g} s "
@@ -202,9 +244,7 @@ class _Connection(asyncio.Protocol):
         self._close()
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = math.inf
 
     def _close(self) -> None:
         self._cancel_timer()
@@ -221,15 +261,21 @@ class _Connection(asyncio.Protocol):
 class MuxServer:
     """The saslauthd-protocol server on a Unix socket."""
 
-    def __init__(self, cfg: ServerConfig, verify: Verify, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        checker: Checker,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.cfg = cfg
-        self.verify = verify
+        self.checker = checker
         self.metrics = metrics or Metrics()
         self.loop = asyncio.get_running_loop()
         self.max_request = protocol.max_request_size(cfg.max_field_length)
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._path: Path | None = None
         self._inode: int | None = None
         self._refused = 0
@@ -250,7 +296,15 @@ class MuxServer:
         self._server = await self.loop.create_unix_server(
             lambda: _Connection(self), sock=sock, backlog=1024
         )
+        self._sweep()
         log.info("listening on %s", self._path or sock.getsockname())
+
+    def _sweep(self) -> None:
+        """Enforce connection deadlines, a few times per second (one timer for all)."""
+        now = self.loop.time()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.expire()
+        self._sweeper = self.loop.call_later(min(0.1, self.cfg.read_timeout / 4), self._sweep)
 
     # -- bookkeeping used by connections ----------------------------------
     def admit(self, conn: _Connection) -> bool:
@@ -304,6 +358,8 @@ class MuxServer:
                 log.warning("drain deadline passed; abandoning %d check(s)", len(pending))
                 for task in pending:
                     task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             conn.abort()
         if self._server is not None:

@@ -30,7 +30,7 @@ import random
 import time
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from saslimap.cache import CredentialCache, FailureBudget, Freshness, Hasher, Key, NegativeCache
@@ -86,6 +86,15 @@ class Result:
         )
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A check that needs the IMAP server (from :meth:`Authenticator.decide`)."""
+
+    key: Key
+    password: str = field(repr=False)
+    freshness: Freshness | None
+
+
 class LoginBackend(Protocol):
     """Something that can check a user name and password (the IMAP server)."""
 
@@ -97,6 +106,8 @@ class LoginBackend(Protocol):
 def shown(value: str | bytes) -> str:
     """A value made safe for a log line: control and invisible characters escaped, quotes too."""
     text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # the common case, on the hot path of every log line
     return "".join(
         c
         if c.isprintable() and c not in '"\\'
@@ -170,6 +181,11 @@ class Authenticator:
         self.background: set[asyncio.Task[None]] = set()
         self._refreshing: set[Key] = set()
 
+    @property
+    def failure_delay(self) -> float:
+        """Seconds a NO answer waits (0: answer at once)."""
+        return self.limits.failure_delay
+
     def cache_sizes(self) -> dict[str, int]:
         """Entries in each cache (for the metrics gauge)."""
         return {"positive": len(self.cache), "negative": len(self.negative)}
@@ -195,11 +211,52 @@ class Authenticator:
         realm: str | bytes = "",
     ) -> Result:
         """Check one login and log one line about it; never raises for bad input."""
+        decided = self.decide(login, password, service, realm)
+        if isinstance(decided, Result):
+            result = decided
+        else:
+            result = await self.complete(decided)
+        if result.verdict is Verdict.NO and self.limits.failure_delay > 0:
+            # Jitter so timing says nothing about why; not a secret, so plain random.
+            await asyncio.sleep(self.limits.failure_delay * random.uniform(0.5, 1.5))  # noqa: S311
+        return result
+
+    def decide(
+        self,
+        login: str | bytes,
+        password: str | bytes,
+        service: str | bytes = "",
+        realm: str | bytes = "",
+    ) -> Result | Pending:
+        """Answer at once when no IMAP login is needed (validation, caches, budget).
+
+        Returns a logged :class:`Result`, or a :class:`Pending` to pass to
+        :meth:`complete`.  The mux server answers cache hits this way without
+        creating a task.
+        """
         try:
-            result = await self._verify(login, password, service, realm)
+            decided = self._decide(login, password, service, realm)
         except _Refused as refusal:
-            result = Result(Verdict.NO, str(refusal), kind="bad_request")
-        self.metrics.requests.labels(result.label).inc()
+            decided = Result(Verdict.NO, str(refusal), kind="bad_request")
+        if isinstance(decided, Result):
+            self._record(decided, login, service, realm)
+        return decided
+
+    async def complete(self, pending: Pending) -> Result:
+        """Ask the IMAP server for a check :meth:`decide` could not answer; logs it."""
+        user = pending.key[0]
+        self.budget.begin(user)
+        try:
+            result = await self._ask_imap(pending.key, pending.password, pending.freshness)
+        finally:
+            self.budget.end(user)
+        self._record(result, user, pending.key[2], pending.key[1])
+        return result
+
+    def _record(
+        self, result: Result, login: str | bytes, service: str | bytes, realm: str | bytes
+    ) -> None:
+        self.metrics.count_request(result.label)
         log.info(
             'auth user="%s" service="%s" realm="%s" result=%s source=%s reason="%s"'
             " backend_ms=%s%s",
@@ -212,18 +269,14 @@ class Authenticator:
             "-" if result.backend_seconds is None else f"{result.backend_seconds * 1000:.1f}",
             f' detail="{shown(result.detail)}"' if result.detail else "",
         )
-        if result.verdict is Verdict.NO and self.limits.failure_delay > 0:
-            # Jitter so timing says nothing about why; not a secret, so plain random.
-            await asyncio.sleep(self.limits.failure_delay * random.uniform(0.5, 1.5))  # noqa: S311
-        return result
 
-    async def _verify(
+    def _decide(
         self,
         login: str | bytes,
         password: str | bytes,
         service: str | bytes,
         realm: str | bytes,
-    ) -> Result:
+    ) -> Result | Pending:
         login_s = _text("login", login, required=True)
         password_s = _text("password", password, required=True)
         service_s = _text("service", service, required=False)
@@ -246,13 +299,8 @@ class Authenticator:
             return Result(
                 Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
             )
-
         self.metrics.cache_misses.inc()
-        self.budget.begin(user)
-        try:
-            return await self._ask_imap(key, password_s, freshness)
-        finally:
-            self.budget.end(user)
+        return Pending(key, password_s, freshness)
 
     async def _ask_imap(self, key: Key, password_s: str, freshness: Freshness | None) -> Result:
         user = key[0]
