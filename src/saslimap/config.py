@@ -10,19 +10,31 @@ keys; a test keeps the two in step.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from saslimap import confkit
+from saslimap.confkit import (
+    ConfigError,
+    boolean,
+    choice,
+    integer,
+    mode,
+    number,
+    opt,
+    optional_path,
+    split_listen,
+    string,
+)
+
+# Re-exported for callers that import them from here.
+__all__ = ["ConfigError", "split_listen"]
+
 Scheme = Literal["imaps", "imap", "imap+plaintext"]
 _DEFAULT_PORTS: dict[str, int] = {"imaps": 993, "imap": 143, "imap+plaintext": 143}
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -72,66 +84,8 @@ def parse_imap_url(url: str, key: str = "imap.url") -> ImapTarget:
     return ImapTarget(checked, parts.hostname, port or _DEFAULT_PORTS[scheme])
 
 
-Check = Callable[[str, object], Any]
-
-
-def _choice(*choices: str) -> Check:
-    def check(key: str, value: object) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    return check
-
-
-def _number(low: float, high: float) -> Check:
-    def check(key: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: must be a number; got {value!r}")
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: must be between {low:g} and {high:g}; got {value!r}")
-        return float(value)
-
-    return check
-
-
-def _integer(low: int, high: int) -> Check:
-    def check(key: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be a whole number; got {value!r}")
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: must be between {low} and {high}; got {value!r}")
-        return value
-
-    return check
-
-
-def _boolean(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: must be true or false; got {value!r}")
-    return value
-
-
-def _string(key: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: must be a string; got {value!r}")
-    return value
-
-
-def _mode(key: str, value: object) -> int:
-    # TOML has no octal literal that reads naturally to an administrator, so modes are strings.
-    text = _string(key, value)
-    try:
-        mode = int(text, 8)
-    except ValueError as err:
-        raise ConfigError(f'{key}: must be an octal mode such as "0660"; got {text!r}') from err
-    if not 0 <= mode <= 0o777:
-        raise ConfigError(f"{key}: must be between 0000 and 0777; got {text!r}")
-    return mode
-
-
 def _socket_path(key: str, value: object) -> Path:
-    text = _string(key, value)
+    text = string(key, value)
     if not text.startswith("/"):
         raise ConfigError(f"{key}: must be an absolute path; got {text!r}")
     if len(text.encode()) > 107:
@@ -139,13 +93,8 @@ def _socket_path(key: str, value: object) -> Path:
     return Path(text)
 
 
-def _optional_path(key: str, value: object) -> Path | None:
-    text = _string(key, value)
-    return Path(text) if text else None
-
-
 def _url(key: str, value: object) -> str:
-    text = _string(key, value)
+    text = string(key, value)
     if text:
         parse_imap_url(text, key)
     return text
@@ -156,33 +105,11 @@ def _domains(key: str, value: object) -> tuple[str, ...]:
         raise ConfigError(f"{key}: must be a list of domain names")
     out = []
     for n, item in enumerate(value):
-        text = _string(f"{key}[{n}]", item).strip().lower().rstrip(".")
+        text = string(f"{key}[{n}]", item).strip().lower().rstrip(".")
         if not text or any(c.isspace() or c in "@/\\" or not c.isprintable() for c in text):
             raise ConfigError(f"{key}[{n}]: {item!r} is not a domain name")
         out.append(text)
     return tuple(out)
-
-
-def _listen(key: str, value: object) -> str:
-    text = _string(key, value)
-    if text:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f'{key}: must be "host:port" (or "" to turn it off); got {text!r}')
-    return text
-
-
-def split_listen(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9101"`` -> ``("127.0.0.1", 9101)``; ``[::1]:9101`` works too."""
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _opt(default: Any, check: Check) -> Any:
-    """A config field with its default and the function that validates a raw TOML value."""
-    if isinstance(default, list | dict | set):
-        raise TypeError("mutable defaults are not allowed")
-    return field(default=default, metadata={"check": check})
 
 
 @dataclass(frozen=True)
@@ -190,17 +117,17 @@ class ServerConfig:
     """The mux socket and how requests on it are bounded."""
 
     # _opt returns a dataclasses.field; Path values are immutable.
-    socket: Path = _opt(Path("/run/saslauthd/mux"), _socket_path)  # noqa: RUF009
-    socket_mode: int = _opt(0o660, _mode)
-    socket_group: str = _opt("", _string)
-    create_directory: bool = _opt(True, _boolean)
-    max_connections: int = _opt(512, _integer(1, 100_000))
-    read_timeout: float = _opt(5.0, _number(0.05, 300))
-    max_field_length: int = _opt(256, _integer(16, 65535))
-    on_backend_error: Literal["close", "no"] = _opt("close", _choice("close", "no"))
-    drain_timeout: float = _opt(10.0, _number(0, 600))
-    event_loop: Literal["auto", "asyncio", "uvloop"] = _opt(
-        "auto", _choice("auto", "asyncio", "uvloop")
+    socket: Path = opt(Path("/run/saslauthd/mux"), _socket_path)  # noqa: RUF009
+    socket_mode: int = opt(0o660, mode)
+    socket_group: str = opt("", string)
+    create_directory: bool = opt(True, boolean)
+    max_connections: int = opt(512, integer(1, 100_000))
+    read_timeout: float = opt(5.0, number(0.05, 300))
+    max_field_length: int = opt(256, integer(16, 65535))
+    on_backend_error: Literal["close", "no"] = opt("close", choice("close", "no"))
+    drain_timeout: float = opt(10.0, number(0, 600))
+    event_loop: Literal["auto", "asyncio", "uvloop"] = opt(
+        "auto", choice("auto", "asyncio", "uvloop")
     )
 
 
@@ -208,15 +135,15 @@ class ServerConfig:
 class ImapConfig:
     """The IMAP server that holds the users' passwords."""
 
-    url: str = _opt("", _url)
-    ca_file: Path | None = _opt(None, _optional_path)  # noqa: RUF009  (a field, see ServerConfig)
-    connect_timeout: float = _opt(5.0, _number(0.05, 120))
-    response_timeout: float = _opt(5.0, _number(0.05, 120))
-    max_concurrency: int = _opt(16, _integer(1, 1024))
-    max_queue: int = _opt(64, _integer(0, 100_000))
-    mechanism: Literal["auto", "plain", "login"] = _opt("auto", _choice("auto", "plain", "login"))
-    warm_connections: int = _opt(2, _integer(0, 64))
-    warm_max_idle: float = _opt(20.0, _number(1, 3600))
+    url: str = opt("", _url)
+    ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009  (a field, see ServerConfig)
+    connect_timeout: float = opt(5.0, number(0.05, 120))
+    response_timeout: float = opt(5.0, number(0.05, 120))
+    max_concurrency: int = opt(16, integer(1, 1024))
+    max_queue: int = opt(64, integer(0, 100_000))
+    mechanism: Literal["auto", "plain", "login"] = opt("auto", choice("auto", "plain", "login"))
+    warm_connections: int = opt(2, integer(0, 64))
+    warm_max_idle: float = opt(20.0, number(1, 3600))
 
     @property
     def target(self) -> ImapTarget:
@@ -228,44 +155,44 @@ class ImapConfig:
 class UsersConfig:
     """How the login and realm fields become the IMAP user name."""
 
-    realm: Literal["join", "ignore"] = _opt("join", _choice("join", "ignore"))
-    lowercase: bool = _opt(False, _boolean)
-    allowed_domains: tuple[str, ...] = _opt((), _domains)
+    realm: Literal["join", "ignore"] = opt("join", choice("join", "ignore"))
+    lowercase: bool = opt(False, boolean)
+    allowed_domains: tuple[str, ...] = opt((), _domains)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     """What is remembered between checks (see saslimap.cache)."""
 
-    ttl: float = _opt(3600.0, _number(0, 30 * 86400))
-    refresh_after: float = _opt(300.0, _number(0, 30 * 86400))
-    stale_if_error: float = _opt(4 * 3600.0, _number(0, 30 * 86400))
-    max_entries: int = _opt(100_000, _integer(0, 10_000_000))
-    negative_ttl: float = _opt(60.0, _number(0, 86400))
+    ttl: float = opt(3600.0, number(0, 30 * 86400))
+    refresh_after: float = opt(300.0, number(0, 30 * 86400))
+    stale_if_error: float = opt(4 * 3600.0, number(0, 30 * 86400))
+    max_entries: int = opt(100_000, integer(0, 10_000_000))
+    negative_ttl: float = opt(60.0, number(0, 86400))
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     """Brute-force limits."""
 
-    failure_budget: int = _opt(10, _integer(0, 1_000_000))
-    failure_window: float = _opt(900.0, _number(1, 30 * 86400))
-    failure_delay: float = _opt(0.0, _number(0, 30))
+    failure_budget: int = opt(10, integer(0, 1_000_000))
+    failure_window: float = opt(900.0, number(1, 30 * 86400))
+    failure_delay: float = opt(0.0, number(0, 30))
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint."""
 
-    listen: str = _opt("127.0.0.1:9101", _listen)
+    listen: str = opt("127.0.0.1:9101", confkit.listen)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
     """Log verbosity."""
 
-    level: Literal["debug", "info", "warning", "error"] = _opt(
-        "info", _choice("debug", "info", "warning", "error")
+    level: Literal["debug", "info", "warning", "error"] = opt(
+        "info", choice("debug", "info", "warning", "error")
     )
 
 
@@ -282,53 +209,19 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-def _build_section(cls: type[Any], name: str, raw: object) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: must be a table ([{name}])")
-    checks = {f.name: f.metadata["check"] for f in fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in checks:
-            raise ConfigError(f"{name}.{key}: unknown key")
-        values[key] = checks[key](f"{name}.{key}", value)
-    return cls(**values)
-
-
 def from_mapping(raw: Mapping[str, Any]) -> Config:
     """Validate a parsed TOML document and build the configuration."""
-    sections = {f.name: f.default_factory for f in fields(Config)}
-    for key in raw:
-        if key not in sections:
-            raise ConfigError(f"{key}: unknown section (known: {', '.join(sections)})")
-    return Config(
-        **{
-            name: _build_section(cls, name, raw.get(name, {}))  # type: ignore[arg-type]
-            for name, cls in sections.items()
-        }
-    )
+    return confkit.from_mapping(Config, raw)
 
 
 def load(path: Path) -> Config:
     """Read and validate a TOML file."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from err
-    try:
-        return from_mapping(raw)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    return confkit.load(Config, path)
 
 
 def override(cfg: Config, key: str, value: object) -> Config:
     """Set ``section.key`` (a command-line flag) with the same checks as the file."""
-    section, _, name = key.partition(".")
-    current = getattr(cfg, section)
-    checks = {f.name: f.metadata["check"] for f in fields(current)}
-    return replace(cfg, **{section: replace(current, **{name: checks[name](key, value)})})
+    return confkit.override(cfg, key, value)
 
 
 def require_complete(cfg: Config) -> None:
