@@ -1,18 +1,87 @@
-"""The ``mail-filter`` command (content filter, quarantine, learning).
+"""The ``mail-filter`` command: argument parsing, logging setup and exit codes.
 
-Placeholder until the content filter issue: the console script exists so its
-name is stable, and says plainly that nothing is implemented yet.
+Subcommands: ``serve`` (the content filter) and ``check-config FILE``.
+Exit code 78 (EX_CONFIG) for a bad configuration.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
+from pathlib import Path
+
+from filter import app
+from filter.config import ConfigError
+from saslimap import logs
+
+EX_CONFIG = 78
+DEFAULT_CONFIG = Path("/etc/mail-filter/filter.toml")
+log = logging.getLogger("filter")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mail-filter", description="after-queue content filter: clamd + spamd for Postfix"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the content filter")
+    serve.add_argument(
+        "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
+    )
+    serve.add_argument("--listen", help="host:port Postfix sends mail to (server.listen)")
+    serve.add_argument("--reinject", help="host:port of Postfix's re-injection listener")
+    serve.add_argument("--clamd", help="unix:/path or host:port of clamd")
+    serve.add_argument("--spamd", help="host:port or unix:/path of spamd")
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    overrides = {
+        key: value
+        for key, value in (
+            ("server.listen", args.listen),
+            ("reinject.address", args.reinject),
+            ("clamd.address", args.clamd),
+            ("spamd.address", args.spamd),
+        )
+        if value is not None
+    }
+    try:
+        cfg = app.load_config(path, overrides)
+    except ConfigError as err:
+        logs.setup("mail-filter")
+        log.error("configuration error: %s", err)
+        return EX_CONFIG
+    logs.setup("mail-filter", cfg.logging.level)
+    try:
+        return app.serve(cfg, path, overrides)
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = app.load_config(args.file, {})
+    except ConfigError as err:
+        print(f"mail-filter: {err}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{args.file}: OK (listen {cfg.server.listen}, re-inject {cfg.reinject.address})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mail-filter`` console script."""
-    print("mail-filter: not implemented yet (see the content filter issue)", file=sys.stderr)
-    return 69  # EX_UNAVAILABLE
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _check_config(args)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class Daemon:
         _warn_about(self.cfg)
         if self.cfg.metrics.listen:
             host, port = config_mod.split_listen(self.cfg.metrics.listen)
-            self.metrics_server = MetricsServer(self.metrics, host, port)
+            self.metrics_server = MetricsServer(self.metrics.registry, host, port)
         inherited = sdnotify.listen_sockets()
         self.server = MuxServer(self.cfg.server, self.auth, self.metrics)
         await self.server.start(inherited[0] if inherited else None)

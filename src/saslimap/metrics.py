@@ -79,8 +79,8 @@ class Metrics:
 class MetricsServer:
     """The HTTP endpoint (prometheus_client's threaded WSGI server)."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        server, thread = start_http_server(port, addr=host, registry=registry)
         self._server: WSGIServer = server
         self._thread: threading.Thread = thread
         log.info("metrics on http://%s:%d/metrics", host, port)

@@ -1,0 +1,145 @@
+"""mail-filter's composition root: build, listen, notify, wait, reload, drain.
+
+Config -> clamd and spamd clients, re-injector -> Filter -> aiosmtpd server,
+plus the metrics endpoint.  SIGTERM/SIGINT: stop accepting, let messages in
+progress finish within ``drain_timeout`` (Postfix retries anything cut off,
+since we never answered it), then exit.  SIGHUP: re-read the file; on error
+keep the old configuration and say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from filter import config as config_mod
+from filter.clamd import ClamdClient
+from filter.config import Config, ConfigError
+from filter.metrics import Metrics
+from filter.server import Handler, start_server
+from filter.service import Filter
+from filter.smtp_out import Reinjector
+from filter.spamd import SpamdClient
+from saslimap import sdnotify
+from saslimap.metrics import MetricsServer
+
+log = logging.getLogger(__name__)
+
+
+def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
+    """The per-message pipeline for a config."""
+    host, port = config_mod.split_listen(cfg.reinject.address)
+    reinjector = Reinjector(
+        host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout,
+        pool_size=cfg.reinject.pool_size,
+    )  # fmt: skip
+    clamd = ClamdClient(
+        cfg.clamd.address, timeout=cfg.clamd.timeout, max_stream=cfg.clamd.max_stream,
+        concurrency=cfg.clamd.concurrency,
+    )  # fmt: skip
+    spamd = SpamdClient(
+        cfg.spamd.address, timeout=cfg.spamd.timeout, concurrency=cfg.spamd.concurrency,
+        user=cfg.spamd.user,
+    )  # fmt: skip
+    return Filter(cfg, clamd, spamd, reinjector, metrics), reinjector
+
+
+class Daemon:
+    """The running filter."""
+
+    def __init__(self, cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides
+        self.metrics = Metrics()
+        self.service, self.reinjector = build_filter(cfg, self.metrics)
+        self.handler = Handler(self.service, cfg.server.max_connections)
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT."""
+        loop = asyncio.get_running_loop()
+        metrics_server = None
+        if self.cfg.metrics.listen:
+            mhost, mport = config_mod.split_listen(self.cfg.metrics.listen)
+            metrics_server = MetricsServer(self.metrics.registry, mhost, mport)
+        inherited = sdnotify.listen_sockets()
+        host, port = config_mod.split_listen(self.cfg.server.listen)
+        server = await start_server(
+            self.handler, host, port,
+            hostname=self.cfg.server.name,
+            data_size_limit=self.cfg.server.max_message_size,
+            idle_timeout=self.cfg.server.idle_timeout,
+            sock=inherited[0] if inherited else None,
+        )  # fmt: skip
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log.info(
+            "mail-filter ready on %s; clamd %s, spamd %s, re-injecting to %s",
+            self.cfg.server.listen, self.cfg.clamd.address,
+            self.cfg.spamd.address if self.cfg.spamd.enabled else "off", self.cfg.reinject.address,
+        )  # fmt: skip
+        sdnotify.notify("READY=1\nSTATUS=filtering")
+        await self.stopping.wait()
+        sdnotify.notify("STOPPING=1")
+        server.close()
+        await self._drain()
+        await self.reinjector.close()
+        if metrics_server is not None:
+            metrics_server.close()
+        log.info("stopped")
+        return 0
+
+    async def _drain(self) -> None:
+        """Wait for messages in progress; then close idle and stuck connections."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.handler.idle.wait(), self.cfg.server.drain_timeout)
+        if self.handler.busy:
+            log.warning("drain deadline passed with %d message(s) unanswered", self.handler.busy)
+        for conn in list(self.handler.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+
+    def reload(self) -> None:
+        """SIGHUP: rebuild the pipeline from a freshly validated config, or keep the old one."""
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path, self.overrides)
+        except ConfigError as err:
+            log.error("reload failed, keeping the current configuration: %s", err)
+            sdnotify.notify("READY=1")
+            return
+        if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
+            log.warning("reload: [server] and [metrics] changes take effect only after a restart")
+        old = self.reinjector
+        self.service, self.reinjector = build_filter(
+            Config(self.cfg.server, new.reinject, new.clamd, new.spamd, new.policy,
+                   self.cfg.metrics, new.logging),
+            self.metrics,
+        )  # fmt: skip
+        self.handler.service = self.service
+        self.cfg = new
+        asyncio.get_running_loop().create_task(old.close())
+        log.info("reloaded configuration from %s", self.config_path or "flags")
+        sdnotify.notify("READY=1")
+
+
+def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
+    """The file (or defaults), then command-line flags on top."""
+    cfg = config_mod.load(path)
+    for key, value in overrides.items():
+        cfg = config_mod.override(cfg, key, value)
+    return cfg
+
+
+def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
+    """Run the filter in a fresh event loop (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(Daemon(cfg, config_path, overrides).run())
+    return uvloop.run(Daemon(cfg, config_path, overrides).run())

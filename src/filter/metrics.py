@@ -1,0 +1,59 @@
+"""Every Prometheus metric mail-filter exports, on an injected registry.
+
+Labels come only from small fixed sets (outcomes, scanners, error kinds):
+never an address, subject or virus name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OUTCOMES = ("clean", "spam", "virus", "tempfail", "rejected")
+SCANNERS = ("clamd", "spamd")
+ERROR_KINDS = ("connect", "timeout", "protocol", "error")
+
+
+class Metrics:
+    """The filter's metrics; one instance per process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "mailfilter_messages", "Messages answered, by outcome.", ["outcome"], registry=r
+        )
+        self.scan_seconds = Histogram(
+            "mailfilter_scan_seconds",
+            "Time one scanner took for one message.",
+            ["scanner"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.scanner_errors = Counter(
+            "mailfilter_scanner_errors",
+            "Scans without a verdict, by scanner and kind.",
+            ["scanner", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "mailfilter_messages_in_flight", "Messages being scanned or re-injected.", registry=r
+        )
+        self.reinject_failures = Counter(
+            "mailfilter_reinject_failures",
+            "Re-injections that did not end with every recipient accepted, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.message_bytes = Histogram(
+            "mailfilter_message_bytes",
+            "Size of messages received.",
+            buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 5e7),
+            registry=r,
+        )
+        for outcome in OUTCOMES:
+            self.messages.labels(outcome)
+        for scanner in SCANNERS:
+            for kind in ERROR_KINDS:
+                self.scanner_errors.labels(scanner, kind)
+        for kind in ("temporary", "permanent", "partial", "connection"):
+            self.reinject_failures.labels(kind)

@@ -1,0 +1,366 @@
+"""One message through the filter: scan, decide, mark, re-inject, answer. No sockets.
+
+This module owns the no-loss transaction.  The answer it returns is the one
+the SMTP server gives Postfix after DATA, and it is 250 only when the
+downstream Postfix accepted the message for every recipient (or when the ones
+it refused for good were reported to the sender in a DSN of ours).  Everything
+it cannot resolve is a 4xx, so Postfix keeps the message and retries:
+
+- clamd or spamd down, slow, or answering nonsense -> 451 (never unscanned mail);
+- the per-message deadline passing -> 451;
+- re-injection refused temporarily, unreachable, or broken off -> 451;
+- any exception of ours -> 451 (the SMTP layer's exception hook).
+
+The scanners and the re-injector are small protocols, so tests use fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from filter import dsn, headers
+from filter.clamd import ClamdError, Outcome, ScanResult
+from filter.config import Config
+from filter.metrics import Metrics
+from filter.smtp_out import Delivery, Reply
+from filter.spamd import SpamdError, SpamReport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SPAM_HEADERS = (
+    b"x-spam-flag",
+    b"x-spam-score",
+    b"x-spam-level",
+    b"x-spam-status",
+    b"x-spam-skipped",
+)
+_QUEUE_ID = re.compile(rb"\bid\s+([0-9A-Za-z]{6,})\b")
+
+
+class VirusScanner(Protocol):
+    """clamd, or a fake."""
+
+    async def scan(self, data: bytes) -> ScanResult:
+        """Scan; raise ClamdError when there is no verdict."""
+        ...
+
+
+class SpamScanner(Protocol):
+    """spamd, or a fake."""
+
+    async def check(self, message: bytes) -> SpamReport:
+        """Score; raise SpamdError when there is no verdict."""
+        ...
+
+
+class Forwarder(Protocol):
+    """The re-injection client, or a fake."""
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        mail_params: Sequence[str] = (),
+        xforward: Mapping[str, str] | None = None,
+    ) -> Delivery:
+        """Deliver; never raise for SMTP trouble."""
+        ...
+
+
+class Category(enum.Enum):
+    """The outcome label of a message (metrics, logs)."""
+
+    CLEAN = "clean"
+    SPAM = "spam"
+    VIRUS = "virus"
+    TEMPFAIL = "tempfail"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message as Postfix handed it to us."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    mail_options: tuple[str, ...] = ()
+    smtputf8: bool = False
+    helo: str = ""
+    peer: str = ""
+    xforward: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    """What happened to one message, for the summary log line."""
+
+    queue_id: str = "-"
+    filter_id: str = ""
+    virus: str = ""
+    score: float | None = None
+    spam_note: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    downstream: str = ""
+
+
+class _Tempfail(Exception):
+    """Stop processing this message and answer 451 with this text."""
+
+
+def amavis_spam_headers(report: SpamReport, tag2: float, required: float) -> list[tuple[str, str]]:
+    """X-Spam-Flag, -Score, -Level and -Status in amavisd-new's formats.
+
+    spamd's SYMBOLS reply names the rules that hit but not their scores, so
+    ``tests=[...]`` lists names only.
+    """
+    is_spam = report.score >= tag2
+    stars = "*" * max(0, min(64, int(report.score)))
+    status = (
+        f"{'Yes' if is_spam else 'No'}, score={report.score:.3f} tagged_above=2"
+        f" required={required:g} tests=[{', '.join(report.rules)}]"
+    )
+    return [
+        ("X-Spam-Flag", "YES" if is_spam else "NO"),
+        ("X-Spam-Score", f"{report.score:.3f}"),
+        ("X-Spam-Level", stars),
+        ("X-Spam-Status", status),
+    ]
+
+
+def queue_id_of(data: bytes) -> str:
+    """The front Postfix's queue id, from the topmost Received field (``... id 4Xyz...``)."""
+    received = headers.first_field(data, b"received")
+    if received:
+        match = _QUEUE_ID.search(received)
+        if match:
+            return match.group(1).decode("ascii")
+    return "-"
+
+
+class Filter:
+    """The per-message pipeline."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        clamd: VirusScanner,
+        spamd: SpamScanner | None,
+        forwarder: Forwarder,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clamd = clamd
+        self.spamd = spamd if cfg.spamd.enabled else None
+        self.forwarder = forwarder
+        self.metrics = metrics or Metrics()
+        self.hostname = cfg.server.name
+
+    async def handle(self, msg: Message) -> str:
+        """Process one message and return the SMTP reply for Postfix."""
+        started = time.monotonic()
+        trace = Trace(queue_id=queue_id_of(msg.data), filter_id=secrets.token_hex(6))
+        self.metrics.in_flight.inc()
+        self.metrics.message_bytes.observe(len(msg.data))
+        try:
+            async with asyncio.timeout(self.cfg.server.message_timeout):
+                category, reply = await self._process(msg, trace)
+        except _Tempfail as err:
+            category, reply = Category.TEMPFAIL, f"451 4.3.0 {err} (id={trace.filter_id})"
+        except TimeoutError:
+            category = Category.TEMPFAIL
+            limit = self.cfg.server.message_timeout
+            reply = f"451 4.4.7 Filtering took over {limit:g} s, try again later"
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.messages.labels(category.value).inc()
+        trace.timings["total"] = time.monotonic() - started
+        self._log(msg, trace, category, reply)
+        return reply
+
+    async def _process(self, msg: Message, trace: Trace) -> tuple[Category, str]:
+        virus, report = await self._scan(msg, trace)
+        if virus is not None:
+            trace.virus = virus
+            return (
+                Category.VIRUS,
+                f"554 5.7.1 Rejected: virus found: {virus} (id={trace.filter_id})",
+            )
+        marked, category = self._mark(msg, report, trace)
+        return category, await self._reinject(msg, marked, trace, category)
+
+    async def _scan(self, msg: Message, trace: Trace) -> tuple[str | None, SpamReport | None]:
+        """Run clamd and spamd side by side; a virus cancels the spam scan."""
+        clam = asyncio.ensure_future(self._timed("clamd", self.clamd.scan(msg.data), trace))
+        spam: asyncio.Future[SpamReport] | None = None
+        if self.spamd is None:
+            trace.spam_note = "spamd disabled"
+        elif len(msg.data) > self.cfg.spamd.max_size:
+            trace.spam_note = (
+                f"message of {len(msg.data)} bytes exceeds the {self.cfg.spamd.max_size}-byte limit"
+            )
+        else:
+            spam = asyncio.ensure_future(self._timed("spamd", self.spamd.check(msg.data), trace))
+        try:
+            try:
+                result = await clam
+            except ClamdError as err:
+                self.metrics.scanner_errors.labels("clamd", err.kind).inc()
+                raise _Tempfail(f"Virus scanner unavailable ({err.kind}), try again later") from err
+            if result.outcome is Outcome.VIRUS:
+                return result.name, None
+            if result.outcome is Outcome.ERROR:
+                self.metrics.scanner_errors.labels("clamd", "error").inc()
+                log.warning("clamd could not scan queue_id=%s: %s", trace.queue_id, result.name)
+                raise _Tempfail("Virus scanner could not scan this message, try again later")
+            if spam is None:
+                return None, None
+            try:
+                return None, await spam
+            except SpamdError as err:
+                self.metrics.scanner_errors.labels("spamd", err.kind).inc()
+                raise _Tempfail(f"Spam scanner unavailable ({err.kind}), try again later") from err
+        finally:
+            for task in (clam, spam):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    async def _timed(self, name: str, coro: Awaitable[T], trace: Trace) -> T:
+        started = time.monotonic()
+        try:
+            return await coro
+        finally:
+            elapsed = time.monotonic() - started
+            trace.timings[name] = elapsed
+            self.metrics.scan_seconds.labels(name).observe(elapsed)
+
+    def _mark(
+        self, msg: Message, report: SpamReport | None, trace: Trace
+    ) -> tuple[bytes, Category]:
+        policy = self.cfg.policy
+        prepend = [
+            ("Received", self._received(msg, trace)),
+            ("X-Virus-Scanned", f"by {policy.scanner_name} at {self.hostname}"),
+        ]
+        category = Category.CLEAN
+        prefix = ""
+        if report is not None:
+            trace.score = report.score
+            if report.score >= policy.tag_level:
+                prepend += amavis_spam_headers(report, policy.tag2_level, policy.tag2_level)
+            if report.score >= policy.tag2_level:
+                category = Category.SPAM
+                prefix = policy.subject_prefix
+        elif trace.spam_note:
+            prepend.append(("X-Spam-Skipped", trace.spam_note))
+        remove = SPAM_HEADERS if policy.remove_existing_spam_headers else ()
+        return headers.edit(msg.data, prepend, remove, prefix), category
+
+    def _received(self, msg: Message, trace: Trace) -> str:
+        peer_ip = msg.peer.strip("[]")
+        helo = msg.helo or "unknown"
+        rcpt = f"\tfor <{msg.rcpt_tos[0]}>" if len(msg.rcpt_tos) == 1 else ""
+        date = email.utils.formatdate(localtime=True)
+        return (
+            f"from {helo} ([{peer_ip}]) by {self.hostname} ({self.cfg.policy.scanner_name})"
+            f" with ESMTP id {trace.filter_id}{rcpt}; {date}"
+        )
+
+    async def _reinject(self, msg: Message, data: bytes, trace: Trace, category: Category) -> str:
+        params = [p for p in msg.mail_options if p.upper().startswith(("BODY=", "SMTPUTF8"))]
+        params.insert(0, f"SIZE={len(data)}")
+        if msg.smtputf8 and not any(p.upper() == "SMTPUTF8" for p in params):
+            params.append("SMTPUTF8")
+        started = time.monotonic()
+        delivery = await self.forwarder.send(
+            msg.mail_from, msg.rcpt_tos, data, mail_params=params, xforward=msg.xforward
+        )
+        trace.timings["reinject"] = time.monotonic() - started
+        return await self._answer(msg, data, delivery, trace)
+
+    async def _answer(self, msg: Message, data: bytes, delivery: Delivery, trace: Trace) -> str:
+        if delivery.error:
+            self.metrics.reinject_failures.labels("connection").inc()
+            raise _Tempfail(f"Could not hand the message back to Postfix ({delivery.error})")
+        final = delivery.data
+        assert final is not None
+        trace.downstream = str(final)
+        if not final.ok:
+            if final.temporary or any(r.temporary for r in delivery.recipients.values()):
+                self.metrics.reinject_failures.labels("temporary").inc()
+                raise _Tempfail(f"Downstream: {final}")
+            self.metrics.reinject_failures.labels("permanent").inc()
+            firsts = [r for r in delivery.recipients.values() if not r.ok]
+            return str(firsts[0] if firsts and firsts[0].code >= 500 else final)
+        refused = {r: reply for r, reply in delivery.recipients.items() if not reply.ok}
+        if any(reply.temporary for reply in refused.values()):
+            # The accepted recipients will get a duplicate on retry; better than a loss.
+            self.metrics.reinject_failures.labels("partial").inc()
+            raise _Tempfail(f"Downstream deferred some recipients: {next(iter(refused.values()))}")
+        if refused:
+            self.metrics.reinject_failures.labels("partial").inc()
+            await self._bounce(msg, data, refused, trace)
+        return f"250 2.0.0 Ok, id={trace.filter_id}, from downstream: {final}"
+
+    async def _bounce(
+        self, msg: Message, data: bytes, refused: dict[str, Reply], trace: Trace
+    ) -> None:
+        """Report recipients refused for good to the sender; a failure to do so is a 451."""
+        if not msg.mail_from:
+            log.warning(
+                "queue_id=%s: downstream refused %s for a message with the null sender;"
+                " not bouncing a bounce",
+                trace.queue_id, ",".join(refused),
+            )  # fmt: skip
+            return
+        report = dsn.build(
+            reporting_mta=self.hostname,
+            sender=msg.mail_from,
+            failed=refused,
+            original=data,
+            queue_id=trace.queue_id,
+        )
+        delivery = await self.forwarder.send("", [msg.mail_from], report)
+        if delivery.error or delivery.data is None or not delivery.data.ok:
+            raise _Tempfail("Could not report refused recipients to the sender")
+        log.info(
+            "queue_id=%s: sent a DSN to <%s> for refused %s",
+            trace.queue_id, msg.mail_from, ",".join(refused),
+        )  # fmt: skip
+
+    def _log(self, msg: Message, trace: Trace, category: Category, reply: str) -> None:
+        ms = {k: f"{v * 1000:.1f}" for k, v in trace.timings.items()}
+        log.info(
+            "queue_id=%s id=%s from=<%s> to=%s size=%d result=%s%s%s%s clamd_ms=%s spamd_ms=%s"
+            ' reinject_ms=%s total_ms=%s reply="%s"',
+            trace.queue_id,
+            trace.filter_id,
+            _clean(msg.mail_from),
+            ",".join(f"<{_clean(r)}>" for r in msg.rcpt_tos),
+            len(msg.data),
+            category.value,
+            f' virus="{_clean(trace.virus)}"' if trace.virus else "",
+            f" score={trace.score:.3f}" if trace.score is not None else "",
+            f' spam="{trace.spam_note}"' if trace.spam_note else "",
+            ms.get("clamd", "-"),
+            ms.get("spamd", "-"),
+            ms.get("reinject", "-"),
+            ms.get("total", "-"),
+            _clean(reply),
+        )
+
+
+def _clean(text: str) -> str:
+    return "".join(c if c.isprintable() and c != '"' else "?" for c in text)
