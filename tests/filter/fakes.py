@@ -1,0 +1,104 @@
+"""Small fakes for the filter pipeline: scanners and a re-injection recorder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from filter.clamd import ClamdError, Outcome, ScanResult
+from filter.smtp_out import Delivery, Reply
+from filter.spamd import SpamdError, SpamReport
+
+
+class FakeClamd:
+    """Finds a 'virus' when the marker is in the data; can fail or stall."""
+
+    def __init__(self) -> None:
+        self.fail: str | None = None
+        self.error_reply = False
+        self.delay = 0.0
+        self.calls = 0
+
+    async def scan(self, data: bytes) -> ScanResult:
+        """Pretend to scan."""
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise ClamdError(self.fail, "fake")
+        if self.error_reply:
+            return ScanResult(Outcome.ERROR, "INSTREAM size limit exceeded. ERROR")
+        if b"VIRUS-MARKER" in data:
+            return ScanResult(Outcome.VIRUS, "Fake.Virus")
+        return ScanResult(Outcome.CLEAN)
+
+
+class FakeSpamd:
+    """Scores 1000 for GTUBE-ish content, else ``score``."""
+
+    def __init__(self, score: float = 0.5) -> None:
+        self.score = score
+        self.fail: str | None = None
+        self.delay = 0.0
+        self.calls = 0
+        self.cancelled = False
+
+    async def check(self, message: bytes) -> SpamReport:
+        """Pretend to score."""
+        self.calls += 1
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        if self.fail:
+            raise SpamdError(self.fail, "fake")
+        if b"GTUBE" in message:
+            return SpamReport(True, 1000.0, 5.0, ("GTUBE",))
+        return SpamReport(self.score >= 5, self.score, 5.0, ("SOME_RULE",))
+
+
+@dataclass
+class Sent:
+    """One re-injection the fake received."""
+
+    mail_from: str
+    recipients: list[str]
+    data: bytes
+    mail_params: list[str]
+    xforward: dict[str, str]
+
+
+@dataclass
+class FakeForwarder:
+    """Accepts everything unless told otherwise per recipient or for DATA."""
+
+    rcpt_replies: dict[str, Reply] = field(default_factory=dict)
+    data_reply: Reply = field(default_factory=lambda: Reply(250, "2.0.0 Ok: queued as ABC123"))
+    error: str = ""
+    dsn_fails: bool = False
+    sent: list[Sent] = field(default_factory=list)
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        mail_params: Sequence[str] = (),
+        xforward: Mapping[str, str] | None = None,
+    ) -> Delivery:
+        """Record and answer."""
+        self.sent.append(
+            Sent(mail_from, list(recipients), data, list(mail_params), dict(xforward or {}))
+        )
+        if self.error:
+            return Delivery(error=self.error)
+        if mail_from == "" and self.dsn_fails:
+            return Delivery({r: Reply(250, "ok") for r in recipients}, Reply(451, "4.3.0 no"))
+        replies = {r: self.rcpt_replies.get(r, Reply(250, "2.1.5 Ok")) for r in recipients}
+        if not any(r.ok for r in replies.values()):
+            return Delivery(replies, Reply(554, "5.5.1 Error: no valid recipients"))
+        return Delivery(replies, self.data_reply)

@@ -1,0 +1,235 @@
+"""The per-message pipeline with fake scanners and a fake downstream: every answer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from filter.config import Config, PolicyConfig, ServerConfig, SpamdConfig
+from filter.service import Filter, Message
+from filter.smtp_out import Reply
+from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
+
+BODY = b"\r\nHello,\r\n.this line starts with a dot\r\n\xc3\xa9 8-bit\r\n"
+RAW = (
+    b"Received: from client (client [192.0.2.9]) by gw (Postfix) with ESMTP id 4AbCdEf123\r\n"
+    b"From: a@example.net\r\nTo: b@example.com\r\nSubject: test\r\n" + BODY
+)
+
+
+def make(
+    cfg: Config | None = None, score: float = 0.5
+) -> tuple[Filter, FakeClamd, FakeSpamd, FakeForwarder]:
+    clam, spam, fwd = FakeClamd(), FakeSpamd(score), FakeForwarder()
+    cfg = cfg or Config(server=ServerConfig(hostname="gw.test"))
+    return Filter(cfg, clam, spam, fwd), clam, spam, fwd
+
+
+def message(
+    data: bytes = RAW, rcpts: tuple[str, ...] = ("b@example.com",), sender: str = "a@example.net"
+) -> Message:
+    options = ("SIZE=100", "BODY=8BITMIME")
+    xforward = {"ADDR": "192.0.2.9"}
+    return Message(sender, rcpts, data, options, False, "client.test", "127.0.0.1", xforward)
+
+
+async def test_clean_mail_is_marked_and_passed_byte_identical() -> None:
+    """Clean mail gets Received and X-Virus-Scanned; the original bytes follow unchanged."""
+    f, _, _, fwd = make()
+    reply = await f.handle(message())
+    assert reply.startswith("250 2.0.0 Ok")
+    assert "queued as ABC123" in reply
+    out = fwd.sent[0].data
+    assert out.endswith(RAW)
+    assert out.startswith(b"Received: from client.test ([127.0.0.1]) by gw.test (mail-filter)")
+    assert b"X-Virus-Scanned: by mail-filter at gw.test\r\n" in out
+    assert b"X-Spam-Flag" not in out  # below the tag level
+
+
+async def test_envelope_and_xforward_are_preserved() -> None:
+    """Sender, recipients, SIZE (new), BODY and XFORWARD attributes go downstream."""
+    f, _, _, fwd = make()
+    await f.handle(message(rcpts=("b@example.com", "c@example.com")))
+    sent = fwd.sent[0]
+    assert ("a@example.net", ["b@example.com", "c@example.com"]) == (
+        sent.mail_from,
+        sent.recipients,
+    )
+    assert f"SIZE={len(sent.data)}" == sent.mail_params[0]
+    assert "BODY=8BITMIME" in sent.mail_params
+    assert {"ADDR": "192.0.2.9"} == sent.xforward
+
+
+async def test_virus_is_rejected_with_its_name() -> None:
+    """A virus is answered 554 naming it, and nothing is re-injected."""
+    f, _, _, fwd = make()
+    reply = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
+    assert reply.startswith("554 5.7.1")
+    assert "Fake.Virus" in reply
+    assert [] == fwd.sent
+
+
+async def test_virus_cancels_the_spam_scan() -> None:
+    """spamd's work is abandoned once clamd finds a virus."""
+    f, _, spam, _ = make()
+    spam.delay = 5
+    reply = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
+    assert reply.startswith("554")
+    await asyncio.sleep(0)  # let the cancellation be delivered
+    assert spam.cancelled
+
+
+@pytest.mark.parametrize("kind", ["connect", "timeout", "protocol"])
+async def test_clamd_down_is_451(kind: str) -> None:
+    """No virus verdict means 451, never unscanned mail."""
+    f, clam, _, fwd = make()
+    clam.fail = kind
+    assert (await f.handle(message())).startswith("451 4.3.0 Virus scanner unavailable")
+    assert [] == fwd.sent
+
+
+async def test_clamd_error_reply_is_451() -> None:
+    """clamd's own ERROR reply (e.g. its size limit) is 'not scanned': 451."""
+    f, clam, _, fwd = make()
+    clam.error_reply = True
+    assert (await f.handle(message())).startswith("451")
+    assert [] == fwd.sent
+
+
+async def test_spamd_down_is_451() -> None:
+    """No spam verdict also means 451."""
+    f, _, spam, fwd = make()
+    spam.fail = "connect"
+    assert (await f.handle(message())).startswith("451 4.3.0 Spam scanner unavailable")
+    assert [] == fwd.sent
+
+
+async def test_spam_is_tagged_in_amavis_format() -> None:
+    """At tag2 the flag is YES, the subject is prefixed, and the status lists the rules."""
+    f, _, _, fwd = make()
+    reply = await f.handle(message(RAW.replace(b"Hello", b"GTUBE")))
+    assert reply.startswith("250")
+    out = fwd.sent[0].data
+    assert b"X-Spam-Flag: YES\r\n" in out
+    assert b"X-Spam-Score: 1000.000\r\n" in out
+    assert b"X-Spam-Level: " + b"*" * 64 + b"\r\n" in out
+    assert b"X-Spam-Status: Yes, score=1000.000 tagged_above=2 required=6.31 tests=[GTUBE]" in out
+    assert b"Subject: ***SPAM*** test\r\n" in out
+    assert out.endswith(
+        RAW.replace(b"Hello", b"GTUBE").replace(b"Subject: test", b"Subject: ***SPAM*** test")
+    )
+
+
+async def test_between_tag_and_tag2_headers_but_no_prefix() -> None:
+    """A score between tag and tag2 gets X-Spam headers with flag NO and no prefix."""
+    f, _, _, fwd = make(score=3.2)
+    await f.handle(message())
+    out = fwd.sent[0].data
+    assert b"X-Spam-Flag: NO\r\nX-Spam-Score: 3.200\r\nX-Spam-Level: ***\r\n" in out
+    assert b"Subject: test\r\n" in out
+
+
+async def test_forged_spam_headers_are_stripped() -> None:
+    """A sender's own X-Spam-Flag: NO does not survive."""
+    f, _, _, fwd = make()
+    await f.handle(message(b"X-Spam-Flag: NO\r\n" + RAW))
+    assert b"X-Spam-Flag: NO" not in fwd.sent[0].data
+
+
+async def test_large_message_skips_spam_scan_and_says_so() -> None:
+    """Over spamd.max_size, spamd is not asked and a header says why."""
+    cfg = Config(server=ServerConfig(hostname="gw.test"), spamd=SpamdConfig(max_size=100))
+    f, _, spam, fwd = make(cfg)
+    assert (await f.handle(message())).startswith("250")
+    assert 0 == spam.calls
+    assert b"X-Spam-Skipped: message of" in fwd.sent[0].data
+
+
+async def test_message_deadline_is_451() -> None:
+    """A scan outliving the per-message deadline answers 451."""
+    cfg = Config(server=ServerConfig(hostname="gw.test", message_timeout=1))
+    f, clam, _, fwd = make(cfg)
+    clam.delay = 3
+    assert (await f.handle(message())).startswith("451 4.4.7")
+    assert [] == fwd.sent
+
+
+async def test_downstream_tempfail_is_451() -> None:
+    """A 4xx after DATA downstream is a 451 here."""
+    f, _, _, fwd = make()
+    fwd.data_reply = Reply(451, "4.3.0 queue file write error")
+    assert (await f.handle(message())).startswith("451 4.3.0 Downstream: 451")
+
+
+async def test_downstream_unreachable_is_451() -> None:
+    """Connection trouble downstream is a 451."""
+    f, _, _, fwd = make()
+    fwd.error = "ConnectionRefusedError: refused"
+    assert (await f.handle(message())).startswith("451 4.3.0 Could not hand the message back")
+
+
+async def test_downstream_5xx_for_all_is_the_same_5xx() -> None:
+    """Every recipient refused for good: Postfix gets that 5xx and bounces."""
+    f, _, _, fwd = make()
+    fwd.rcpt_replies["b@example.com"] = Reply(550, "5.1.1 <b@example.com>: unknown user")
+    assert "550 5.1.1 <b@example.com>: unknown user" == await f.handle(message())
+
+
+async def test_partial_5xx_sends_a_dsn_and_accepts() -> None:
+    """One recipient refused for good, one accepted: 250, and a DSN reports the refused one."""
+    f, _, _, fwd = make()
+    fwd.rcpt_replies["c@example.com"] = Reply(550, "5.1.1 unknown user")
+    reply = await f.handle(message(rcpts=("b@example.com", "c@example.com")))
+    assert reply.startswith("250")
+    dsn = fwd.sent[1]
+    assert ("", ["a@example.net"]) == (dsn.mail_from, dsn.recipients)
+    assert b"Final-Recipient: rfc822; c@example.com" in dsn.data
+    assert b"Status: 5.1.1" in dsn.data
+    assert b"b@example.com>: " not in dsn.data.split(b"text/rfc822-headers")[0]
+
+
+async def test_partial_5xx_with_failed_dsn_is_451() -> None:
+    """If the DSN cannot be handed over, Postfix must retry: 451."""
+    f, _, _, fwd = make()
+    fwd.rcpt_replies["c@example.com"] = Reply(550, "5.1.1 unknown user")
+    fwd.dsn_fails = True
+    assert (await f.handle(message(rcpts=("b@example.com", "c@example.com")))).startswith("451")
+
+
+async def test_partial_4xx_is_451() -> None:
+    """A deferred recipient means 451 for the message (a duplicate beats a loss)."""
+    f, _, _, fwd = make()
+    fwd.rcpt_replies["c@example.com"] = Reply(450, "4.2.0 mailbox busy")
+    assert (await f.handle(message(rcpts=("b@example.com", "c@example.com")))).startswith("451")
+
+
+async def test_no_dsn_for_the_null_sender() -> None:
+    """A bounce whose recipient is refused is not bounced again."""
+    f, _, _, fwd = make()
+    fwd.rcpt_replies["c@example.com"] = Reply(550, "5.1.1 unknown user")
+    reply = await f.handle(message(rcpts=("b@example.com", "c@example.com"), sender=""))
+    assert reply.startswith("250")
+    assert 1 == len(fwd.sent)
+
+
+async def test_metrics_count_outcomes() -> None:
+    """Messages are counted by outcome."""
+    f, clam, _, _ = make()
+    await f.handle(message())
+    await f.handle(message(RAW + b"VIRUS-MARKER"))
+    clam.fail = "connect"
+    await f.handle(message())
+    sample = f.metrics.registry.get_sample_value
+    assert 1.0 == sample("mailfilter_messages_total", {"outcome": "clean"})
+    assert 1.0 == sample("mailfilter_messages_total", {"outcome": "virus"})
+    assert 1.0 == sample("mailfilter_messages_total", {"outcome": "tempfail"})
+    assert 1.0 == sample("mailfilter_scanner_errors_total", {"scanner": "clamd", "kind": "connect"})
+
+
+def test_policy_defaults_follow_amavis() -> None:
+    """tag 2.0, tag2 6.31, prefix ***SPAM***."""
+    p = PolicyConfig()
+    assert (2.0, 6.31, "***SPAM*** ") == (p.tag_level, p.tag2_level, p.subject_prefix)
+    assert replace(p, tag_level=1.0).tag_level == 1.0
