@@ -1,0 +1,52 @@
+"""mail-filter's configuration: the shipped file, key naming in errors, exit code 78."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from filter import cli
+from filter.config import Config, ConfigError, from_mapping, load
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "filter.toml"
+
+
+def test_shipped_config_loads() -> None:
+    """conf/filter.toml is valid and matches the defaults."""
+    assert Config() == load(CONF)
+
+
+def test_shipped_config_documents_every_key() -> None:
+    """Every key the code knows appears in conf/filter.toml, and nothing else."""
+    documented = set(re.findall(r"^(\w+) = ", CONF.read_text(), re.M))
+    cfg = Config()
+    known = {f.name for section in fields(cfg) for f in fields(getattr(cfg, section.name))}
+    assert known == documented
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"server": {"listen": "10024"}}, "server.listen"),
+        ({"clamd": {"address": "unix:relative"}}, "clamd.address"),
+        ({"spamd": {"timeout": 0}}, "spamd.timeout"),
+        ({"policy": {"tag2_level": "high"}}, "policy.tag2_level"),
+        ({"reinject": {"bogus": 1}}, "reinject.bogus"),
+    ],
+)
+def test_bad_values_name_their_key(raw: dict[str, dict[str, object]], key: str) -> None:
+    """Each mistake is reported with the key that holds it."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        from_mapping(raw)
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    """check-config exits 0 on the shipped file and 78 on a bad one."""
+    assert 0 == cli.main(["check-config", str(CONF)])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nmax_connections = 0\n")
+    assert 78 == cli.main(["check-config", str(bad)])
+    assert 78 == cli.main(["serve", "--config", str(bad)])
