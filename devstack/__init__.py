@@ -1,4 +1,4 @@
-"""Real daemons (Dovecot, Postfix, saslauthd) started on 127.0.0.1 for tests and demos.
+"""Real daemons (Dovecot, Postfix, saslauthd, clamd, spamd) and an SMTP sink on 127.0.0.1.
 
 The package owns nothing but the plumbing to configure, start, observe and
 stop throw-away instances; each lives in a directory the caller provides.

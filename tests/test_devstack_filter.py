@@ -193,7 +193,7 @@ def sink(sink_server: SmtpSink) -> Iterator[SmtpSink]:
     yield sink_server
     sink_server.set_reply(None, stage="DATA")
     sink_server.set_reply(None, stage="RCPT")
-    sink_server.refuse_rcpt = set()
+    sink_server.refuse_rcpt = ()
 
 
 # -- clamd --------------------------------------------------------------------
