@@ -1,8 +1,9 @@
-"""Run the real ``saslimap serve`` as a child process, for tests, demos and benchmarks.
+"""Run our real daemons (``saslimap serve``, ``mail-filter serve``) as child processes.
 
 This module owns writing a config file for one daemon, starting it exactly as
-an administrator would (the console script's entry point), waiting until its
-socket answers, and stopping it with SIGTERM (checking it exits 0).
+an administrator would (the console script's module), waiting until it
+answers, and stopping it with SIGTERM (returning its exit code).  Used by
+tests, the ``make run`` demo and the benchmarks.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 
 from devstack.ports import free_port
 from devstack.proc import tail
+from filter.config import Config as FilterConfig
 from saslimap.config import Config
-
-_SECTIONS = tuple(f.name for f in fields(Config))
 
 
 def _toml_value(value: object) -> str:
@@ -37,50 +37,53 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def write_config(path: Path, settings: Mapping[str, Mapping[str, object]]) -> None:
-    """Write ``{"section": {"key": value}}`` as a TOML file."""
+def _toml(settings: Mapping[str, Mapping[str, object]], sections: Sequence[str]) -> str:
     lines = []
-    for section in _SECTIONS:
+    for section in sections:
         if section in settings:
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in settings[section].items()]
             lines.append("")
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-class SaslimapDaemon:
-    """One ``saslimap serve`` process with its own config file, socket and log file.
+class ChildDaemon:
+    """A daemon of ours run from its config file: start, wait until ready, signal, stop."""
 
-    ``settings`` is merged over a base that puts the socket at
-    ``workdir/run/mux`` with mode 0666 (so a test Postfix can reach it),
-    serves metrics on a free loopback port (``metrics_port``), and logs at
-    debug level (tests also check no password is logged).
-    """
+    module = ""  # "saslimap.cli" or "filter.cli"
+    sections: tuple[str, ...] = ()
+    config_name = "daemon.toml"
 
-    def __init__(self, workdir: Path, settings: Mapping[str, Mapping[str, object]]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        settings: Mapping[str, Mapping[str, object]],
+        base: dict[str, dict[str, object]],
+    ) -> None:
         self.workdir = workdir.absolute()
-        self.socket_path = self.workdir / "run" / "mux"
-        self.metrics_port = free_port()
-        base: dict[str, dict[str, object]] = {
-            "server": {"socket": str(self.socket_path), "socket_mode": "0666"},
-            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
-            "logging": {"level": "debug"},
-        }
         for section, values in settings.items():
             base.setdefault(section, {}).update(values)
         self.settings = base
-        self.config_path = self.workdir / "saslimap.toml"
-        self.log_path = self.workdir / "saslimap.log"
+        self.config_path = self.workdir / self.config_name
+        self.log_path = self.workdir / self.config_name.replace(".toml", ".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start the daemon and wait until its socket accepts connections."""
+    def ready(self) -> bool:
+        """Whether the daemon answers (polled after start)."""
+        raise NotImplementedError
+
+    def write_config(self) -> None:
+        """(Re)write the config file from ``settings`` (then SIGHUP to apply a change)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
-        write_config(self.config_path, self.settings)
+        self.config_path.write_text(_toml(self.settings, self.sections))
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the daemon and wait until it answers."""
+        self.write_config()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "saslimap.cli", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", self.module, "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -89,17 +92,14 @@ class SaslimapDaemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
-                raise RuntimeError(f"saslimap exited {code}:\n{tail(self.log_path)}")
-            try:
-                with socket.socket(socket.AF_UNIX) as probe:
-                    probe.connect(str(self.socket_path))
+                raise RuntimeError(f"{self.module} exited {code}:\n{tail(self.log_path)}")
+            if self.ready():
                 return
-            except OSError:
-                time.sleep(0.02)
-        raise TimeoutError(f"saslimap did not listen within {timeout} s:\n{tail(self.log_path)}")
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.module} not ready within {timeout} s:\n{tail(self.log_path)}")
 
     def signal(self, sig: signal.Signals) -> None:
-        """Send a signal (SIGHUP to reload)."""
+        """Send a signal (SIGHUP to reload, SIGKILL to crash it)."""
         assert self.proc is not None
         self.proc.send_signal(sig)
 
@@ -107,7 +107,7 @@ class SaslimapDaemon:
         """Whether the process is still running."""
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait; returns the exit code (None if it was never started)."""
         if self.proc is None:
             return None
@@ -124,7 +124,7 @@ class SaslimapDaemon:
         """Everything the daemon logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> SaslimapDaemon:
+    def __enter__(self) -> ChildDaemon:
         self.start()
         return self
 
@@ -135,3 +135,69 @@ class SaslimapDaemon:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class SaslimapDaemon(ChildDaemon):
+    """One ``saslimap serve`` with its own config, socket and log file.
+
+    ``settings`` is merged over a base that puts the socket at
+    ``workdir/run/mux`` with mode 0666 (so a test Postfix can reach it),
+    serves metrics on a free loopback port (``metrics_port``), and logs at
+    debug level (tests also check no password is logged).
+    """
+
+    module = "saslimap.cli"
+    sections = tuple(f.name for f in fields(Config))
+    config_name = "saslimap.toml"
+
+    def __init__(self, workdir: Path, settings: Mapping[str, Mapping[str, object]]) -> None:
+        self.socket_path = workdir.absolute() / "run" / "mux"
+        self.metrics_port = free_port()
+        base: dict[str, dict[str, object]] = {
+            "server": {"socket": str(self.socket_path), "socket_mode": "0666"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            "logging": {"level": "debug"},
+        }
+        super().__init__(workdir, settings, base)
+
+    def ready(self) -> bool:
+        """The mux socket accepts connections."""
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(self.socket_path))
+        except OSError:
+            return False
+        return True
+
+
+class FilterDaemon(ChildDaemon):
+    """One ``mail-filter serve`` with its own config and log file.
+
+    ``settings`` is merged over a base that listens on a free loopback port
+    (``port``), serves metrics on another (``metrics_port``) and logs at debug.
+    """
+
+    module = "filter.cli"
+    sections = tuple(f.name for f in fields(FilterConfig))
+    config_name = "filter.toml"
+
+    def __init__(self, workdir: Path, settings: Mapping[str, Mapping[str, object]]) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        base: dict[str, dict[str, object]] = {
+            "server": {"listen": f"127.0.0.1:{self.port}", "hostname": "filter.test"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            "logging": {"level": "debug"},
+        }
+        super().__init__(workdir, settings, base)
+
+    def ready(self) -> bool:
+        """The filter greets with 220."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                if probe.recv(64).startswith(b"220"):
+                    probe.sendall(b"QUIT\r\n")
+                    return True
+        except OSError:
+            pass
+        return False

@@ -23,7 +23,7 @@ from filter.server import Handler, start_server
 from filter.service import Filter
 from filter.smtp_out import Reinjector
 from filter.spamd import SpamdClient
-from saslimap import sdnotify
+from saslimap import logs, sdnotify
 from saslimap.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Daemon:
             self.cfg.server.listen, self.cfg.clamd.address,
             self.cfg.spamd.address if self.cfg.spamd.enabled else "off", self.cfg.reinject.address,
         )  # fmt: skip
+        logs.keep_flushing(loop)
         sdnotify.notify("READY=1\nSTATUS=filtering")
         await self.stopping.wait()
         sdnotify.notify("STOPPING=1")
@@ -92,6 +93,7 @@ class Daemon:
         if metrics_server is not None:
             metrics_server.close()
         log.info("stopped")
+        logs.flush_all()
         return 0
 
     async def _drain(self) -> None:

@@ -59,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("configuration error: %s", err)
         return EX_CONFIG
     logs.setup("mail-filter", cfg.logging.level)
+    # aiosmtpd logs every SMTP command at INFO; our summary line per message says enough.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         return app.serve(cfg, path, overrides)
     except OSError as err:

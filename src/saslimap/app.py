@@ -71,7 +71,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self._flush_logs()
+        logs.keep_flushing(loop)
         log.info("saslimap ready: IMAP server %s", self.cfg.imap.target)
         sdnotify.notify("READY=1\nSTATUS=answering on the mux socket")
         await self.stopping.wait()
@@ -85,15 +85,8 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.close()
         log.info("stopped")
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+        logs.flush_all()
         return 0
-
-    def _flush_logs(self) -> None:
-        """Flush buffered log lines regularly (see saslimap.logs)."""
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        asyncio.get_running_loop().call_later(logs.FLUSH_INTERVAL, self._flush_logs)
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""

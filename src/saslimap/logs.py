@@ -11,6 +11,7 @@ more than that late.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -79,3 +80,15 @@ def setup(prog: str, level: str = "info") -> BufferedLineHandler:
     root.addHandler(handler)
     root.setLevel(level.upper())
     return handler
+
+
+def flush_all() -> None:
+    """Write out every buffered log line now (on exit, and from :func:`keep_flushing`)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def keep_flushing(loop: asyncio.AbstractEventLoop) -> None:
+    """Flush buffered lines every FLUSH_INTERVAL seconds for as long as ``loop`` runs."""
+    flush_all()
+    loop.call_later(FLUSH_INTERVAL, keep_flushing, loop)

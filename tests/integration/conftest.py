@@ -3,6 +3,7 @@ one real ``saslimap serve`` in front of it, shared by every test that only reads
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,7 +44,10 @@ def workroot() -> Iterator[Path]:
     """A short private directory for every daemon of the session."""
     path = _short_dir("sg")
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if os.environ.get("MAILGATE_KEEP_WORKROOT"):  # keep daemons' logs for a post-mortem
+        print(f"daemon logs kept in {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,283 @@
+"""Real Postfix in front and behind mail-filter, with real clamd and spamd, into a sink.
+
+client -> Postfix smtpd -> content_filter smtp-amavis -> mail-filter
+       -> Postfix 127.0.0.1:<reinject> (no filter) -> smtp -> SmtpSink
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import smtplib
+import subprocess
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from devstack.clamd import EICAR, EICAR_SIGNATURE_PREFIX, TEST_MARKER, Clamd
+from devstack.ports import free_port
+from devstack.postfix import Postfix
+from devstack.saslimapd import FilterDaemon
+from devstack.sink import SmtpSink
+from devstack.spamd import Spamd
+from filter import headers
+
+pytestmark = pytest.mark.integration
+
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+@dataclass
+class Flow:
+    """Every daemon of the flow."""
+
+    clamd: Clamd
+    spamd: Spamd
+    sink: SmtpSink
+    filter: FilterDaemon
+    postfix: Postfix
+    reinject_port: int
+
+    def send(self, raw: bytes, rcpts: tuple[str, ...] = ("user@example.com",)) -> None:
+        with smtplib.SMTP("127.0.0.1", self.postfix.smtpd_port, timeout=30) as smtp:
+            smtp.sendmail("sender@example.net", list(rcpts), raw)
+
+    def flush(self) -> None:
+        """Ask Postfix to retry deferred mail now."""
+        subprocess.run(
+            ["postqueue", "-c", str(self.postfix.config_dir), "-f"], check=True, timeout=30
+        )
+
+    def arrived(self, message_id: str, rcpt: str = "user@example.com") -> list[bytes]:
+        """Copies of the message delivered to ``rcpt`` (bounces to the sender excluded)."""
+        return [
+            m.data
+            for m in self.sink.messages
+            if message_id.encode() in m.data and rcpt in m.rcpt_tos
+        ]
+
+    def wait_arrived(self, message_id: str, timeout: float = 30) -> bytes:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.arrived(message_id)
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(
+            f"{message_id} not delivered; maillog:\n{self.postfix.maillog_text()[-3000:]}"
+        )
+
+
+def make_message(subject: str, body: bytes, message_id: str) -> bytes:
+    return (
+        b"From: Sender <sender@example.net>\r\nTo: user@example.com\r\n"
+        + f"Subject: {subject}\r\nMessage-ID: <{message_id}>\r\n".encode()
+        + b"Date: Sat, 28 Nov 2026 00:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + body
+    )
+
+
+def new_id() -> str:
+    return f"{uuid.uuid4().hex}@test.example.net"
+
+
+@pytest.fixture(scope="module")
+def flow(workroot: Path) -> Iterator[Flow]:
+    """The whole filter flow, started once for this module."""
+    root = workroot / "flow"
+    root.mkdir()
+    with ExitStack() as stack:
+        clamd = stack.enter_context(Clamd(root / "clamd"))
+        spamd = stack.enter_context(Spamd(root / "spamd"))
+        sink = stack.enter_context(SmtpSink())
+        reinject_port = free_port()
+        # texthash: needs no postmap; the re-injection listener refuses this recipient.
+        refuse = root / "refuse"
+        refuse.write_text("refused@example.com 550 5.1.1 <refused@example.com>: no such user\n")
+        fd = FilterDaemon(
+            root / "filter",
+            {
+                "reinject": {"address": f"127.0.0.1:{reinject_port}"},
+                "clamd": {"address": clamd.address, "timeout": 10.0},
+                "spamd": {"address": f"127.0.0.1:{spamd.port}", "timeout": 30.0},
+            },
+        )
+        stack.enter_context(fd)
+        sink_at = f"smtp:[127.0.0.1]:{sink.port}"
+        postfix = Postfix(
+            root / "postfix",
+            main_cf={
+                "mynetworks": "127.0.0.0/8",
+                "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+                "relay_domains": "example.com",
+                "default_transport": sink_at,
+                "relay_transport": sink_at,
+                "content_filter": f"smtp-amavis:[127.0.0.1]:{fd.port}",
+                # Retry deferred mail quickly in tests.
+                "queue_run_delay": "1s",
+                "minimal_backoff_time": "1s",
+                "maximal_backoff_time": "2s",
+                "smtp_connect_timeout": "5s",
+            },
+            master_cf_extra=MASTER_CF.format(port=reinject_port, refuse=refuse),
+        )
+        stack.enter_context(postfix)
+        yield Flow(clamd, spamd, sink, fd, postfix, reinject_port)
+
+
+# The conf/postfix/master.cf wiring, with test ports.
+MASTER_CF = """\
+smtp-amavis unix - - n - 2 smtp
+  -o smtp_data_done_timeout=1200
+  -o smtp_send_xforward_command=yes
+  -o disable_dns_lookups=yes
+127.0.0.1:{port} inet n - n - - smtpd
+  -o content_filter=
+  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_recipient_restrictions=check_recipient_access,texthash:{refuse},permit_mynetworks,reject
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+"""
+
+
+def test_clean_mail_arrives_marked_with_body_byte_identical(flow: Flow) -> None:
+    """Clean mail is delivered with Received and X-Virus-Scanned; the body bytes are unchanged."""
+    mid = new_id()
+    # Lines stay under 998 bytes: Postfix itself folds longer ones (smtp_line_length_limit).
+    body = b"Hello,\r\n.a line starting with a dot\r\n\xc3\xa9t\xc3\xa9 8-bit\r\n"
+    body += (b"x" * 900 + b"\r\n") * 5
+    raw = make_message("clean test", body, mid)
+    flow.send(raw)
+    got = flow.wait_arrived(mid)
+    head, rest = headers.split(got)
+    assert rest == b"\r\n" + body
+    assert b"X-Virus-Scanned: by mail-filter at filter.test" in head
+    assert b"(mail-filter) with ESMTP id" in head.replace(b"\r\n\t", b" ")
+    assert 3 <= head.count(b"Received:")
+    assert headers.split(raw)[0] in got  # the original header block, untouched
+
+
+def test_gtube_is_tagged(flow: Flow) -> None:
+    """GTUBE is tagged spam in amavisd-new's format and still delivered."""
+    mid = new_id()
+    flow.send(make_message("buy now", b"Test\r\n" + GTUBE + b"\r\n", mid))
+    got = flow.wait_arrived(mid)
+    assert b"X-Spam-Flag: YES" in got
+    assert b"Subject: ***SPAM*** buy now" in got
+    assert b"X-Spam-Status: Yes, score=" in got
+    assert b"GTUBE" in headers.split(got)[0]
+
+
+def _rejected(flow: Flow, mid: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = flow.postfix.maillog_text()
+        if "554 5.7.1 Rejected: virus found" in log and not flow.arrived(mid):
+            return log
+        time.sleep(0.1)
+    raise AssertionError("no virus rejection in the maillog")
+
+
+def test_eicar_is_blocked(flow: Flow) -> None:
+    """EICAR in the body is refused with a 5xx naming it; nothing reaches the sink."""
+    mid = new_id()
+    flow.send(make_message("eicar", EICAR + b"\r\n", mid))
+    log = _rejected(flow, mid)
+    assert EICAR_SIGNATURE_PREFIX in log
+
+
+def test_eicar_in_a_zip_attachment_is_blocked(flow: Flow) -> None:
+    """EICAR inside a zip attachment is found too, and so is our own test marker."""
+    for payload, name in ((EICAR, "eicar.com"), (TEST_MARKER, "marker.txt")):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(name, payload)
+        msg = EmailMessage()
+        mid = new_id()
+        msg["From"], msg["To"], msg["Subject"] = "sender@example.net", "user@example.com", "zip"
+        msg["Message-ID"] = f"<{mid}>"
+        msg.set_content("see attachment")
+        msg.add_attachment(buf.getvalue(), maintype="application", subtype="zip", filename="a.zip")
+        flow.send(msg.as_bytes())
+        _rejected(flow, mid)
+    time.sleep(0.5)
+    assert "Mailgate.Test.Marker" in flow.filter.log_text()
+
+
+def test_partially_refused_reinjection(flow: Flow) -> None:
+    """The re-injection listener refuses one recipient: the other gets the mail,
+    the sender gets our DSN, and nobody is dropped silently."""
+    mid = new_id()
+    flow.send(make_message("partial", b"hi\r\n", mid), ("user@example.com", "refused@example.com"))
+    delivered = flow.wait_arrived(mid)
+    assert delivered
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        dsns = [
+            m for m in flow.sink.messages
+            if m.rcpt_tos == ["sender@example.net"] and b"refused@example.com" in m.data
+        ]  # fmt: skip
+        if dsns:
+            break
+        time.sleep(0.1)
+    assert dsns, "no DSN for the refused recipient"
+    assert [
+        m.rcpt_tos
+        for m in flow.sink.messages
+        if mid.encode() in m.data and m.rcpt_tos != ["sender@example.net"]
+    ] == [["user@example.com"]]
+
+
+def test_clamd_down_defers_then_delivers_exactly_once(flow: Flow) -> None:
+    """With clamd stopped Postfix logs a 451 deferral; after clamd returns the queued
+    message is delivered exactly once."""
+    flow.clamd.stop()
+    try:
+        mid = new_id()
+        flow.send(make_message("while clamd is down", b"wait for me\r\n", mid))
+        deadline = time.monotonic() + 20
+        while "451 4.3.0 Virus scanner unavailable" not in flow.postfix.maillog_text():
+            assert time.monotonic() < deadline, "no 451 deferral logged"
+            time.sleep(0.1)
+        assert "status=deferred" in flow.postfix.maillog_text()
+        assert not flow.arrived(mid)
+    finally:
+        flow.clamd.start()
+    flow.flush()
+    flow.wait_arrived(mid)
+    time.sleep(1.5)
+    assert 1 == len(flow.arrived(mid))
+
+
+def test_downstream_down_defers_then_delivers(flow: Flow) -> None:
+    """With the re-injection target unreachable the filter answers 451; once it is back,
+    the message is delivered exactly once."""
+    flow.filter.settings["reinject"]["address"] = f"127.0.0.1:{free_port()}"
+    flow.filter.write_config()
+    flow.filter.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    mid = new_id()
+    try:
+        flow.send(make_message("downstream down", b"later\r\n", mid))
+        deadline = time.monotonic() + 20
+        while "Could not hand the message back" not in flow.postfix.maillog_text():
+            assert time.monotonic() < deadline, "no 451 for the unreachable downstream"
+            time.sleep(0.1)
+    finally:
+        flow.filter.settings["reinject"]["address"] = f"127.0.0.1:{flow.reinject_port}"
+        flow.filter.write_config()
+        flow.filter.signal(signal.SIGHUP)
+        time.sleep(0.5)
+    flow.flush()
+    flow.wait_arrived(mid)
+    time.sleep(1.5)
+    assert 1 == len(flow.arrived(mid))
