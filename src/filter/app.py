@@ -13,12 +13,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 from filter import config as config_mod
 from filter.clamd import ClamdClient
 from filter.config import Config, ConfigError
+from filter.lookup import AddressList, ListError
 from filter.metrics import Metrics
+from filter.notices import Notices
+from filter.policy import Lists
+from filter.quarantine import Store
 from filter.server import Handler, start_server
 from filter.service import Filter
 from filter.smtp_out import Reinjector
@@ -29,8 +34,20 @@ from saslimap.metrics import MetricsServer
 log = logging.getLogger(__name__)
 
 
+def load_lists(cfg: Config) -> Lists:
+    """Read the list files; a bad line is a ConfigError naming file and line."""
+    loaded: dict[str, AddressList | None] = {}
+    for name in ("whitelist", "blacklist", "spam_lovers"):
+        path = getattr(cfg.lists, name)
+        try:
+            loaded[name] = AddressList.load(path) if path is not None else None
+        except ListError as err:
+            raise ConfigError(f"lists.{name}: {err}") from err
+    return Lists(**loaded)
+
+
 def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
-    """The per-message pipeline for a config."""
+    """The per-message pipeline for a config (list files read here)."""
     host, port = config_mod.split_listen(cfg.reinject.address)
     reinjector = Reinjector(
         host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout,
@@ -44,7 +61,12 @@ def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
         cfg.spamd.address, timeout=cfg.spamd.timeout, concurrency=cfg.spamd.concurrency,
         user=cfg.spamd.user,
     )  # fmt: skip
-    return Filter(cfg, clamd, spamd, reinjector, metrics), reinjector
+    notices = Notices(cfg.notices, reinjector, cfg.server.name)
+    service = Filter(
+        cfg, clamd, spamd, reinjector, metrics,
+        lists=load_lists(cfg), store=Store(cfg.quarantine.directory), notifier=notices,
+    )  # fmt: skip
+    return service, reinjector
 
 
 class Daemon:
@@ -119,10 +141,8 @@ class Daemon:
             log.warning("reload: [server] and [metrics] changes take effect only after a restart")
         old = self.reinjector
         self.service, self.reinjector = build_filter(
-            Config(self.cfg.server, new.reinject, new.clamd, new.spamd, new.policy,
-                   self.cfg.metrics, new.logging),
-            self.metrics,
-        )  # fmt: skip
+            replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics
+        )
         self.handler.service = self.service
         self.cfg = new
         asyncio.get_running_loop().create_task(old.close())
@@ -135,6 +155,7 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     cfg = config_mod.load(path)
     for key, value in overrides.items():
         cfg = config_mod.override(cfg, key, value)
+    load_lists(cfg)  # validate the list files now: a bad line is a config error (exit 78)
     return cfg
 
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from filter import app
+from filter import app, quarantine_cli
 from filter.config import ConfigError
 from saslimap import logs
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--spamd", help="host:port or unix:/path of spamd")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
+    quarantine_cli.add_parser(sub)
     return parser
 
 
@@ -83,7 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "quarantine":
+        return _quarantine(args)
     return _check_config(args)
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    path = Path(args.config) if args.config else DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    try:
+        cfg = app.load_config(path, {})
+    except ConfigError as err:
+        print(f"mail-filter: {err}", file=sys.stderr)
+        return EX_CONFIG
+    return quarantine_cli.run(args, cfg)
 
 
 if __name__ == "__main__":

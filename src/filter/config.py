@@ -8,13 +8,24 @@ is :mod:`saslimap.confkit`, shared with saslimap.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES
 from saslimap import confkit
-from saslimap.confkit import ConfigError, boolean, integer, number, opt, split_listen, string
+from saslimap.confkit import (
+    ConfigError,
+    boolean,
+    choice,
+    integer,
+    number,
+    opt,
+    optional_path,
+    split_listen,
+    string,
+)
 
 __all__ = ["Config", "ConfigError", "load", "override", "split_listen"]
 
@@ -91,15 +102,125 @@ class SpamdConfig:
     user: str = opt("", string)
 
 
+DESTINIES = ("pass", "discard", "reject", "bounce")
+CATEGORIES = ("virus", "banned", "spam", "bad_header")
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Spam score levels (amavisd-new's tag, tag2, kill and DSN cutoff)."""
+
+    tag: float = 2.0
+    tag2: float = 6.31
+    kill: float = 6.31
+    dsn_cutoff: float = 10.0
+
+
+LevelOverrides = tuple[tuple[str, tuple[tuple[str, float], ...]], ...]
+
+
+def _per_recipient_levels(key: str, value: object) -> LevelOverrides:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table of lookup key = {{ tag2 = 5.0, ... }}")
+    out = []
+    for lookup, levels in value.items():
+        if not isinstance(levels, dict):
+            raise ConfigError(f"{key}.{lookup}: must be a table such as {{ tag2 = 5.0 }}")
+        known = ("tag", "tag2", "kill", "dsn_cutoff")
+        for name in levels:
+            if name not in known:
+                raise ConfigError(f"{key}.{lookup}.{name}: unknown level ({', '.join(known)})")
+        checked = tuple(
+            (n, float(number(-1000, 1000)(f"{key}.{lookup}.{n}", v))) for n, v in levels.items()
+        )
+        out.append((str(lookup).lower(), checked))
+    return tuple(out)
+
+
+def _categories(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of categories ({', '.join(CATEGORIES)})")
+    for n, item in enumerate(value):
+        if item not in CATEGORIES:
+            raise ConfigError(f"{key}[{n}]: {item!r} is not one of {', '.join(CATEGORIES)}")
+    return tuple(value)
+
+
+def _strings(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of strings")
+    return tuple(string(f"{key}[{n}]", item) for n, item in enumerate(value))
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
-    """What the marks look like and when mail counts as spam."""
+    """Categories, levels, destinies and what the marks look like (amavisd-new semantics)."""
 
     tag_level: float = opt(2.0, number(-1000, 1000))
     tag2_level: float = opt(6.31, number(-1000, 1000))
+    kill_level: float = opt(6.31, number(-1000, 1000))
+    dsn_cutoff_level: float = opt(10.0, number(-1000, 1000))
+    per_recipient: LevelOverrides = opt((), _per_recipient_levels)  # noqa: RUF009 - a field
+    virus_destiny: str = opt("discard", choice(*DESTINIES))
+    banned_destiny: str = opt("discard", choice(*DESTINIES))
+    spam_destiny: str = opt("pass", choice(*DESTINIES))
+    bad_header_destiny: str = opt("pass", choice(*DESTINIES))
+    quarantine: tuple[str, ...] = opt(("virus", "banned"), _categories)
     subject_prefix: str = opt("***SPAM*** ", string)
     remove_existing_spam_headers: bool = opt(True, boolean)
     scanner_name: str = opt("mail-filter", string)
+
+    def destiny(self, category: str) -> str:
+        """The configured destiny of a category."""
+        return str(getattr(self, f"{category}_destiny"))
+
+    def levels_for(self, keys: Sequence[str]) -> Levels:
+        """The levels for a recipient: global ones, overridden by its most specific entry.
+
+        ``keys`` are the recipient's lookup keys, most specific first.
+        """
+        levels = Levels(self.tag_level, self.tag2_level, self.kill_level, self.dsn_cutoff_level)
+        overrides = dict(self.per_recipient)
+        for key in keys:
+            if key in overrides:
+                return replace(levels, **dict(overrides[key]))
+        return levels
+
+
+@dataclass(frozen=True)
+class ListsConfig:
+    """Sender white/black lists and spam lovers (files, reloaded on SIGHUP)."""
+
+    whitelist: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    blacklist: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    spam_lovers: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+
+
+@dataclass(frozen=True)
+class BannedConfig:
+    """Banned attachments."""
+
+    enabled: bool = opt(True, boolean)
+    names: tuple[str, ...] = opt(DEFAULT_NAMES, _strings)
+    types: tuple[str, ...] = opt(DEFAULT_TYPES, _strings)
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    """Where held messages are kept, and for how long."""
+
+    directory: Path = opt(Path("/var/lib/mail-filter/quarantine"), optional_path)  # noqa: RUF009
+    max_age_days: float = opt(30.0, number(0, 3650))
+
+
+@dataclass(frozen=True)
+class NoticesConfig:
+    """Short notices to administrators about held mail."""
+
+    admins: tuple[str, ...] = opt((), _strings)
+    categories: tuple[str, ...] = opt(("virus", "banned"), _categories)
+    sender: str = opt("", string)  # "" = mail-filter@<hostname>
+    max_per_hour: int = opt(20, integer(0, 100_000))
 
 
 @dataclass(frozen=True)
@@ -125,6 +246,10 @@ class Config:
     clamd: ClamdConfig = field(default_factory=ClamdConfig)
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    lists: ListsConfig = field(default_factory=ListsConfig)
+    banned: BannedConfig = field(default_factory=BannedConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    notices: NoticesConfig = field(default_factory=NoticesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

@@ -28,9 +28,13 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from filter import dsn, headers
+from filter.banned import find_banned
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
 from filter.metrics import Metrics
+from filter.policy import Category, Findings, Lists, Treatment, decide
+from filter.quarantine import Entry, Store
+from filter.quarantine import new_id as new_quarantine_id
 from filter.smtp_out import Delivery, Reply
 from filter.spamd import SpamdError, SpamReport
 
@@ -79,14 +83,41 @@ class Forwarder(Protocol):
         ...
 
 
-class Category(enum.Enum):
-    """The outcome label of a message (metrics, logs)."""
+class Label(enum.Enum):
+    """The outcome label of a message (metrics, logs): a small fixed set."""
 
     CLEAN = "clean"
     SPAM = "spam"
     VIRUS = "virus"
+    BANNED = "banned"
     TEMPFAIL = "tempfail"
     REJECTED = "rejected"
+
+
+_LABELS = {
+    Category.VIRUS: Label.VIRUS,
+    Category.BANNED: Label.BANNED,
+    Category.SPAM: Label.SPAM,
+    Category.SPAMMY: Label.SPAM,
+    Category.BAD_HEADER: Label.CLEAN,
+    Category.CLEAN: Label.CLEAN,
+}
+_DESCRIBE = {
+    Category.VIRUS: "INFECTED",
+    Category.BANNED: "BANNED",
+    Category.SPAM: "SPAM",
+    Category.SPAMMY: "SPAMMY",
+    Category.BAD_HEADER: "BAD-HEADER",
+    Category.CLEAN: "CLEAN",
+}
+
+
+class Notifier(Protocol):
+    """Tells administrators about held mail (rate-limited), or a fake."""
+
+    async def notify(self, entry: Entry, message: bytes) -> None:
+        """Send a notice if the category is configured and the rate allows."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -114,30 +145,12 @@ class Trace:
     spam_note: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     downstream: str = ""
+    quarantine_id: str = ""
+    category: Category = Category.CLEAN
 
 
 class _Tempfail(Exception):
     """Stop processing this message and answer 451 with this text."""
-
-
-def amavis_spam_headers(report: SpamReport, tag2: float, required: float) -> list[tuple[str, str]]:
-    """X-Spam-Flag, -Score, -Level and -Status in amavisd-new's formats.
-
-    spamd's SYMBOLS reply names the rules that hit but not their scores, so
-    ``tests=[...]`` lists names only.
-    """
-    is_spam = report.score >= tag2
-    stars = "*" * max(0, min(64, int(report.score)))
-    status = (
-        f"{'Yes' if is_spam else 'No'}, score={report.score:.3f} tagged_above=2"
-        f" required={required:g} tests=[{', '.join(report.rules)}]"
-    )
-    return [
-        ("X-Spam-Flag", "YES" if is_spam else "NO"),
-        ("X-Spam-Score", f"{report.score:.3f}"),
-        ("X-Spam-Level", stars),
-        ("X-Spam-Status", status),
-    ]
 
 
 def queue_id_of(data: bytes) -> str:
@@ -160,6 +173,10 @@ class Filter:
         spamd: SpamScanner | None,
         forwarder: Forwarder,
         metrics: Metrics | None = None,
+        *,
+        lists: Lists | None = None,
+        store: Store | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.clamd = clamd
@@ -167,6 +184,9 @@ class Filter:
         self.forwarder = forwarder
         self.metrics = metrics or Metrics()
         self.hostname = cfg.server.name
+        self.lists = lists or Lists()
+        self.store = store
+        self.notifier = notifier
 
     async def handle(self, msg: Message) -> str:
         """Process one message and return the SMTP reply for Postfix."""
@@ -178,9 +198,9 @@ class Filter:
             async with asyncio.timeout(self.cfg.server.message_timeout):
                 category, reply = await self._process(msg, trace)
         except _Tempfail as err:
-            category, reply = Category.TEMPFAIL, f"451 4.3.0 {err} (id={trace.filter_id})"
+            category, reply = Label.TEMPFAIL, f"451 4.3.0 {err} (id={trace.filter_id})"
         except TimeoutError:
-            category = Category.TEMPFAIL
+            category = Label.TEMPFAIL
             limit = self.cfg.server.message_timeout
             reply = f"451 4.4.7 Filtering took over {limit:g} s, try again later"
         finally:
@@ -190,16 +210,116 @@ class Filter:
         self._log(msg, trace, category, reply)
         return reply
 
-    async def _process(self, msg: Message, trace: Trace) -> tuple[Category, str]:
+    async def _process(self, msg: Message, trace: Trace) -> tuple[Label, str]:
+        findings = await self._findings(msg, trace)
+        senders = [msg.mail_from, *from_addresses(msg.data)]
+        policy = self.cfg.policy
+        treatments = {r: decide(policy, self.lists, findings, senders, r) for r in msg.rcpt_tos}
+        worst = min((t.category for t in treatments.values()), key=list(Category).index)
+        trace.category = worst
+        scores = [t.score for t in treatments.values() if t.score is not None]
+        trace.score = max(scores) if scores else None
+        held = [r for r, t in treatments.items() if t.quarantine]
+        if held:
+            await self._quarantine(msg, treatments[held[0]], held, trace)
+        label = _LABELS[worst]
+        destinies = {t.destiny for t in treatments.values()}
+        what = f"{_DESCRIBE[worst]}: {treatments[msg.rcpt_tos[0]].reason}".rstrip(": ")
+        if destinies == {"reject"}:
+            return Label.REJECTED if label is Label.CLEAN else label, (
+                f"554 5.7.1 Rejected, id={trace.filter_id} - {what}"
+            )
+        delivered = await self._deliver(msg, treatments, trace)
+        await self._bounce_blocked(msg, treatments, trace)
+        if delivered:
+            return label, delivered
+        qid = f", quarantined as {trace.quarantine_id}" if trace.quarantine_id else ""
+        return label, f"250 2.7.0 Ok, discarded, id={trace.filter_id}{qid} - {what}"
+
+    async def _findings(self, msg: Message, trace: Trace) -> Findings:
         virus, report = await self._scan(msg, trace)
         if virus is not None:
             trace.virus = virus
-            return (
-                Category.VIRUS,
-                f"554 5.7.1 Rejected: virus found: {virus} (id={trace.filter_id})",
+            return Findings(virus=virus)
+        banned = ""
+        if self.cfg.banned.enabled:
+            started = time.monotonic()
+            # MIME and zip walking is CPU work: keep the event loop free for other messages.
+            found = await asyncio.to_thread(
+                find_banned, msg.data, self.cfg.banned.names, self.cfg.banned.types
             )
-        marked, category = self._mark(msg, report, trace)
-        return category, await self._reinject(msg, marked, trace, category)
+            trace.timings["banned"] = time.monotonic() - started
+            banned = found or ""
+        return Findings(
+            banned=banned,
+            report=report,
+            spam_note=trace.spam_note,
+            bad_header=bad_header(msg.data, allow_8bit=msg.smtputf8),
+        )
+
+    async def _quarantine(
+        self, msg: Message, treatment: Treatment, held: list[str], trace: Trace
+    ) -> None:
+        """Store the message durably before anything is answered; failure is a 451."""
+        if self.store is None:
+            raise _Tempfail("Quarantine is not configured")
+        entry = Entry(
+            id=new_quarantine_id(),
+            category=treatment.category.value,
+            reason=treatment.reason,
+            mail_from=msg.mail_from,
+            recipients=held,
+            received_at=time.time(),
+            size=len(msg.data),
+            score=treatment.score,
+            queue_id=trace.queue_id,
+        )
+        copy = self._marked(msg, treatment, trace, entry.id)
+        try:
+            await asyncio.to_thread(self.store.write, entry, copy)
+        except OSError as err:
+            log.error("quarantine write failed: %s", err)
+            raise _Tempfail("Could not quarantine the message") from err
+        trace.quarantine_id = entry.id
+        if self.notifier is not None:
+            await self.notifier.notify(entry, copy)
+
+    def _marked(self, msg: Message, treatment: Treatment, trace: Trace, qid: str = "") -> bytes:
+        policy = self.cfg.policy
+        prepend = [
+            ("Received", self._received(msg, trace)),
+            ("X-Virus-Scanned", f"by {policy.scanner_name} at {self.hostname}"),
+        ]
+        if qid:
+            prepend.append(("X-Quarantine-ID", f"<{qid}>"))
+        prepend += list(treatment.headers)
+        remove = SPAM_HEADERS if policy.remove_existing_spam_headers else ()
+        return headers.edit(msg.data, prepend, remove, treatment.subject_prefix)
+
+    async def _deliver(self, msg: Message, treatments: dict[str, Treatment], trace: Trace) -> str:
+        """Re-inject once per group of recipients with the same marks; "" if nobody gets it."""
+        groups: dict[Treatment, list[str]] = {}
+        for rcpt, treatment in treatments.items():
+            if treatment.destiny == "pass":
+                groups.setdefault(treatment, []).append(rcpt)
+        last = ""
+        for treatment, rcpts in groups.items():
+            qid = trace.quarantine_id if treatment.quarantine else ""
+            data = self._marked(msg, treatment, trace, qid)
+            last = await self._reinject(msg, rcpts, data, trace)
+        return last
+
+    async def _bounce_blocked(
+        self, msg: Message, treatments: dict[str, Treatment], trace: Trace
+    ) -> None:
+        """Recipients whose destiny is bounce (or reject, when others get the mail) get a DSN."""
+        failed = {
+            r: Reply(554, f"5.7.1 {_DESCRIBE[t.category]}: {t.reason}".rstrip(": "))
+            for r, t in treatments.items()
+            if t.destiny == "bounce" or (t.destiny == "reject" and not t.no_dsn)
+        }
+        if failed:
+            await self._bounce(msg, msg.data, failed, trace)
 
     async def _scan(self, msg: Message, trace: Trace) -> tuple[str | None, SpamReport | None]:
         """Run clamd and spamd side by side; a virus cancels the spam scan."""
@@ -246,28 +366,6 @@ class Filter:
             trace.timings[name] = elapsed
             self.metrics.scan_seconds.labels(name).observe(elapsed)
 
-    def _mark(
-        self, msg: Message, report: SpamReport | None, trace: Trace
-    ) -> tuple[bytes, Category]:
-        policy = self.cfg.policy
-        prepend = [
-            ("Received", self._received(msg, trace)),
-            ("X-Virus-Scanned", f"by {policy.scanner_name} at {self.hostname}"),
-        ]
-        category = Category.CLEAN
-        prefix = ""
-        if report is not None:
-            trace.score = report.score
-            if report.score >= policy.tag_level:
-                prepend += amavis_spam_headers(report, policy.tag2_level, policy.tag2_level)
-            if report.score >= policy.tag2_level:
-                category = Category.SPAM
-                prefix = policy.subject_prefix
-        elif trace.spam_note:
-            prepend.append(("X-Spam-Skipped", trace.spam_note))
-        remove = SPAM_HEADERS if policy.remove_existing_spam_headers else ()
-        return headers.edit(msg.data, prepend, remove, prefix), category
-
     def _received(self, msg: Message, trace: Trace) -> str:
         peer_ip = msg.peer.strip("[]")
         helo = msg.helo or "unknown"
@@ -278,14 +376,14 @@ class Filter:
             f" with ESMTP id {trace.filter_id}{rcpt}; {date}"
         )
 
-    async def _reinject(self, msg: Message, data: bytes, trace: Trace, category: Category) -> str:
+    async def _reinject(self, msg: Message, rcpts: list[str], data: bytes, trace: Trace) -> str:
         params = [p for p in msg.mail_options if p.upper().startswith(("BODY=", "SMTPUTF8"))]
         params.insert(0, f"SIZE={len(data)}")
         if msg.smtputf8 and not any(p.upper() == "SMTPUTF8" for p in params):
             params.append("SMTPUTF8")
         started = time.monotonic()
         delivery = await self.forwarder.send(
-            msg.mail_from, msg.rcpt_tos, data, mail_params=params, xforward=msg.xforward
+            msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward
         )
         trace.timings["reinject"] = time.monotonic() - started
         return await self._answer(msg, data, delivery, trace)
@@ -340,10 +438,10 @@ class Filter:
             trace.queue_id, msg.mail_from, ",".join(refused),
         )  # fmt: skip
 
-    def _log(self, msg: Message, trace: Trace, category: Category, reply: str) -> None:
+    def _log(self, msg: Message, trace: Trace, category: Label, reply: str) -> None:
         ms = {k: f"{v * 1000:.1f}" for k, v in trace.timings.items()}
         log.info(
-            "queue_id=%s id=%s from=<%s> to=%s size=%d result=%s%s%s%s clamd_ms=%s spamd_ms=%s"
+            "queue_id=%s id=%s from=<%s> to=%s size=%d result=%s%s%s%s%s clamd_ms=%s spamd_ms=%s"
             ' reinject_ms=%s total_ms=%s reply="%s"',
             trace.queue_id,
             trace.filter_id,
@@ -352,6 +450,7 @@ class Filter:
             len(msg.data),
             category.value,
             f' virus="{_clean(trace.virus)}"' if trace.virus else "",
+            f" quarantine={trace.quarantine_id}" if trace.quarantine_id else "",
             f" score={trace.score:.3f}" if trace.score is not None else "",
             f' spam="{trace.spam_note}"' if trace.spam_note else "",
             ms.get("clamd", "-"),
@@ -364,3 +463,24 @@ class Filter:
 
 def _clean(text: str) -> str:
     return "".join(c if c.isprintable() and c != '"' else "?" for c in text)
+
+
+def from_addresses(data: bytes) -> list[str]:
+    """Addresses in the From field(s), for list lookups (never raises)."""
+    field = headers.first_field(data, b"from")
+    if field is None:
+        return []
+    value = field.split(b":", 1)[1].decode("latin-1")
+    return [addr for _, addr in email.utils.getaddresses([value]) if "@" in addr]
+
+
+def bad_header(data: bytes, *, allow_8bit: bool) -> str:
+    """Why the header section is malformed, or "" (amavisd-new's BAD HEADER category)."""
+    head = headers.split(data)[0]
+    if b"\0" in head:
+        return "NUL character in header"
+    if not allow_8bit and any(b > 0x7F for b in head):
+        return "non-encoded 8-bit data in header"
+    if any(len(line) > 998 for line in head.splitlines()):
+        return "header line longer than 998 characters"
+    return ""

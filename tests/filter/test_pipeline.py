@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from filter.config import Config, PolicyConfig, ServerConfig, SpamdConfig
+from filter.quarantine import Store
 from filter.service import Filter, Message
 from filter.smtp_out import Reply
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
@@ -19,12 +22,16 @@ RAW = (
 )
 
 
+_QUARANTINES = tempfile.TemporaryDirectory(prefix="mfq")  # removed at exit
+
+
 def make(
     cfg: Config | None = None, score: float = 0.5
 ) -> tuple[Filter, FakeClamd, FakeSpamd, FakeForwarder]:
     clam, spam, fwd = FakeClamd(), FakeSpamd(score), FakeForwarder()
     cfg = cfg or Config(server=ServerConfig(hostname="gw.test"))
-    return Filter(cfg, clam, spam, fwd), clam, spam, fwd
+    store = Store(Path(tempfile.mkdtemp(prefix="q", dir=_QUARANTINES.name)))
+    return Filter(cfg, clam, spam, fwd, store=store), clam, spam, fwd
 
 
 def message(
@@ -62,12 +69,25 @@ async def test_envelope_and_xforward_are_preserved() -> None:
     assert {"ADDR": "192.0.2.9"} == sent.xforward
 
 
-async def test_virus_is_rejected_with_its_name() -> None:
-    """A virus is answered 554 naming it, and nothing is re-injected."""
+async def test_virus_is_discarded_and_quarantined_by_default() -> None:
+    """amavisd-new's default: a virus is discarded (250 2.7.0 naming it) and quarantined."""
     f, _, _, fwd = make()
     reply = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
-    assert reply.startswith("554 5.7.1")
-    assert "Fake.Virus" in reply
+    assert reply.startswith("250 2.7.0 Ok, discarded")
+    assert "INFECTED: Fake.Virus" in reply
+    assert [] == fwd.sent
+    assert f.store is not None
+    [entry] = list(f.store.entries())
+    assert ("virus", ["b@example.com"]) == (entry.category, entry.recipients)
+    assert f.store.message(entry.id).endswith(RAW + b"VIRUS-MARKER\r\n")
+
+
+async def test_virus_can_be_rejected_with_its_name() -> None:
+    """virus_destiny = reject answers 554 naming the virus."""
+    f, _, _, fwd = make(Config(policy=PolicyConfig(virus_destiny="reject")))
+    reply = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
+    assert reply.startswith("554 5.7.1 Rejected")
+    assert "INFECTED: Fake.Virus" in reply
     assert [] == fwd.sent
 
 
@@ -76,7 +96,7 @@ async def test_virus_cancels_the_spam_scan() -> None:
     f, _, spam, _ = make()
     spam.delay = 5
     reply = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
-    assert reply.startswith("554")
+    assert "INFECTED" in reply
     await asyncio.sleep(0)  # let the cancellation be delivered
     assert spam.cancelled
 

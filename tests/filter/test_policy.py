@@ -1,0 +1,213 @@
+"""Destinies, lists, per-recipient levels and splits, quarantine and notices (fakes only)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from filter.config import Config, NoticesConfig, PolicyConfig, ServerConfig
+from filter.lookup import AddressList
+from filter.notices import Notices
+from filter.policy import Lists
+from filter.quarantine import Entry, QuarantineError, Store, new_id
+from filter.service import Filter, Message
+from filter.smtp_out import Reply
+from tests.clock import FakeClock
+from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
+
+_DIRS = tempfile.TemporaryDirectory(prefix="mfp")  # removed at exit
+RAW = b"From: Shop <news@shop.test>\r\nTo: bob@example.com\r\nSubject: offer\r\n\r\nbody\r\n"
+GTUBE = RAW.replace(b"body", b"GTUBE")
+
+
+def make(
+    policy: PolicyConfig | None = None, lists: Lists | None = None
+) -> tuple[Filter, FakeForwarder]:
+    cfg = Config(server=ServerConfig(hostname="gw.test"), policy=policy or PolicyConfig())
+    fwd = FakeForwarder()
+    store = Store(Path(tempfile.mkdtemp(dir=_DIRS.name)))
+    return Filter(cfg, FakeClamd(), FakeSpamd(), fwd, lists=lists, store=store), fwd
+
+
+def msg(data: bytes, *rcpts: str, sender: str = "news@shop.test") -> Message:
+    return Message(sender, rcpts or ("bob@example.com",), data)
+
+
+def lst(*lines: str) -> AddressList:
+    return AddressList.parse("test", lines)
+
+
+async def test_spam_at_kill_level_with_discard() -> None:
+    """spam_destiny = discard drops spam (250 2.7.0) and delivers nothing."""
+    f, fwd = make(PolicyConfig(spam_destiny="discard"))
+    reply = await f.handle(msg(GTUBE))
+    assert reply.startswith("250 2.7.0 Ok, discarded")
+    assert "SPAM" in reply
+    assert [] == fwd.sent
+
+
+async def test_spam_reject() -> None:
+    """spam_destiny = reject answers 554."""
+    f, _ = make(PolicyConfig(spam_destiny="reject"))
+    assert (await f.handle(msg(GTUBE))).startswith("554 5.7.1 Rejected")
+
+
+async def test_bounce_below_cutoff_sends_dsn() -> None:
+    """spam_destiny = bounce sends our DSN when the score is below the DSN cutoff."""
+    f, fwd = make(PolicyConfig(spam_destiny="bounce", kill_level=0.4, dsn_cutoff_level=10))
+    reply = await f.handle(msg(RAW))
+    assert reply.startswith("250 2.7.0")
+    assert [("", ["news@shop.test"])] == [(s.mail_from, s.recipients) for s in fwd.sent]
+
+
+async def test_no_bounce_above_cutoff_or_for_viruses() -> None:
+    """Spam above the cutoff and viruses are discarded, never bounced (no backscatter)."""
+    f, fwd = make(PolicyConfig(spam_destiny="bounce", virus_destiny="bounce"))
+    assert (await f.handle(msg(GTUBE))).startswith("250 2.7.0")
+    assert (await f.handle(msg(RAW + b"VIRUS-MARKER"))).startswith("250 2.7.0")
+    assert [] == fwd.sent
+
+
+async def test_banned_attachment_is_discarded_and_quarantined() -> None:
+    """A banned attachment gets the banned destiny (discard) and is quarantined."""
+    data = (
+        b"From: a@b\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+        b"Content-Type: text/plain\r\n\r\nhi\r\n--B\r\nContent-Type: application/octet-stream;"
+        b' name="invoice.pdf.exe"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAA==\r\n--B--\r\n'
+    )
+    f, fwd = make()
+    reply = await f.handle(msg(data))
+    assert reply.startswith("250 2.7.0")
+    assert "BANNED" in reply
+    assert [] == fwd.sent
+    assert f.store is not None
+    assert ["banned"] == [e.category for e in f.store.entries()]
+
+
+async def test_bad_header_is_passed_by_default_and_can_be_rejected() -> None:
+    """Raw 8-bit bytes in the header are 'bad header': passed by default, 554 on request."""
+    data = b"Subject: caf\xe9\r\n\r\nbody\r\n"
+    f, _ = make()
+    assert (await f.handle(msg(data))).startswith("250 2.0.0")
+    f, _ = make(PolicyConfig(bad_header_destiny="reject"))
+    assert (await f.handle(msg(data))).startswith("554")
+
+
+async def test_whitelisted_sender_is_never_spam() -> None:
+    """A whitelisted sender's GTUBE is delivered untagged, score shown lowered by 10."""
+    f, fwd = make(PolicyConfig(spam_destiny="discard"), Lists(whitelist=lst("shop.test")))
+    assert (await f.handle(msg(GTUBE))).startswith("250 2.0.0")
+    out = fwd.sent[0].data
+    assert b"X-Spam-Flag: NO" in out
+    assert b"X-Spam-Score: 990.000" in out
+    assert b"***SPAM***" not in out
+
+
+async def test_whitelist_matches_from_address_too() -> None:
+    """The From address counts like the envelope sender."""
+    f, _ = make(PolicyConfig(spam_destiny="discard"), Lists(whitelist=lst("news@shop.test")))
+    assert (await f.handle(msg(GTUBE, sender="bounces-123@mailer.test"))).startswith("250 2.0.0")
+
+
+async def test_blacklisted_sender_is_always_spam() -> None:
+    """A blacklisted sender's harmless mail is spam."""
+    f, fwd = make(PolicyConfig(spam_destiny="discard"), Lists(blacklist=lst(".shop.test")))
+    assert (await f.handle(msg(RAW))).startswith("250 2.7.0")
+    assert [] == fwd.sent
+
+
+async def test_spam_lover_gets_spam_others_do_not() -> None:
+    """For a spam lover a blocking spam destiny becomes pass; others still lose it."""
+    lovers = Lists(spam_lovers=lst("carol@example.com"))
+    f, fwd = make(PolicyConfig(spam_destiny="discard"), lovers)
+    reply = await f.handle(msg(GTUBE, "bob@example.com", "carol@example.com"))
+    assert reply.startswith("250 2.0.0")
+    assert [["carol@example.com"]] == [s.recipients for s in fwd.sent]
+    assert b"X-Spam-Flag: YES" in fwd.sent[0].data
+
+
+async def test_per_recipient_split_whitelisted_and_normal() -> None:
+    """One GTUBE message, one recipient whitelists the sender: two transactions, two markings."""
+    lists = Lists(whitelist=lst("news@shop.test  alice@example.com"))
+    f, fwd = make(lists=lists)
+    reply = await f.handle(msg(GTUBE, "bob@example.com", "alice@example.com"))
+    assert reply.startswith("250 2.0.0")
+    by_rcpt = {tuple(s.recipients): s.data for s in fwd.sent}
+    assert {("bob@example.com",), ("alice@example.com",)} == set(by_rcpt)
+    assert b"Subject: ***SPAM*** offer" in by_rcpt[("bob@example.com",)]
+    assert b"Subject: offer" in by_rcpt[("alice@example.com",)]
+
+
+async def test_per_recipient_split_one_deferred_means_451() -> None:
+    """If one group's re-injection is deferred, the whole message is retried (no loss)."""
+    lists = Lists(whitelist=lst("news@shop.test  alice@example.com"))
+    f, fwd = make(lists=lists)
+    fwd.rcpt_replies["alice@example.com"] = Reply(451, "4.3.0 try later")
+    assert (await f.handle(msg(GTUBE, "bob@example.com", "alice@example.com"))).startswith("451")
+
+
+async def test_per_recipient_levels() -> None:
+    """A recipient's own kill level overrides the global one (most specific entry wins)."""
+    policy = PolicyConfig(
+        spam_destiny="discard",
+        per_recipient=(
+            ("boss@example.com", (("kill", 2000.0), ("tag2", 2000.0))),
+            (".example.com", (("kill", 0.1),)),
+        ),
+    )
+    f, fwd = make(policy)
+    await f.handle(msg(GTUBE, "boss@example.com", "bob@example.com"))
+    assert [["boss@example.com"]] == [s.recipients for s in fwd.sent]
+    assert b"X-Spam-Flag: NO" in fwd.sent[0].data
+
+
+def test_quarantine_store_round_trip(tmp_path: Path) -> None:
+    """Write, list, record a release (a second is refused), delete, expire."""
+    store = Store(tmp_path / "q")
+    entry = Entry(new_id(), "virus", "X", "a@b", ["c@d"], 39 * 86400.0, 3)
+    store.write(entry, b"abc")
+    assert [entry.id] == [e.id for e in store.entries()]
+    assert b"abc" == store.message(entry.id)
+    store.record_release(entry.id, ["c@d"], "250 ok")
+    with pytest.raises(QuarantineError, match="already released"):
+        store.record_release(entry.id, ["c@d"], "250 ok")
+    old = replace(entry, id=new_id() + "0", received_at=0.0)
+    store.write(old, b"x")
+    assert 1 == store.expire(30, now=40 * 86400.0)
+    store.delete(entry.id)
+    assert [] == list(store.entries())
+
+
+def test_quarantine_ids_are_checked(tmp_path: Path) -> None:
+    """A path-like id is refused, not followed."""
+    with pytest.raises(QuarantineError):
+        Store(tmp_path).get("../../etc/passwd")
+
+
+async def test_notices_are_throttled() -> None:
+    """Per category at most max_per_hour notices; the rest are counted into the next one."""
+    fwd = FakeForwarder()
+    clock = FakeClock()
+    notices = Notices(
+        NoticesConfig(admins=("admin@example.com",), max_per_hour=3), fwd, "gw", clock
+    )
+    entry = Entry(new_id(), "virus", "EICAR", "a@b", ["c@d"], 0.0, 1)
+    for _ in range(10):
+        await notices.notify(entry, b"")
+    assert 3 == len(fwd.sent)
+    clock.advance(3601)
+    await notices.notify(entry, b"")
+    assert 4 == len(fwd.sent)
+    assert b"7 more virus notice(s)" in fwd.sent[-1].data
+    assert b"mail-filter quarantine release " + entry.id.encode() in fwd.sent[-1].data
+
+
+async def test_notices_only_for_configured_categories() -> None:
+    """A category not listed gets no notice."""
+    fwd = FakeForwarder()
+    notices = Notices(NoticesConfig(admins=("a@x",), categories=("virus",)), fwd, "gw")
+    await notices.notify(Entry(new_id(), "banned", "x.exe", "a@b", ["c@d"], 0.0, 1), b"")
+    assert [] == fwd.sent
