@@ -187,6 +187,7 @@ class Filter:
         self.lists = lists or Lists()
         self.store = store
         self.notifier = notifier
+        self._background: set[asyncio.Future[None]] = set()
 
     async def handle(self, msg: Message) -> str:
         """Process one message and return the SMTP reply for Postfix."""
@@ -282,7 +283,10 @@ class Filter:
             raise _Tempfail("Could not quarantine the message") from err
         trace.quarantine_id = entry.id
         if self.notifier is not None:
-            await self.notifier.notify(entry, copy)
+            # In the background: a slow or failing notice must never delay the answer.
+            task = asyncio.ensure_future(self.notifier.notify(entry, copy))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _marked(self, msg: Message, treatment: Treatment, trace: Trace, qid: str = "") -> bytes:
         policy = self.cfg.policy

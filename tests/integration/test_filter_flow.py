@@ -32,6 +32,7 @@ from devstack.saslimapd import FilterDaemon
 from devstack.sink import SmtpSink
 from devstack.spamd import Spamd
 from filter import headers
+from tests.fakes import StallingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -379,3 +380,84 @@ def test_concurrent_large_messages_keep_memory_bounded(flow: Flow) -> None:
     # 4 messages x 8 MB, each held a few times over (received, MIME walk for banned
     # attachments, marked copy), plus the interpreter: linear in messages x size.
     assert rss_kb < 4 * 8 * 1024 * 5 + 80 * 1024
+
+
+def _restart_filter(flow: Flow, **sections: dict[str, object]) -> None:
+    """Restart the filter on the same port with some settings changed."""
+    flow.filter.stop()
+    for name, values in sections.items():
+        flow.filter.settings.setdefault(name, {}).update(values)
+    flow.filter.start()
+
+
+def test_banned_attachment_in_nested_zip(flow: Flow) -> None:
+    """A program two zips deep in an attachment is banned: discarded and quarantined."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("invoice.pdf.exe", b"MZ\x90\x00 not really a program")
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.writestr("documents.zip", inner.getvalue())
+    msg = EmailMessage()
+    mid = new_id()
+    msg["From"], msg["To"], msg["Subject"] = "sender@example.net", "user@example.com", "docs"
+    msg["Message-ID"] = f"<{mid}>"
+    msg.set_content("please see the documents")
+    msg.add_attachment(outer.getvalue(), maintype="application", subtype="zip", filename="docs.zip")
+    seen = discards(flow)
+    flow.send(msg.as_bytes())
+    log = _discarded(flow, seen)
+    assert "BANNED: name 'invoice.pdf.exe'" in log
+    assert not flow.arrived(mid)
+
+
+def test_bad_list_line_on_reload_keeps_old_lists(flow: Flow) -> None:
+    """SIGHUP with a bad list line is refused, naming file and line; mail keeps flowing."""
+    bad = flow.filter.workdir / "whitelist"
+    bad.write_text("good@example.net\n# fine\nthis is not@an entry\n")
+    flow.filter.settings.setdefault("lists", {})["whitelist"] = str(bad)
+    flow.filter.write_config()
+    flow.filter.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while f"{bad}:3" not in flow.filter.log_text():
+        assert time.monotonic() < deadline, "no error naming the bad line"
+        time.sleep(0.1)
+    assert "reload failed" in flow.filter.log_text()
+    mid = new_id()
+    flow.send(make_message("after a bad reload", b"still here\r\n", mid))
+    flow.wait_arrived(mid)
+    del flow.filter.settings["lists"]
+    flow.filter.write_config()
+
+
+def test_crash_after_quarantine_write_loses_nothing(flow: Flow) -> None:
+    """SIGKILL after the quarantine write and before the answer: Postfix retries, the
+    message is delivered exactly once (and quarantined again on the retry)."""
+    stall = StallingProxy(flow.reinject_port, stall=lambda _n: True)
+    qdir = flow.filter.workdir.parent / "quarantine"
+    mid = new_id()
+    try:
+        _restart_filter(
+            flow,
+            reinject={"address": f"127.0.0.1:{stall.port}"},
+            policy={"quarantine": ["spam"], "tag2_level": 5.0},
+        )
+        before = set(qdir.glob("*.json"))
+        flow.send(make_message("spam, held and passed", b"x\r\n" + GTUBE + b"\r\n", mid))
+        deadline = time.monotonic() + 20
+        while not (set(qdir.glob("*.json")) - before):
+            assert time.monotonic() < deadline, "nothing quarantined"
+            time.sleep(0.05)
+        flow.filter.signal(signal.SIGKILL)
+        assert flow.filter.proc is not None
+        flow.filter.proc.wait(10)
+    finally:
+        stall.close()
+        flow.filter.settings["policy"] = {}
+        _restart_filter(flow, reinject={"address": f"127.0.0.1:{flow.reinject_port}"})
+    flow.flush()
+    flow.wait_arrived(mid, timeout=60)
+    time.sleep(1.5)
+    assert 1 == len(flow.arrived(mid))
+    held = [p for p in qdir.glob("*.eml") if mid.encode() in p.read_bytes()]
+    assert len(held) >= 1
