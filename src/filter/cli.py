@@ -7,11 +7,13 @@ Exit code 78 (EX_CONFIG) for a bad configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 
-from filter import app, quarantine_cli
+from filter import app, learn, quarantine_cli
 from filter.config import ConfigError
 from saslimap import logs
 
@@ -36,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
     quarantine_cli.add_parser(sub)
+    learn_p = sub.add_parser("learn", help="teach Bayes from the admin mailbox's spam/ham folders")
+    learn_p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG})")
+    learn_p.add_argument(
+        "--dry-run", action="store_true", help="count, teach nothing, change nothing"
+    )
     return parser
 
 
@@ -86,7 +93,46 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "quarantine":
         return _quarantine(args)
+    if args.command == "learn":
+        return _learn(args)
     return _check_config(args)
+
+
+def _learn(args: argparse.Namespace) -> int:
+    logs.setup("mail-filter")
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    try:
+        cfg = app.load_config(path, {})
+        if not cfg.learn.imap_url or not cfg.learn.username:
+            raise ConfigError("learn.imap_url and learn.username must be set")
+    except ConfigError as err:
+        log.error("configuration error: %s", err)
+        return EX_CONFIG
+    teach = (
+        learn.sa_learn_teacher(cfg.learn)
+        if cfg.learn.method == "sa-learn"
+        else learn.spamd_teacher(cfg.learn, cfg.spamd.address)
+    )
+    started = time.monotonic()
+    learner = learn.Learner(cfg.learn, teach, dry_run=args.dry_run, progress=sys.stderr.isatty())
+    try:
+        client = learn.connect(cfg.learn)
+        try:
+            totals = learner.run(client)
+        finally:
+            with contextlib.suppress(Exception):
+                client.logout()
+    except learn.LearnError as err:
+        log.error("learn failed: %s", err)
+        logs.flush_all()
+        return 1
+    log.info(
+        "%s%s",
+        learn.summary(totals, time.monotonic() - started),
+        " (dry run)" if args.dry_run else "",
+    )
+    logs.flush_all()
+    return 1 if totals.failed or totals.skipped_folders else 0
 
 
 def _quarantine(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES
 from saslimap import confkit
+from saslimap.config import parse_imap_url
 from saslimap.confkit import (
     ConfigError,
     boolean,
@@ -223,6 +224,34 @@ class NoticesConfig:
     max_per_hour: int = opt(20, integer(0, 100_000))
 
 
+def _imap_url(key: str, value: object) -> str:
+    text = string(key, value)
+    if text:
+        parse_imap_url(text, key)
+    return text
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """mail-filter learn: the admin mailbox and how its folders teach Bayes."""
+
+    imap_url: str = opt("", _imap_url)
+    ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    username: str = opt("", string)
+    password: str = opt("", string)
+    password_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    spam_folder: str = opt("spam", string)
+    ham_folder: str = opt("ham", string)
+    state_file: Path = opt(Path("/var/lib/mail-filter/learn-state.json"), optional_path)  # noqa: RUF009
+    method: str = opt("spamd", choice("spamd", "sa-learn"))
+    sa_learn_dbpath: str = opt("", string)
+    after: str = opt("leave", choice("leave", "flag", "move", "delete"))
+    flag_keyword: str = opt("$Learned", string)
+    move_to: str = opt("learned", string)
+    batch_size: int = opt(100, integer(1, 10_000))
+    timeout: float = opt(60.0, number(1, 3600))
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint."""
@@ -250,6 +279,7 @@ class Config:
     banned: BannedConfig = field(default_factory=BannedConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     notices: NoticesConfig = field(default_factory=NoticesConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
