@@ -121,7 +121,9 @@ def shown(value: str | bytes) -> str:
 def _has_control(text: str) -> bool:
     # Cc covers NUL, CR, LF, TAB, DEL and the C1 controls: none belongs in a login or
     # password, and CR/LF are how a request would smuggle a second IMAP command.
-    return any(unicodedata.category(c) == "Cc" for c in text)
+    # isprintable() is False for every Cc character, so it is a fast path for the
+    # common case (it is also False for some harmless ones, which the slow path allows).
+    return not text.isprintable() and any(unicodedata.category(c) == "Cc" for c in text)
 
 
 class _Refused(Exception):
