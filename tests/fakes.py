@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from saslimap.imap import BackendUnavailable, LoginResult
@@ -112,9 +113,10 @@ class StallingProxy:
     both ways to ``127.0.0.1:target_port``.
     """
 
-    def __init__(self, target_port: int, stall: Callable[[int], bool]) -> None:
+    def __init__(self, target_port: int, stall: Callable[[int], bool], delay: float = 0.0) -> None:
         self.target_port = target_port
         self.stall = stall
+        self.delay = delay  # seconds before a piped connection is forwarded
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = self.listener.getsockname()[1]
         self._held: list[socket.socket] = []
@@ -139,6 +141,8 @@ class StallingProxy:
             n += 1
 
     def _pipe(self, conn: socket.socket) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
         except OSError:
