@@ -1,29 +1,40 @@
-"""``make run``: bring up the gateway on this machine, on loopback, until Ctrl-C.
+"""``make run``: bring up the whole gateway on this machine, on loopback, until Ctrl-C.
 
-This module owns the demo's composition: a real Dovecot with demo users as
-the stand-in internal IMAP server (unless ``IMAP_URL`` names a real one), the
-saslimap daemon in front of it, and a Postfix smtpd that authenticates through
-saslimap.  It prints what listens where and commands to try, then waits; Ctrl-C
-(or SIGTERM) stops everything it started, in reverse order.
+This module owns the demo's composition: a real Dovecot with demo users as the
+stand-in internal IMAP server (unless ``IMAP_URL`` names a real one), saslimap
+in front of it, clamd (with the project's test signatures) and spamd, the
+content filter, and Postfix as the gateway's door: SMTP AUTH through saslimap,
+content_filter to mail-filter, the re-injection listener, and a transport
+that hands everything to a local sink standing in for the internal mail
+server, which prints each delivered message's header.  It sends one message
+as a roaming user, shows it arriving with its headers, prints what listens
+where and a swaks line to try, then waits; Ctrl-C stops everything it started.
 
 Environment: ``IMAP_URL`` (e.g. ``imaps://imap.example.com``) and optionally
-``IMAP_CA_FILE`` point saslimap at a real server instead of the demo Dovecot;
-``RUN_DIR`` (default ``/tmp/mailgate-run``) holds every daemon's files and logs.
+``IMAP_CA_FILE`` point saslimap at a real server (that is the one config change
+for a real deployment); ``RUN_DIR`` (default ``/tmp/mailgate-run``) holds every
+daemon's files and logs.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
+import smtplib
 import sys
 import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from devstack.clamd import Clamd
 from devstack.dovecot import Dovecot
+from devstack.ports import free_port
 from devstack.postfix import Postfix
-from devstack.saslimapd import SaslimapDaemon
+from devstack.saslimapd import FilterDaemon, SaslimapDaemon
+from devstack.sink import SmtpSink
+from devstack.spamd import Spamd
 from devstack.tls import make_tls
 
 DEMO_USERS = {
@@ -31,9 +42,30 @@ DEMO_USERS = {
     "bob@example.com": "bob demo pw with spaces",
 }
 
+# conf/postfix/master.cf's filter wiring, on the demo's ports.
+FILTER_MASTER_CF = """\
+smtp-amavis unix - - n - 4 smtp
+  -o smtp_data_done_timeout=1200
+  -o smtp_send_xforward_command=yes
+  -o disable_dns_lookups=yes
+127.0.0.1:{reinject} inet n - n - - smtpd
+  -o content_filter=
+  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_recipient_restrictions=permit_mynetworks,reject
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+  -o smtpd_sasl_auth_enable=no
+"""
+
+
+def _show(message: bytes) -> str:
+    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    return "\n".join("    " + line for line in head.splitlines())
+
 
 def main() -> int:
-    """Start the stack, print how to use it, wait for Ctrl-C."""
+    """Start the stack, show one message going through, wait for Ctrl-C."""
     run_dir = Path(os.environ.get("RUN_DIR", "/tmp/mailgate-run"))
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -47,43 +79,88 @@ def main() -> int:
         ca_file = os.environ.get("IMAP_CA_FILE", "")
         if not imap_url:
             tls = make_tls(run_dir / "tls")
-            dovecot = Dovecot(run_dir / "dovecot", DEMO_USERS, tls=tls)
-            dovecot.start()
-            stack.callback(dovecot.stop)
+            dovecot = stack.enter_context(Dovecot(run_dir / "dovecot", DEMO_USERS, tls=tls))
             imap_url, ca_file = dovecot.imap_url("imap"), str(tls.ca_cert)
-            print(
-                f"Dovecot (demo internal IMAP server): {dovecot.imap_url('imap')} (STARTTLS), "
-                f"{dovecot.imap_url('imaps')}; log {dovecot.log_path}"
-            )
+        print("starting saslimap, clamd, spamd, mail-filter and Postfix ...", flush=True)
         saslimap = SaslimapDaemon(
             run_dir / "saslimap",
             {"imap": {"url": imap_url, "ca_file": ca_file}, "logging": {"level": "info"}},
         )
-        saslimap.start()
-        stack.callback(saslimap.stop)
-        postfix = Postfix(run_dir / "postfix", sasl_saslauthd_path=saslimap.socket_path)
-        postfix.start()
-        stack.callback(postfix.stop)
+        stack.enter_context(saslimap)
+        clamd = stack.enter_context(Clamd(run_dir / "clamd"))
+        spamd = stack.enter_context(Spamd(run_dir / "spamd"))
+        internal = stack.enter_context(SmtpSink())  # stands in for the internal mail server
+        reinject = free_port()
+        mail_filter = FilterDaemon(
+            run_dir / "filter",
+            {
+                "reinject": {"address": f"127.0.0.1:{reinject}"},
+                "clamd": {"address": clamd.address},
+                "spamd": {"address": f"127.0.0.1:{spamd.port}"},
+                "quarantine": {"directory": str(run_dir / "quarantine")},
+                "logging": {"level": "info"},
+            },
+        )
+        stack.enter_context(mail_filter)
+        to_internal = f"smtp:[127.0.0.1]:{internal.port}"
+        postfix = Postfix(
+            run_dir / "postfix",
+            sasl_saslauthd_path=saslimap.socket_path,
+            main_cf={
+                "relay_domains": "example.com",
+                "transport_maps": f"inline:{{ example.com={to_internal} }}",
+                "default_transport": to_internal,  # the demo sends nothing to the internet
+                "content_filter": f"smtp-amavis:[127.0.0.1]:{mail_filter.port}",
+                "smtpd_relay_restrictions": (
+                    "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+                ),
+            },
+            master_cf_extra=FILTER_MASTER_CF.format(reinject=reinject),
+        )
+        stack.enter_context(postfix)
 
         user, password = next(iter(DEMO_USERS.items()))
+        print("\nSending one message as a roaming user (SMTP AUTH PLAIN, then relay) ...")
+        with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as smtp:
+            smtp.ehlo("laptop.example.org")
+            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+            code, text = smtp.docmd("AUTH", "PLAIN " + token)
+            print(f"  AUTH: {code} {text.decode()}")
+            smtp.sendmail(
+                user,
+                ["partner@remote.test"],
+                f"From: {user}\r\nTo: partner@remote.test\r\n"
+                "Subject: hello from the gateway demo\r\n\r\n"
+                "This went through saslimap, mail-filter, clamd and spamd.\r\n".encode(),
+            )
+        [delivered] = internal.wait_for(1, timeout=60)
+        print(f"  delivered to {delivered.rcpt_tos}, with these headers:\n{_show(delivered.data)}")
         print(
             f"""
-saslimap (mux socket):     {saslimap.socket_path}  -> {imap_url}
-                           config {saslimap.config_path}, log {saslimap.log_path}
-Postfix smtpd (SMTP AUTH): 127.0.0.1:{postfix.smtpd_port}; log {postfix.maillog}
+What listens where (all on 127.0.0.1):
+  Postfix smtpd, AUTH via saslimap   :{postfix.smtpd_port}        log {postfix.maillog}
+  mail-filter (content filter)       :{mail_filter.port} -> :{reinject}  log {mail_filter.log_path}
+  saslimap mux socket                {saslimap.socket_path}   log {saslimap.log_path}
+  IMAP server                        {imap_url}
+  clamd                              {clamd.address}
+  spamd                              :{spamd.port}
+  internal mail server (demo sink)   :{internal.port}
+  saslimap metrics                   http://127.0.0.1:{saslimap.metrics_port}/metrics
+  mail-filter metrics                http://127.0.0.1:{mail_filter.metrics_port}/metrics
 
-Try it:
-  testsaslauthd -f {saslimap.socket_path} -u {user} -p '{password}' -s smtp
-  .venv/bin/saslimap test -f {saslimap.socket_path} -u {user} -s smtp     (asks for the password)
+Try it (demo users: {", ".join(f"{u} / {p!r}" for u, p in DEMO_USERS.items())}):
   swaks --server 127.0.0.1:{postfix.smtpd_port} --auth PLAIN --auth-user {user} \\
         --auth-password '{password}' --from {user} --to someone@remote.test
-Demo users: {", ".join(f"{u} / {p!r}" for u, p in DEMO_USERS.items())}
-(relayed mail is discarded by this demo Postfix; nothing leaves the machine)
+  testsaslauthd -f {saslimap.socket_path} -u {user} -p '{password}' -s smtp
 
-Ctrl-C stops everything.""",
+Every message delivered to the internal server is shown below. Ctrl-C stops everything.""",
             flush=True,
         )
-        stop.wait()
+        shown = 1
+        while not stop.wait(0.5):
+            for message in internal.messages[shown:]:
+                print(f"\n--- delivered to {message.rcpt_tos}:\n{_show(message.data)}", flush=True)
+            shown = len(internal.messages)
         print("stopping...", flush=True)
     return 0
 

@@ -373,7 +373,7 @@ class Filter:
     def _received(self, msg: Message, trace: Trace) -> str:
         peer_ip = msg.peer.strip("[]")
         helo = msg.helo or "unknown"
-        rcpt = f"\tfor <{msg.rcpt_tos[0]}>" if len(msg.rcpt_tos) == 1 else ""
+        rcpt = f" for <{msg.rcpt_tos[0]}>" if len(msg.rcpt_tos) == 1 else ""
         date = email.utils.formatdate(localtime=True)
         return (
             f"from {helo} ([{peer_ip}]) by {self.hostname} ({self.cfg.policy.scanner_name})"
