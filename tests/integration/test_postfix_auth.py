@@ -15,6 +15,7 @@ from devstack.postfix import Postfix
 from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
 from tests.integration.conftest import USERS
+from tests.integration.test_fail2ban_filter import failregex
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +109,8 @@ def test_wrong_password_is_535(stack: Stack) -> None:
         code, text = auth_plain(smtp, "alice@example.com", "not it")
     assert 535 == code
     assert b"5.7.8" in text
+    banned = [ln for ln in stack.postfix.maillog_text().splitlines() if failregex().search(ln)]
+    assert banned, "the fail2ban filter does not match Postfix's wrong-password line"
 
 
 def test_no_relay_without_auth(stack: Stack) -> None:
@@ -126,4 +129,6 @@ def test_imap_outage_is_454(stack: Stack) -> None:
         code, text = auth_plain(smtp, "spaces@example.com", USERS["spaces@example.com"])
     assert 454 == code
     assert b"4.7.0" in text
-    assert "generic failure" in stack.postfix.maillog_text()
+    outage = [ln for ln in stack.postfix.maillog_text().splitlines() if "generic failure" in ln]
+    assert outage
+    assert not any(failregex().search(ln) for ln in outage)  # fail2ban ignores outages
