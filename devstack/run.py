@@ -28,35 +28,15 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
-from devstack.clamd import Clamd
 from devstack.dovecot import Dovecot
-from devstack.ports import free_port
-from devstack.postfix import Postfix
-from devstack.saslimapd import FilterDaemon, SaslimapDaemon
-from devstack.sink import SmtpSink
-from devstack.spamd import Spamd
+from devstack.gateway import MailChain
+from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import make_tls
 
 DEMO_USERS = {
     "alice@example.com": "alice-demo-pw",
     "bob@example.com": "bob demo pw with spaces",
 }
-
-# conf/postfix/master.cf's filter wiring, on the demo's ports.
-FILTER_MASTER_CF = """\
-smtp-amavis unix - - n - 4 smtp
-  -o smtp_data_done_timeout=1200
-  -o smtp_send_xforward_command=yes
-  -o disable_dns_lookups=yes
-127.0.0.1:{reinject} inet n - n - - smtpd
-  -o content_filter=
-  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
-  -o mynetworks=127.0.0.0/8
-  -o smtpd_recipient_restrictions=permit_mynetworks,reject
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
-  -o smtpd_sasl_auth_enable=no
-"""
 
 
 def _show(message: bytes) -> str:
@@ -87,37 +67,20 @@ def main() -> int:
             {"imap": {"url": imap_url, "ca_file": ca_file}, "logging": {"level": "info"}},
         )
         stack.enter_context(saslimap)
-        clamd = stack.enter_context(Clamd(run_dir / "clamd"))
-        spamd = stack.enter_context(Spamd(run_dir / "spamd"))
-        internal = stack.enter_context(SmtpSink())  # stands in for the internal mail server
-        reinject = free_port()
-        mail_filter = FilterDaemon(
-            run_dir / "filter",
-            {
-                "reinject": {"address": f"127.0.0.1:{reinject}"},
-                "clamd": {"address": clamd.address},
-                "spamd": {"address": f"127.0.0.1:{spamd.port}"},
-                "quarantine": {"directory": str(run_dir / "quarantine")},
-                "logging": {"level": "info"},
-            },
-        )
-        stack.enter_context(mail_filter)
-        to_internal = f"smtp:[127.0.0.1]:{internal.port}"
-        postfix = Postfix(
-            run_dir / "postfix",
-            sasl_saslauthd_path=saslimap.socket_path,
-            main_cf={
-                "relay_domains": "example.com",
-                "transport_maps": f"inline:{{ example.com={to_internal} }}",
-                "default_transport": to_internal,  # the demo sends nothing to the internet
-                "content_filter": f"smtp-amavis:[127.0.0.1]:{mail_filter.port}",
+        chain = MailChain(
+            run_dir,
+            filter_settings={"logging": {"level": "info"}},
+            postfix_main_cf={
                 "smtpd_relay_restrictions": (
                     "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
                 ),
             },
-            master_cf_extra=FILTER_MASTER_CF.format(reinject=reinject),
+            sasl_saslauthd_path=saslimap.socket_path,
         )
-        stack.enter_context(postfix)
+        stack.enter_context(chain)
+        postfix, mail_filter, internal = chain.postfix, chain.filter, chain.sink
+        clamd, spamd, reinject = chain.clamd, chain.spamd, chain.reinject_port
+        assert postfix is not None
 
         user, password = next(iter(DEMO_USERS.items()))
         print("\nSending one message as a roaming user (SMTP AUTH PLAIN, then relay) ...")

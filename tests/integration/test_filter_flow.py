@@ -17,7 +17,6 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.clamd import EICAR, EICAR_SIGNATURE_PREFIX, TEST_MARKER, Clamd
+from devstack.gateway import MailChain
 from devstack.ports import free_port
 from devstack.postfix import Postfix
 from devstack.saslimapd import FilterDaemon
@@ -99,61 +99,32 @@ def flow(workroot: Path) -> Iterator[Flow]:
     """The whole filter flow, started once for this module."""
     root = workroot / "flow"
     root.mkdir()
-    with ExitStack() as stack:
-        clamd = stack.enter_context(Clamd(root / "clamd"))
-        spamd = stack.enter_context(Spamd(root / "spamd"))
-        sink = stack.enter_context(SmtpSink())
-        reinject_port = free_port()
-        # texthash: needs no postmap; the re-injection listener refuses this recipient.
-        refuse = root / "refuse"
-        refuse.write_text("refused@example.com 550 5.1.1 <refused@example.com>: no such user\n")
-        fd = FilterDaemon(
-            root / "filter",
-            {
-                "reinject": {"address": f"127.0.0.1:{reinject_port}"},
-                "clamd": {"address": clamd.address, "timeout": 10.0},
-                "spamd": {"address": f"127.0.0.1:{spamd.port}", "timeout": 30.0},
-                "quarantine": {"directory": str(root / "quarantine")},
-                "notices": {"admins": ["postmaster@example.com"], "max_per_hour": 2},
-            },
+    # texthash: needs no postmap; the re-injection listener refuses this recipient.
+    refuse = root / "refuse"
+    refuse.write_text("refused@example.com 550 5.1.1 <refused@example.com>: no such user\n")
+    chain = MailChain(
+        root,
+        filter_settings={
+            "clamd": {"timeout": 10.0},
+            "spamd": {"timeout": 30.0},
+            "notices": {"admins": ["postmaster@example.com"], "max_per_hour": 2},
+        },
+        postfix_main_cf={
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "smtp_connect_timeout": "5s",
+        },
+        filter_processes=2,
+        fast_retry=True,
+        reinject_recipient_restrictions=(
+            f"check_recipient_access,texthash:{refuse},permit_mynetworks,reject"
+        ),
+    )
+    with chain:
+        assert chain.postfix is not None
+        yield Flow(
+            chain.clamd, chain.spamd, chain.sink, chain.filter, chain.postfix, chain.reinject_port
         )
-        stack.enter_context(fd)
-        sink_at = f"smtp:[127.0.0.1]:{sink.port}"
-        postfix = Postfix(
-            root / "postfix",
-            main_cf={
-                "mynetworks": "127.0.0.0/8",
-                "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
-                "relay_domains": "example.com",
-                "default_transport": sink_at,
-                "relay_transport": sink_at,
-                "content_filter": f"smtp-amavis:[127.0.0.1]:{fd.port}",
-                # Retry deferred mail quickly in tests.
-                "queue_run_delay": "1s",
-                "minimal_backoff_time": "1s",
-                "maximal_backoff_time": "2s",
-                "smtp_connect_timeout": "5s",
-            },
-            master_cf_extra=MASTER_CF.format(port=reinject_port, refuse=refuse),
-        )
-        stack.enter_context(postfix)
-        yield Flow(clamd, spamd, sink, fd, postfix, reinject_port)
-
-
-# The conf/postfix/master.cf wiring, with test ports.
-MASTER_CF = """\
-smtp-amavis unix - - n - 2 smtp
-  -o smtp_data_done_timeout=1200
-  -o smtp_send_xforward_command=yes
-  -o disable_dns_lookups=yes
-127.0.0.1:{port} inet n - n - - smtpd
-  -o content_filter=
-  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
-  -o mynetworks=127.0.0.0/8
-  -o smtpd_recipient_restrictions=check_recipient_access,texthash:{refuse},permit_mynetworks,reject
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
-"""
 
 
 def test_clean_mail_arrives_marked_with_body_byte_identical(flow: Flow) -> None:
