@@ -115,20 +115,22 @@ def _verdict(ok: bool | None) -> str:
 
 
 def make_message(size: int, seq: int, tag: str) -> bytes:
-    """A message shaped like smtp-source's (4 header fields, X lines), unique per ``seq``."""
+    """A message as smtp-source -l ``size`` makes it, unique by its Message-Id.
+
+    smtp-source writes From, To, Date and Message-Id, then a body of 78-character
+    lines, each a digit (1, 2, ... 9, 0, 1, ...) and 77 X, cut at ``size`` bytes.
+    """
     head = (
         f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\n"
         f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
         f"Message-Id: <{tag}.{seq}@filter-bench.example.test>\r\n\r\n"
     ).encode("ascii")
-    lines = [f"bench {tag} message {seq}\r\n".encode("ascii")]
-    total = len(lines[0])
-    n = 0
+    lines: list[bytes] = []
+    total = 0
     while total < size:
-        line = (str(n % 10) + "X" * 77)[: max(1, size - total - 2)].encode("ascii") + b"\r\n"
-        lines.append(line)
-        total += len(line)
-        n += 1
+        line = (str((len(lines) + 1) % 10) + "X" * 77)[: max(1, size - total - 2)]
+        lines.append(line.encode("ascii") + b"\r\n")
+        total += len(lines[-1])
     return head + b"".join(lines)
 
 
@@ -695,7 +697,7 @@ def report(res: Results, meta: Sequence[tuple[str, str]]) -> str:
             rows.append((
                 _kb(size), str(conc), _num(mf.rate), _num(fg.rate),
                 _num(_ratio(mf.rate, fg.rate), 2),
-                _num(raw.rate), _num(vs_raw, 2),
+                _num(raw.rate), _num(vs_raw, 3),
                 _verdict(None if math.isnan(vs_raw) else vs_raw >= SPAMD_RAW_TARGET),
                 _num(mf.cpu_ms, 2), f"<={CPU_TARGET_MS[size]:g} {_cpu_verdict(mf)}",
                 _num(fg.cpu_ms, 2),
