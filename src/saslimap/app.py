@@ -12,18 +12,23 @@ cache).  Metrics live for the whole process, across reloads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from saslimap import config as config_mod
 from saslimap import logs, sdnotify
 from saslimap.config import Config, ConfigError
+from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
+from saslimap.iplimits import IpLimiter
 from saslimap.metrics import Metrics, MetricsServer
-from saslimap.server import MuxServer
+from saslimap.server import MuxServer, bind_unix_socket
 from saslimap.service import Authenticator
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ class Daemon:
         self.metrics.watch_cache_sizes(lambda: self.auth.cache_sizes())
         self.server: MuxServer | None = None
         self.metrics_server: MetricsServer | None = None
+        self.dovecot: DovecotAuthServer | None = None
         self.stopping = asyncio.Event()
 
     async def run(self) -> int:
@@ -67,6 +73,15 @@ class Daemon:
         inherited = sdnotify.listen_sockets()
         self.server = MuxServer(self.cfg.server, self.auth, self.metrics)
         await self.server.start(inherited[0] if inherited else None)
+        if self.cfg.dovecot.socket is not None:
+            d = self.cfg.dovecot
+            assert d.socket is not None
+            sock = bind_unix_socket(d.socket, d.socket_mode, d.socket_group)
+            self.dovecot = DovecotAuthServer(
+                self.auth, make_limiter(self.cfg), self.metrics, self.cfg.server.max_connections
+            )
+            await self.dovecot.start(sock)
+            log.info("Dovecot-protocol listener on %s", d.socket)
         self.backend.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -80,6 +95,11 @@ class Daemon:
             "stopping: no new connections; draining for up to %g s", self.cfg.server.drain_timeout
         )
         await self.server.drain(self.cfg.server.drain_timeout)
+        if self.dovecot is not None:
+            await self.dovecot.drain(self.cfg.server.drain_timeout)
+            with contextlib.suppress(OSError):
+                assert self.cfg.dovecot.socket is not None
+                self.cfg.dovecot.socket.unlink()
         self.auth.close()
         self.backend.close()
         if self.metrics_server is not None:
@@ -104,15 +124,12 @@ class Daemon:
         self.auth = build_authenticator(new, self.backend, self.metrics)
         if self.server is not None:
             self.server.checker = self.auth
-        self.cfg = Config(
-            self.cfg.server,
-            new.imap,
-            new.users,
-            new.cache,
-            new.limits,
-            self.cfg.metrics,
-            new.logging,
-        )
+        if self.dovecot is not None:
+            self.dovecot.checker = self.auth
+            self.dovecot.limiter = make_limiter(new)
+        # Listeners and the metrics endpoint stay as they are until a restart.
+        old = self.cfg
+        self.cfg = replace(new, server=old.server, metrics=old.metrics, dovecot=old.dovecot)
         loop = asyncio.get_running_loop()
         self.backend.start()
         old_auth.close()
@@ -121,6 +138,16 @@ class Daemon:
         _warn_about(self.cfg)
         log.info("reloaded configuration from %s; caches flushed", self.config_path or "flags")
         sdnotify.notify("READY=1")
+
+
+def make_limiter(cfg: Config) -> IpLimiter:
+    """The per-IP limits of the Dovecot listener."""
+    c = cfg.iplimits
+    return IpLimiter(
+        time.monotonic, budget=c.budget, window=c.window, base_delay=c.base_delay,
+        max_delay=c.max_delay, exempt_after_success=c.exempt_after_success,
+        trusted_networks=c.trusted_networks,
+    )  # fmt: skip
 
 
 def load_config(path: Path | None, overrides: dict[str, str]) -> Config:

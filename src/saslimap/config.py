@@ -180,6 +180,44 @@ class LimitsConfig:
     failure_delay: float = opt(0.0, number(0, 30))
 
 
+def _networks(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f'{key}: must be a list of networks such as "10.0.0.0/8"')
+    out = []
+    for n, item in enumerate(value):
+        try:
+            out.append(str(ipaddress.ip_network(string(f"{key}[{n}]", item), strict=False)))
+        except ValueError as err:
+            raise ConfigError(f"{key}[{n}]: {err}") from None
+    return tuple(out)
+
+
+def _optional_socket(key: str, value: object) -> Path | None:
+    text = string(key, value)
+    return _socket_path(key, text) if text else None
+
+
+@dataclass(frozen=True)
+class DovecotConfig:
+    """The optional second listener speaking Dovecot's auth protocol to Postfix."""
+
+    socket: Path | None = opt(None, _optional_socket)  # noqa: RUF009 - a field
+    socket_mode: int = opt(0o660, mode)
+    socket_group: str = opt("", string)
+
+
+@dataclass(frozen=True)
+class IpLimitsConfig:
+    """Per-client-address limits (Dovecot listener only: saslauthd sends no address)."""
+
+    budget: int = opt(30, integer(0, 1_000_000))
+    window: float = opt(900.0, number(1, 30 * 86400))
+    base_delay: float = opt(1.0, number(0, 60))
+    max_delay: float = opt(15.0, number(0, 300))
+    exempt_after_success: float = opt(3600.0, number(0, 30 * 86400))
+    trusted_networks: tuple[str, ...] = opt((), _networks)
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint."""
@@ -207,6 +245,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dovecot: DovecotConfig = field(default_factory=DovecotConfig)
+    iplimits: IpLimitsConfig = field(default_factory=IpLimitsConfig)
 
 
 def from_mapping(raw: Mapping[str, Any]) -> Config:
