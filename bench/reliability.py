@@ -39,12 +39,19 @@ def _brute_force(root: Path, dictionary: int, spray: int) -> list[tuple[str, str
             before = dovecot.auth_attempts()
             started = time.monotonic()
 
-            def guess(n: int) -> bool:
-                reply = client.query(d.socket_path, victim.encode(), f"guess {n}".encode(), b"smtp")
-                return protocol.reply_is_ok(reply)
+            def guess(n: int) -> str:
+                try:
+                    reply = client.query(
+                        d.socket_path, victim.encode(), f"guess {n}".encode(), b"smtp", timeout=60
+                    )
+                except client.NoReply:
+                    return "tempfail"  # Dovecot's penalty outlasted the IMAP deadline
+                return "ok" if protocol.reply_is_ok(reply) else "no"
 
             with ThreadPoolExecutor(8) as pool:
-                broke_in = sum(pool.map(guess, range(dictionary)))
+                outcomes = list(pool.map(guess, range(dictionary)))
+            broke_in = outcomes.count("ok")
+            tempfails = outcomes.count("tempfail")
             seconds = time.monotonic() - started
             reached = dovecot.auth_attempts() - before
             begin = time.monotonic()
@@ -67,6 +74,7 @@ def _brute_force(root: Path, dictionary: int, spray: int) -> list[tuple[str, str
         ("dictionary attack on one user", f"{dictionary} distinct passwords in {seconds:.1f} s"),
         ("  logins that reached IMAP", f"{reached} (budget 10)"),
         ("  guesses accepted", str(broke_in)),
+        ("  guesses answered 'try later' (Dovecot's penalty > deadline)", str(tempfails)),
         ("  the real user's password afterwards", f"{still_ok.decode()} in {victim_ms:.1f} ms"),
         ("password spray", f"{spray} users, one password each"),
         ("  logins that reached IMAP", f"{spray_reached} (per-user budgets cannot stop a spray;"
