@@ -29,6 +29,7 @@ from filter.service import Filter
 from filter.smtp_out import Reinjector
 from filter.spamd import SpamdClient
 from saslimap import logs, sdnotify
+from saslimap.daemon import reload_config
 from saslimap.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -130,12 +131,8 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: rebuild the pipeline from a freshly validated config, or keep the old one."""
-        sdnotify.notify("RELOADING=1")
-        try:
-            new = load_config(self.config_path, self.overrides)
-        except ConfigError as err:
-            log.error("reload failed, keeping the current configuration: %s", err)
-            sdnotify.notify("READY=1")
+        new = reload_config(load_config, self.config_path, self.overrides)
+        if new is None:
             return
         if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
             log.warning("reload: [server] and [metrics] changes take effect only after a restart")
@@ -161,6 +158,8 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
 
 def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
     """Run the filter in a fresh event loop (uvloop when installed)."""
+    # aiosmtpd logs every SMTP command at INFO; our summary line per message says enough.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         import uvloop
     except ImportError:

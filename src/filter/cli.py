@@ -15,9 +15,9 @@ from pathlib import Path
 
 from filter import app, learn, quarantine_cli
 from filter.config import ConfigError
-from saslimap import logs
+from saslimap import daemon, logs
 
-EX_CONFIG = 78
+EX_CONFIG = daemon.EX_CONFIG
 DEFAULT_CONFIG = Path("/etc/mail-filter/filter.toml")
 log = logging.getLogger("filter")
 
@@ -47,33 +47,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    overrides = {
-        key: value
-        for key, value in (
-            ("server.listen", args.listen),
-            ("reinject.address", args.reinject),
-            ("clamd.address", args.clamd),
-            ("spamd.address", args.spamd),
-        )
-        if value is not None
+    flags = {
+        "server.listen": args.listen,
+        "reinject.address": args.reinject,
+        "clamd.address": args.clamd,
+        "spamd.address": args.spamd,
     }
-    try:
-        cfg = app.load_config(path, overrides)
-    except ConfigError as err:
-        logs.setup("mail-filter")
-        log.error("configuration error: %s", err)
-        return EX_CONFIG
-    logs.setup("mail-filter", cfg.logging.level)
-    # aiosmtpd logs every SMTP command at INFO; our summary line per message says enough.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    try:
-        return app.serve(cfg, path, overrides)
-    except OSError as err:
-        log.error("cannot start: %s", err)
-        return 1
+    return daemon.serve_command(
+        "mail-filter", args.config, DEFAULT_CONFIG, flags, app.load_config,
+        lambda cfg: cfg.logging.level, app.serve,
+    )  # fmt: skip
 
 
 def _check_config(args: argparse.Namespace) -> int:

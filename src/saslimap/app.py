@@ -23,7 +23,8 @@ from typing import Any
 
 from saslimap import config as config_mod
 from saslimap import logs, sdnotify
-from saslimap.config import Config, ConfigError
+from saslimap.config import Config
+from saslimap.daemon import reload_config
 from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
 from saslimap.iplimits import IpLimiter
@@ -110,12 +111,8 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""
-        sdnotify.notify("RELOADING=1")
-        try:
-            new = load_config(self.config_path, self.overrides)
-        except ConfigError as err:
-            log.error("reload failed, keeping the current configuration: %s", err)
-            sdnotify.notify("READY=1")
+        new = reload_config(load_config, self.config_path, self.overrides)
+        if new is None:
             return
         if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
             log.warning("reload: [server] and [metrics] changes take effect only after a restart")

@@ -13,10 +13,10 @@ import logging
 import sys
 from pathlib import Path
 
-from saslimap import app, client, logs
+from saslimap import app, client, daemon, logs
 from saslimap.config import ConfigError, ServerConfig
 
-EX_CONFIG = 78
+EX_CONFIG = daemon.EX_CONFIG
 DEFAULT_CONFIG = Path("/etc/saslimap/saslimap.toml")
 
 log = logging.getLogger("saslimap")
@@ -65,30 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    overrides = {
-        key: value
-        for key, value in (
-            ("server.socket", args.socket),
-            ("imap.url", args.imap),
-            ("imap.ca_file", args.ca_file),
-        )
-        if value is not None
-    }
-    try:
-        cfg = app.load_config(path, overrides)
-    except ConfigError as err:
-        _setup_logging()
-        log.error("configuration error: %s", err)
-        return EX_CONFIG
-    _setup_logging(cfg.logging.level)
-    try:
-        return app.serve(cfg, path, overrides)
-    except OSError as err:
-        log.error("cannot start: %s", err)
-        return 1
+    flags = {"server.socket": args.socket, "imap.url": args.imap, "imap.ca_file": args.ca_file}
+    return daemon.serve_command(
+        "saslimap", args.config, DEFAULT_CONFIG, flags, app.load_config,
+        lambda cfg: cfg.logging.level, app.serve,
+    )  # fmt: skip
 
 
 def _check_config(args: argparse.Namespace) -> int:
