@@ -132,7 +132,8 @@ def _per_recipient_levels(key: str, value: object) -> LevelOverrides:
             if name not in known:
                 raise ConfigError(f"{key}.{lookup}.{name}: unknown level ({', '.join(known)})")
         checked = tuple(
-            (n, float(number(-1000, 1000)(f"{key}.{lookup}.{n}", v))) for n, v in levels.items()
+            (n, float(number(-100_000, 100_000)(f"{key}.{lookup}.{n}", v)))
+            for n, v in levels.items()
         )
         out.append((str(lookup).lower(), checked))
     return tuple(out)
@@ -157,10 +158,10 @@ def _strings(key: str, value: object) -> tuple[str, ...]:
 class PolicyConfig:
     """Categories, levels, destinies and what the marks look like (amavisd-new semantics)."""
 
-    tag_level: float = opt(2.0, number(-1000, 1000))
-    tag2_level: float = opt(6.31, number(-1000, 1000))
-    kill_level: float = opt(6.31, number(-1000, 1000))
-    dsn_cutoff_level: float = opt(10.0, number(-1000, 1000))
+    tag_level: float = opt(2.0, number(-100_000, 100_000))
+    tag2_level: float = opt(6.31, number(-100_000, 100_000))
+    kill_level: float = opt(6.31, number(-100_000, 100_000))
+    dsn_cutoff_level: float = opt(10.0, number(-100_000, 100_000))
     per_recipient: LevelOverrides = opt((), _per_recipient_levels)  # noqa: RUF009 - a field
     virus_destiny: str = opt("discard", choice(*DESTINIES))
     banned_destiny: str = opt("discard", choice(*DESTINIES))

@@ -432,3 +432,30 @@ def test_crash_after_quarantine_write_loses_nothing(flow: Flow) -> None:
     assert 1 == len(flow.arrived(mid))
     held = [p for p in qdir.glob("*.eml") if mid.encode() in p.read_bytes()]
     assert len(held) >= 1
+
+
+def test_reject_and_bounce_destinies_end_to_end(flow: Flow) -> None:
+    """spam_destiny = reject: Postfix gets 554 and bounces; = bounce: 250, and our own DSN
+    reaches the sender."""
+    try:
+        _restart_filter(flow, policy={"spam_destiny": "reject"})
+        mid = new_id()
+        flow.send(make_message("rejected spam", GTUBE + b"\r\n", mid))
+        deadline = time.monotonic() + 20
+        while "554 5.7.1 Rejected" not in flow.postfix.maillog_text():
+            assert time.monotonic() < deadline, "no 554 for spam_destiny = reject"
+            time.sleep(0.1)
+        assert not flow.arrived(mid)
+        _restart_filter(flow, policy={"spam_destiny": "bounce", "dsn_cutoff_level": 5000.0})
+        mid = new_id()
+        flow.send(make_message("bounced spam", GTUBE + b"\r\n", mid))
+        deadline = time.monotonic() + 20
+        while not flow.arrived(mid, rcpt="sender@example.net"):
+            assert time.monotonic() < deadline, "no DSN of ours to the sender"
+            time.sleep(0.1)
+        [dsn] = flow.arrived(mid, rcpt="sender@example.net")
+        assert b"report-type=delivery-status" in dsn
+        assert not flow.arrived(mid)
+    finally:
+        flow.filter.settings["policy"] = {}
+        _restart_filter(flow)
