@@ -21,7 +21,7 @@ class FakeBackend:
         self.calls: list[str] = []
         self.delay = 0.0
 
-    async def login(self, user: str, password: str) -> LoginResult:
+    async def login(self, user: str, password: str, client_addr: str = "") -> LoginResult:
         """Answer like an IMAP server would."""
         self.calls.append(user)
         if self.delay:

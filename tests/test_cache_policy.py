@@ -234,7 +234,7 @@ async def test_full_queue_is_busy_at_once() -> None:
     release = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def slow(_s: ImapSettings, _u: str, _p: str) -> LoginResult:
+    def slow(_s: ImapSettings, _u: str, _p: str, _c: str) -> LoginResult:
         asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
         return LoginResult.ACCEPTED
 

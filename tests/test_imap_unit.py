@@ -178,3 +178,27 @@ async def test_backend_deadline_bounds_the_wait(scripted: list[ScriptedImap]) ->
     finally:
         backend.close()
     assert all(isinstance(r, BackendUnavailable) for r in results)
+
+
+def test_client_address_is_forwarded_with_id(scripted: list[ScriptedImap]) -> None:
+    """With send_client_address, an ID command with x-originating-ip precedes the login."""
+    caps = b"IMAP4rev1 SASL-IR AUTH=PLAIN ID"
+    srv = ScriptedImap(CAPS, answering(b"{tag} OK done\r\n", caps))
+    scripted.append(srv)
+    s = settings(srv.port)
+    forwarding = ImapSettings(s.target, None, 0.5, 0.5, "auto", send_client_address=True)
+    assert LoginResult.ACCEPTED == check_login(forwarding, "alice", "pw", "192.0.2.7")
+    ids = [line for line in srv.received if b" ID " in line]
+    assert [b'("x-originating-ip" "192.0.2.7")'] == [line.split(b" ", 2)[2] for line in ids]
+
+
+def test_no_id_without_the_option_or_with_garbage(scripted: list[ScriptedImap]) -> None:
+    """The address is not sent unless asked, and never when it is not an address."""
+    caps = b"IMAP4rev1 SASL-IR AUTH=PLAIN ID"
+    srv = ScriptedImap(CAPS, answering(b"{tag} OK done\r\n", caps))
+    scripted.append(srv)
+    s = settings(srv.port)
+    check_login(s, "alice", "pw", "192.0.2.7")
+    forwarding = ImapSettings(s.target, None, 0.5, 0.5, "auto", send_client_address=True)
+    check_login(forwarding, "alice", "pw", '1.2.3.4" "x')
+    assert not [line for line in srv.received if b" ID " in line]

@@ -144,6 +144,7 @@ class ImapConfig:
     mechanism: Literal["auto", "plain", "login"] = opt("auto", choice("auto", "plain", "login"))
     warm_connections: int = opt(2, integer(0, 64))
     warm_max_idle: float = opt(20.0, number(1, 3600))
+    send_client_address: bool = opt(False, boolean)
 
     @property
     def target(self) -> ImapTarget:

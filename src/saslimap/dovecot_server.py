@@ -29,7 +29,9 @@ _CUIDS = itertools.count(1)
 class Verifier(Protocol):
     """The authenticator as this listener uses it."""
 
-    async def verify(self, login: str, password: str, service: str, realm: str) -> Result:
+    async def verify(
+        self, login: str, password: str, service: str, realm: str, client_addr: str = ""
+    ) -> Result:
         """Check credentials; never raises for bad input."""
         ...
 
@@ -144,7 +146,7 @@ class _Connection(asyncio.Protocol):
             self._write(proto.fail(auth.id, "authentication failed", user=creds.user))
             return
         try:
-            result = await server.checker.verify(creds.user, creds.password, auth.service, "")
+            result = await server.checker.verify(creds.user, creds.password, auth.service, "", ip)
         except Exception:
             log.exception("internal error while checking a request; answering temp")
             result = Result(Verdict.TEMPFAIL, "internal error")

@@ -26,6 +26,7 @@ import collections
 import contextlib
 import enum
 import imaplib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -91,13 +92,17 @@ class ImapSettings:
     connect_timeout: float = 5.0
     response_timeout: float = 5.0
     mechanism: str = "auto"
+    send_client_address: bool = False
 
     @classmethod
     def from_config(cls, cfg: ImapConfig) -> ImapSettings:
         """Build settings, including the verifying TLS context, from the config."""
         target = cfg.target
         context = None if target.scheme == "imap+plaintext" else make_ssl_context(cfg.ca_file)
-        return cls(target, context, cfg.connect_timeout, cfg.response_timeout, cfg.mechanism)
+        return cls(
+            target, context, cfg.connect_timeout, cfg.response_timeout, cfg.mechanism,
+            cfg.send_client_address,
+        )  # fmt: skip
 
 
 def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
@@ -168,8 +173,17 @@ class _Session:
             self.client.starttls(settings.ssl_context)
         self.capabilities = frozenset(str(c).upper() for c in self.imap.capabilities)
 
-    def authenticate(self, user: str, password: str, mechanism: str) -> LoginResult:
-        """Try the credentials once; the session is unusable afterwards."""
+    def authenticate(
+        self, user: str, password: str, mechanism: str, client_addr: str = ""
+    ) -> LoginResult:
+        """Try the credentials once; the session is unusable afterwards.
+
+        With ``client_addr``, an IMAP ``ID`` command first tells the server the SMTP
+        client's address (``x-originating-ip``), so its own per-IP protections
+        (Dovecot honours it from ``login_trusted_networks``) see the real client.
+        """
+        if client_addr and "ID" in self.capabilities:
+            self._send_id(client_addr)
         use_plain = mechanism == "plain" or (
             mechanism == "auto" and "AUTH=PLAIN" in self.capabilities
         )
@@ -178,6 +192,16 @@ class _Session:
         if "LOGINDISABLED" in self.capabilities:
             raise BackendUnavailable("protocol", "server disables LOGIN and offers no AUTH=PLAIN")
         return self._login(user, password)
+
+    def _send_id(self, client_addr: str) -> None:
+        try:
+            address = str(ipaddress.ip_address(client_addr.strip("[]")))
+        except ValueError:
+            return  # not an address: nothing safe to forward
+        try:
+            self.imap._simple_command("ID", f'("x-originating-ip" "{address}")')
+        except imaplib.IMAP4.error as err:
+            log.debug("IMAP server refused ID: %s", err)
 
     def _plain(self, user: str, password: str) -> LoginResult:
         # RFC 4616: authzid NUL authcid NUL passwd, UTF-8, then base64 (RFC 3501 6.2.2).
@@ -231,7 +255,7 @@ def open_session(settings: ImapSettings) -> _Session:
 
 
 def authenticate_on(
-    session: _Session, settings: ImapSettings, user: str, password: str
+    session: _Session, settings: ImapSettings, user: str, password: str, client_addr: str = ""
 ) -> LoginResult:
     """Try the credentials on an open session, then close it (one login per connection).
 
@@ -240,7 +264,8 @@ def authenticate_on(
     original chain suppressed.
     """
     try:
-        return session.authenticate(user, password, settings.mechanism)
+        forwarded = client_addr if settings.send_client_address else ""
+        return session.authenticate(user, password, settings.mechanism, forwarded)
     except BackendUnavailable:
         raise
     except Exception as err:  # every library failure means "no verdict"
@@ -249,13 +274,15 @@ def authenticate_on(
         session.close()
 
 
-def check_login(settings: ImapSettings, user: str, password: str) -> LoginResult:
+def check_login(
+    settings: ImapSettings, user: str, password: str, client_addr: str = ""
+) -> LoginResult:
     """Log in to the IMAP server once on a new connection and report the verdict (blocking).
 
     Raises :class:`BackendUnavailable` for anything that is not a clear answer
     about these credentials.
     """
-    return authenticate_on(open_session(settings), settings, user, password)
+    return authenticate_on(open_session(settings), settings, user, password, client_addr)
 
 
 def _unavailable(err: BaseException, password: str) -> BackendUnavailable:
@@ -386,7 +413,7 @@ class ImapBackend:
         max_queue: int = 64,
         warm_connections: int = 0,
         warm_max_idle: float = 20.0,
-        check: Callable[[ImapSettings, str, str], LoginResult] | None = None,
+        check: Callable[[ImapSettings, str, str, str], LoginResult] | None = None,
     ) -> None:
         self.settings = settings
         self.max_queue = max_queue
@@ -419,19 +446,21 @@ class ImapBackend:
         if self.pool is not None:
             self.pool.start()
 
-    def _check_pooled(self, settings: ImapSettings, user: str, password: str) -> LoginResult:
+    def _check_pooled(
+        self, settings: ImapSettings, user: str, password: str, client_addr: str = ""
+    ) -> LoginResult:
         session = self.pool.take() if self.pool is not None else None
         if session is not None:
             try:
-                return authenticate_on(session, settings, user, password)
+                return authenticate_on(session, settings, user, password, client_addr)
             except BackendUnavailable as err:
                 if err.kind not in ("closed", "connect"):
                     raise
                 # The server dropped the idle connection; a new one decides.
                 log.debug("warm connection was closed by the server (%s); reconnecting", err.kind)
-        return check_login(settings, user, password)
+        return check_login(settings, user, password, client_addr)
 
-    async def login(self, user: str, password: str) -> LoginResult:
+    async def login(self, user: str, password: str, client_addr: str = "") -> LoginResult:
         """Check the credentials against the IMAP server."""
         if self._slots.locked() and self._waiting >= self.max_queue:
             raise BackendUnavailable("busy", f"{self._waiting} checks already queued")
@@ -445,7 +474,7 @@ class ImapBackend:
                     self._waiting -= 1
                     queued = False
                     return await loop.run_in_executor(
-                        self._executor, self._check, self.settings, user, password
+                        self._executor, self._check, self.settings, user, password, client_addr
                     )
         except TimeoutError:
             waited = time.monotonic() - start

@@ -47,7 +47,7 @@ class Checker(Protocol):
         ...
 
     def decide(
-        self, login: bytes, password: bytes, service: bytes, realm: bytes
+        self, login: bytes, password: bytes, service: bytes, realm: bytes, client_addr: str = ""
     ) -> Result | Pending:
         """Answer now if no IMAP login is needed."""
         ...
@@ -56,7 +56,9 @@ class Checker(Protocol):
         """Ask the IMAP server."""
         ...
 
-    async def verify(self, login: bytes, password: bytes, service: bytes, realm: bytes) -> Result:
+    async def verify(
+        self, login: bytes, password: bytes, service: bytes, realm: bytes, client_addr: str = ""
+    ) -> Result:
         """Decide, then complete if needed (with any failure delay)."""
         ...
 
@@ -172,7 +174,8 @@ class _Connection(asyncio.Protocol):
         req = parsed.request
         checker = self.server.checker
         try:
-            decided = checker.decide(req.login, req.password, req.service, req.realm)
+            addr = (req.client_addr or b"").decode("ascii", "replace")
+            decided = checker.decide(req.login, req.password, req.service, req.realm, addr)
         except Exception:
             log.exception("internal error while checking a request; answering tempfail")
             decided = Result(Verdict.TEMPFAIL, "internal error")
@@ -201,8 +204,9 @@ class _Connection(asyncio.Protocol):
     # -- our own steps -----------------------------------------------------
     async def _check(self, req: protocol.Request) -> None:
         try:
+            addr = (req.client_addr or b"").decode("ascii", "replace")
             result = await self.server.checker.verify(
-                req.login, req.password, req.service, req.realm
+                req.login, req.password, req.service, req.realm, addr
             )
         except Exception:
             # The policy never raises for bad input; anything here is our bug.

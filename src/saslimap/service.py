@@ -93,12 +93,13 @@ class Pending:
     key: Key
     password: str = field(repr=False)
     freshness: Freshness | None
+    client_addr: str = ""
 
 
 class LoginBackend(Protocol):
     """Something that can check a user name and password (the IMAP server)."""
 
-    async def login(self, user: str, password: str) -> LoginResult:
+    async def login(self, user: str, password: str, client_addr: str = "") -> LoginResult:
         """Return the verdict, or raise BackendUnavailable when there is none."""
         ...
 
@@ -211,9 +212,10 @@ class Authenticator:
         password: str | bytes,
         service: str | bytes = "",
         realm: str | bytes = "",
+        client_addr: str = "",
     ) -> Result:
         """Check one login and log one line about it; never raises for bad input."""
-        decided = self.decide(login, password, service, realm)
+        decided = self.decide(login, password, service, realm, client_addr)
         if isinstance(decided, Result):
             result = decided
         else:
@@ -229,6 +231,7 @@ class Authenticator:
         password: str | bytes,
         service: str | bytes = "",
         realm: str | bytes = "",
+        client_addr: str = "",
     ) -> Result | Pending:
         """Answer at once when no IMAP login is needed (validation, caches, budget).
 
@@ -237,7 +240,7 @@ class Authenticator:
         creating a task.
         """
         try:
-            decided = self._decide(login, password, service, realm)
+            decided = self._decide(login, password, service, realm, client_addr)
         except _Refused as refusal:
             decided = Result(Verdict.NO, str(refusal), kind="bad_request")
         if isinstance(decided, Result):
@@ -249,7 +252,9 @@ class Authenticator:
         user = pending.key[0]
         self.budget.begin(user)
         try:
-            result = await self._ask_imap(pending.key, pending.password, pending.freshness)
+            result = await self._ask_imap(
+                pending.key, pending.password, pending.freshness, pending.client_addr
+            )
         finally:
             self.budget.end(user)
         self._record(result, user, pending.key[2], pending.key[1])
@@ -278,6 +283,7 @@ class Authenticator:
         password: str | bytes,
         service: str | bytes,
         realm: str | bytes,
+        client_addr: str = "",
     ) -> Result | Pending:
         login_s = _text("login", login, required=True)
         password_s = _text("password", password, required=True)
@@ -302,13 +308,15 @@ class Authenticator:
                 Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
             )
         self.metrics.cache_misses.inc()
-        return Pending(key, password_s, freshness)
+        return Pending(key, password_s, freshness, client_addr)
 
-    async def _ask_imap(self, key: Key, password_s: str, freshness: Freshness | None) -> Result:
+    async def _ask_imap(
+        self, key: Key, password_s: str, freshness: Freshness | None, client_addr: str = ""
+    ) -> Result:
         user = key[0]
         start = self.clock()
         try:
-            answer = await self._login_once(key, password_s)
+            answer = await self._login_once(key, password_s, client_addr)
         except BackendUnavailable as err:
             elapsed = self.clock() - start
             if freshness is Freshness.STALE:
@@ -336,7 +344,7 @@ class Authenticator:
         self.budget.spend(user, password_s)
         return Result(Verdict.NO, "authentication failed", user, elapsed, source="imap")
 
-    async def _login_once(self, key: Key, password: str) -> LoginResult:
+    async def _login_once(self, key: Key, password: str, client_addr: str = "") -> LoginResult:
         """Ask the backend; identical checks already in flight share that one answer."""
         flight = (key, self._hasher.digest(key[0], password))
         pending = self._pending.get(flight)
@@ -347,7 +355,7 @@ class Authenticator:
         self.metrics.in_flight.inc()
         try:
             started = time.monotonic()
-            answer = await self.backend.login(key[0], password)
+            answer = await self.backend.login(key[0], password, client_addr)
             self.metrics.imap_login_seconds.observe(time.monotonic() - started)
             future.set_result(answer)
             return answer
