@@ -248,3 +248,16 @@ async def test_full_queue_is_busy_at_once() -> None:
     release.set()
     assert [LoginResult.ACCEPTED] * 2 == list(await asyncio.gather(first, second))
     backend.close()
+
+
+async def test_checks_without_verdict_are_bounded_too() -> None:
+    """Guesses that only time out reach IMAP at most the budget's worth, then get 'try later'
+    (never NO) at once; the cached password still works."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=5))
+    assert Verdict.OK == await check(auth, PW)
+    backend.down = "timeout"
+    results = [await auth.verify(USER, f"guess {n}", "smtp") for n in range(20)]
+    assert 1 + 5 == len(backend.calls)
+    assert {Verdict.TEMPFAIL} == {r.verdict for r in results}
+    assert "ratelimited" == results[-1].label
+    assert Verdict.OK == await check(auth, PW)

@@ -200,3 +200,7 @@ class FailureBudget:
     def failures(self, user: str) -> int:
         """Distinct wrong passwords within the window."""
         return len(self._recent(user))
+
+    def forget(self, user: str) -> None:
+        """Clear the user's count (used when a verdict arrives for the undecided budget)."""
+        self._users.pop(user, None)

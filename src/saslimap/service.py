@@ -178,6 +178,12 @@ class Authenticator:
         self.budget = FailureBudget(
             hasher, clock, limit=self.limits.failure_budget, window=self.limits.failure_window
         )
+        # Distinct passwords whose check ended without a verdict (IMAP slow or down). Under
+        # Dovecot's per-IP penalty a guess can outlast the response deadline; without this
+        # such guesses would reach IMAP forever without ever filling the budget above.
+        self.undecided = FailureBudget(
+            hasher, clock, limit=self.limits.failure_budget, window=self.limits.failure_window
+        )
         self._allowed = frozenset(users.allowed_domains)
         self._pending: dict[tuple[Key, bytes], asyncio.Future[LoginResult]] = {}
         self._hasher = hasher
@@ -307,6 +313,12 @@ class Authenticator:
             return Result(
                 Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
             )
+        if freshness is None and self.undecided.exhausted(user):
+            # Still "try later", never NO: an outage must not look like a wrong password.
+            return Result(
+                Verdict.TEMPFAIL, "too many checks without a verdict, try later", user,
+                kind="ratelimited", source="budget",
+            )  # fmt: skip
         self.metrics.cache_misses.inc()
         return Pending(key, password_s, freshness, client_addr)
 
@@ -319,6 +331,7 @@ class Authenticator:
             answer = await self._login_once(key, password_s, client_addr)
         except BackendUnavailable as err:
             elapsed = self.clock() - start
+            self.undecided.spend(user, password_s)
             if freshness is Freshness.STALE:
                 self.metrics.cache_hits.labels("stale").inc()
                 return Result(
@@ -335,6 +348,7 @@ class Authenticator:
                 source="imap",
             )
         elapsed = self.clock() - start
+        self.undecided.forget(user)
         if answer is LoginResult.ACCEPTED:
             self.cache.store(key, password_s)
             return Result(Verdict.OK, "authenticated", user, elapsed, source="imap")
