@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 
 from devstack.ports import LOOPBACK
-from devstack.proc import check_config_path, check_unix_path, tail
+from devstack.proc import check_config_path, check_unix_path, wait_until_ready
 
 __all__ = [
     "EICAR",
@@ -246,22 +246,11 @@ SelfCheck 0
                 # clamd before the fixture's stop() does.
                 start_new_session=True,
             )
-        deadline = began + timeout
         try:
-            while not self.ping(timeout=max(0.05, deadline - time.monotonic())):
-                code = self._process.poll()
-                if code is not None:
-                    raise RuntimeError(
-                        f"clamd exited with {code} during start-up\n"
-                        f"--- {self.output_path} ---\n{tail(self.output_path)}\n"
-                        f"--- {self.log_path} ---\n{tail(self.log_path)}"
-                    )
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"clamd did not answer zPING within {timeout:.1f} s\n"
-                        f"--- {self.log_path} ---\n{tail(self.log_path)}"
-                    )
-                time.sleep(0.005)
+            wait_until_ready(
+                self._process, lambda t: self.ping(timeout=t), name="clamd",
+                deadline=began + timeout, logs=(self.output_path, self.log_path), pause=0.005,
+            )  # fmt: skip
         except BaseException:
             self.stop()
             raise

@@ -15,7 +15,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -223,3 +223,23 @@ def check_traversable(directory: Path) -> None:
                 f"{ancestor} is not searchable by other users (mode {stat.filemode(mode)}); "
                 f"unprivileged daemon processes could not reach {directory}"
             )
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[float], bool],
+    *,
+    name: str,
+    deadline: float,
+    logs: Sequence[Path],
+    pause: float = 0.01,
+) -> None:
+    """Poll ``ready(timeout)`` until it is True; raise with the logs' tails if the process
+    exits first or ``deadline`` (a monotonic time) passes."""
+    while not ready(max(0.05, deadline - time.monotonic())):
+        code = process.poll()
+        if code is not None or time.monotonic() >= deadline:
+            tails = "".join(f"\n--- {p} ---\n{tail(p)}" for p in logs)
+            what = f"exited with {code} during start-up" if code is not None else "did not answer"
+            raise (RuntimeError if code is not None else TimeoutError)(f"{name} {what}{tails}")
+        time.sleep(pause)

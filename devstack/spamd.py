@@ -42,7 +42,7 @@ from devstack.proc import (
     child_pids,
     run_checked,
     stop_pid,
-    tail,
+    wait_until_ready,
 )
 
 __all__ = ["SPAMD_USER", "Spamd"]
@@ -235,21 +235,11 @@ bayes_auto_learn 0
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = began + timeout
         try:
-            while not self.ping(timeout=max(0.05, deadline - time.monotonic())):
-                code = self._process.poll()
-                if code is not None:
-                    raise RuntimeError(
-                        f"spamd exited with {code} during start-up\n"
-                        f"--- {self.output_path} ---\n{tail(self.output_path)}"
-                    )
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"spamd did not answer PING within {timeout:.1f} s\n"
-                        f"--- {self.log_path} ---\n{tail(self.log_path)}"
-                    )
-                time.sleep(0.02)
+            wait_until_ready(
+                self._process, lambda t: self.ping(timeout=t), name="spamd",
+                deadline=began + timeout, logs=(self.output_path, self.log_path), pause=0.02,
+            )  # fmt: skip
         except BaseException:
             self.stop()
             raise
