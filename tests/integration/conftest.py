@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,16 @@ USERS: dict[str, str] = {
     "plain": "bare name pw",
 }
 HARD = [u for u in USERS if u not in ("plain",)]
+
+
+def eventually(read: Callable[[], str], needle: str, timeout: float = 5.0) -> str:
+    """Wait until ``needle`` appears in what ``read`` returns (logs are written a moment
+    after the event: saslimap and mail-filter flush every 0.25 s, postlogd is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while needle not in (text := read()):
+        assert time.monotonic() < deadline, f"{needle!r} never appeared"
+        time.sleep(0.05)
+    return text
 
 
 def _short_dir(prefix: str) -> Path:

@@ -14,7 +14,7 @@ from devstack.dovecot import Dovecot
 from devstack.postfix import Postfix
 from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
-from tests.integration.conftest import USERS
+from tests.integration.conftest import USERS, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_per_ip_limits_hold_while_another_address_authenticates(stack: Stack) ->
         assert 535 == auth_plain(smtp, "quotes@example.com", USERS["quotes@example.com"])[0]
     with connect(stack, "127.0.0.1") as smtp:
         assert 235 == auth_plain(smtp, "quotes@example.com", USERS["quotes@example.com"])[0]
-    assert "rip=127.0.0.2 result=ratelimited" in stack.saslimap.log_text()
+    eventually(stack.saslimap.log_text, "rip=127.0.0.2 result=ratelimited")
 
 
 def test_imap_outage_is_454(stack: Stack) -> None:

@@ -14,7 +14,7 @@ from devstack.dovecot import Dovecot
 from devstack.postfix import Postfix
 from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
-from tests.integration.conftest import USERS
+from tests.integration.conftest import USERS, eventually
 from tests.integration.test_fail2ban_filter import failregex
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_auth_plain_then_relay(stack: Stack) -> None:
     with connect(stack) as smtp:
         assert 235 == auth_plain(smtp, "alice@example.com", "alice pw")[0]
         assert 250 == relay(smtp)
-    assert "sasl_method=PLAIN, sasl_username=alice@example.com" in stack.postfix.maillog_text()
+    eventually(stack.postfix.maillog_text, "sasl_method=PLAIN, sasl_username=alice@example.com")
 
 
 def test_auth_login(stack: Stack) -> None:
@@ -109,7 +109,8 @@ def test_wrong_password_is_535(stack: Stack) -> None:
         code, text = auth_plain(smtp, "alice@example.com", "not it")
     assert 535 == code
     assert b"5.7.8" in text
-    banned = [ln for ln in stack.postfix.maillog_text().splitlines() if failregex().search(ln)]
+    log = eventually(stack.postfix.maillog_text, "authentication failure")
+    banned = [ln for ln in log.splitlines() if failregex().search(ln)]
     assert banned, "the fail2ban filter does not match Postfix's wrong-password line"
 
 
@@ -129,6 +130,7 @@ def test_imap_outage_is_454(stack: Stack) -> None:
         code, text = auth_plain(smtp, "spaces@example.com", USERS["spaces@example.com"])
     assert 454 == code
     assert b"4.7.0" in text
-    outage = [ln for ln in stack.postfix.maillog_text().splitlines() if "generic failure" in ln]
+    log = eventually(stack.postfix.maillog_text, "generic failure")
+    outage = [ln for ln in log.splitlines() if "generic failure" in ln]
     assert outage
     assert not any(failregex().search(ln) for ln in outage)  # fail2ban ignores outages
