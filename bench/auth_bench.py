@@ -32,13 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
+from bench.common import no_interrupts, ratio, run_main, say
 from devstack.dovecot import Dovecot
 from devstack.ports import free_port
 from devstack.proc import pids_matching
@@ -489,12 +489,6 @@ def _find(cells: Sequence[Cell], daemon: str, concurrency: int) -> Cell | None:
     return next((c for c in cells if c.daemon == daemon and c.concurrency == concurrency), None)
 
 
-def _ratio(a: float | None, b: float | None) -> float:
-    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
-        return math.nan
-    return a / b
-
-
 def ratios(cells: Sequence[Cell]) -> list[Ratio]:
     """The project's targets, plus implicit TLS for information."""
     base8 = _find(cells, SASLAUTHD, 8)
@@ -502,13 +496,13 @@ def ratios(cells: Sequence[Cell]) -> list[Ratio]:
     out: list[Ratio] = []
     for name in ("saslimap-starttls", "saslimap-plain", "saslimap-imaps"):
         cell = _find(cells, name, 8)
-        value = _ratio(cell.rate if cell else None, base8.rate if base8 else None)
+        value = ratio(cell.rate if cell else None, base8.rate if base8 else None)
         target = ">= 1.0" if name != "saslimap-imaps" else "(info)"
         passed = None if math.isnan(value) or name == "saslimap-imaps" else value >= 1.0
         out.append(Ratio(f"c=8 auths/s  {name} / {SASLAUTHD}", value, target, passed))
     for name in ("saslimap-starttls", "saslimap-plain"):
         cell = _find(cells, name, 1)
-        value = _ratio(cell.p50_ms if cell else None, base1.p50_ms if base1 else None)
+        value = ratio(cell.p50_ms if cell else None, base1.p50_ms if base1 else None)
         target = "<= 1.2" if name == "saslimap-starttls" else "(info)"
         passed = None if math.isnan(value) or name != "saslimap-starttls" else value <= 1.2
         out.append(Ratio(f"c=1 p50      {name} / {SASLAUTHD}", value, target, passed))
@@ -672,24 +666,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     concurrency: tuple[int, ...] = args.concurrency
     users = make_users(USER_COUNT)
@@ -710,7 +686,7 @@ def run(args: argparse.Namespace) -> int:
         tls = make_tls(root / "tls")
         dovecot = Dovecot(root / "dc", users, tls=tls, fast_failures=True)
         cleanup.callback(dovecot.stop)
-        _say(f"starting Dovecot in {root} ...")
+        say(f"starting Dovecot in {root} ...")
         dovecot.start()
         ca_file = dovecot.ca_file
         if ca_file is None:
@@ -722,9 +698,9 @@ def run(args: argparse.Namespace) -> int:
                 name, root / f"s{index}", dovecot.imap_url(scheme), ca_file, args.log_level
             )
             cleanup.callback(daemon.stop)
-            _say(f"starting {name} ({dovecot.imap_url(scheme)}) ...")
+            say(f"starting {name} ({dovecot.imap_url(scheme)}) ...")
             if daemon.skipped_keys:
-                _say(f"  (this saslimap has no {', '.join(daemon.skipped_keys)}: left out)")
+                say(f"  (this saslimap has no {', '.join(daemon.skipped_keys)}: left out)")
             daemon.start(probe)
             targets.append((name, daemon.socket, daemon.pids))
 
@@ -736,7 +712,7 @@ def run(args: argparse.Namespace) -> int:
             threads=max(5, max(concurrency)),
         )
         cleanup.callback(saslauthd.stop)
-        _say(f"starting saslauthd -a rimap -r -n {max(5, max(concurrency))} ...")
+        say(f"starting saslauthd -a rimap -r -n {max(5, max(concurrency))} ...")
         saslauthd.start()
         sa_socket = saslauthd.mux_path
         wait_ready(
@@ -749,16 +725,16 @@ def run(args: argparse.Namespace) -> int:
         # drift on the machine does not favour one daemon.
         for conc in concurrency:
             for name, path, pids in targets:
-                _say(f"  {name} c={conc} ({args.seconds:g} s) ...")
+                say(f"  {name} c={conc} ({args.seconds:g} s) ...")
                 cell = run_cell(ctx, name, path, creds, conc, args.seconds, args.max_requests, pids)
                 cells.append(cell)
-                _say(
+                say(
                     f"    {cell.rate:.1f} auths/s  p50 {cell.p50_ms:.2f} ms  "
                     f"p99 {cell.p99_ms:.2f} ms  errors {cell.errors}"
                 )
     finally:
-        with _no_interrupts():
-            _say("stopping daemons ...")
+        with no_interrupts():
+            say("stopping daemons ...")
             cleanup.close()
 
     rats = ratios(cells)
@@ -780,18 +756,13 @@ def run(args: argparse.Namespace) -> int:
             ("wall time", f"{time.monotonic() - began:.0f} s"),
         ]
         args.out.write_text(markdown_report(cells, rats, meta), encoding="utf-8")
-        _say(f"wrote {args.out}")
+        say(f"wrote {args.out}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
+    """Run the benchmark from the command line."""
+    return run_main(_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -43,14 +43,12 @@ import os
 import platform
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from bench.auth_bench import (
     DOMAIN,
@@ -64,6 +62,7 @@ from bench.auth_bench import (
     percentile,
     process_cpu,
 )
+from bench.common import no_interrupts, ratio, run_main, say
 from bench.mux_load import (
     FAILED,
     NO,
@@ -112,10 +111,6 @@ TARGET_HIT_RATIO = 1.0
 TARGET_SUCCESS_P99_MS = 100.0
 TARGET_FRACTION = 0.90
 TARGET_MISS_RATIO = 1.0
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # -- daemons ---------------------------------------------------------------------------
@@ -302,7 +297,7 @@ def run_cells(
             run_round(pool, target, frames, concurrency, seconds / rounds, sums[target.name])
     cells = [sums[t.name].cell() for t in targets]
     for cell in cells:
-        _say(
+        say(
             f"    {cell.daemon} c={concurrency}: {cell.rate:,.1f} auths/s  "
             f"p50 {cell.p50_ms:.3f} ms  not OK {cell.others}"
         )
@@ -371,7 +366,7 @@ def make_workload(
     return tuple(out[:count])
 
 
-def keep_ratio(attempts: tuple[Attempt, ...]) -> tuple[Attempt, ...]:
+def keepratio(attempts: tuple[Attempt, ...]) -> tuple[Attempt, ...]:
     """Drop the last right (or wrong) attempts until one in WRONG_EVERY is wrong again.
 
     Leaving out unsettled attempts can upset the workload's ratio; this restores
@@ -500,7 +495,7 @@ def run_pass(
     max_attempts: int,
 ) -> PassFigures:
     """PASS_CONCURRENCY client processes through ``attempts`` in order, for ``seconds``."""
-    _say(f"  {target.name}: {phase} ({len(attempts)} distinct attempts, {seconds:g} s) ...")
+    say(f"  {target.name}: {phase} ({len(attempts)} distinct attempts, {seconds:g} s) ...")
     pool.reset_counter()
     start_at = time.monotonic() + START_DELAY
     job = PassJob(
@@ -528,7 +523,7 @@ def run_pass(
         attempts,
         target.dovecot.auth_attempts() - logins0,
     )
-    _say(
+    say(
         f"    {figures.attempts} attempts, {figures.requests} requests, "
         f"{figures.rate:.1f} answered/s, drained {time.monotonic() - deadline:.1f} s after"
     )
@@ -609,12 +604,6 @@ class Section:
     notes: list[str]
 
 
-def _ratio(a: float | None, b: float | None) -> float:
-    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
-        return math.nan
-    return a / b
-
-
 def _verdict(label: str, value: float, target: str, ok: Callable[[float], bool]) -> Verdict:
     if math.isnan(value):
         return Verdict(label, "nan", target, None)
@@ -674,7 +663,7 @@ def section_hits(
         root / "a1", dovecot.host, dovecot.imap_port, cache=True, threads=SASLAUTHD_WORKERS
     )
     cleanup.callback(sad.stop)
-    _say("section 1: cache hits; starting saslimap (default cache) and saslauthd -c ...")
+    say("section 1: cache hits; starting saslimap (default cache) and saslauthd -c ...")
     sim.start()
     sad.start()
     targets = [
@@ -685,14 +674,14 @@ def section_hits(
         warm(target, frames)
     cells: list[Cell] = []
     for conc in (1, CLIENTS):
-        _say(f"  c={conc}: {seconds:g} s each in {rounds} interleaved rounds ...")
+        say(f"  c={conc}: {seconds:g} s each in {rounds} interleaved rounds ...")
         cells += run_cells(pool, targets, frames, conc, seconds, rounds)
     sim.stop()
     sad.stop()
     verdicts = []
     for conc in (1, CLIENTS):
         a, b = find_cell(cells, SASLIMAP_HITS, conc), find_cell(cells, SASLAUTHD_HITS, conc)
-        value = _ratio(a.rate if a else None, b.rate if b else None)
+        value = ratio(a.rate if a else None, b.rate if b else None)
         verdicts.append(
             _verdict(
                 f"c={conc} auths/s saslimap / saslauthd",
@@ -743,7 +732,7 @@ def section_misses(
     )
     for stop in (warm_d.stop, cold_d.stop, sad.stop):
         cleanup.callback(stop)
-    _say("section 3: cache misses at c=1; starting two saslimap (no cache) and saslauthd ...")
+    say("section 3: cache misses at c=1; starting two saslimap (no cache) and saslauthd ...")
     warm_d.start()
     cold_d.start()
     sad.start()
@@ -755,7 +744,7 @@ def section_misses(
     exchange_checks = frames[:1]
     for target in targets:
         warm(target, exchange_checks)  # answers at all (no cache: nothing is kept)
-    _say(f"  c=1: {seconds:g} s each in {rounds} interleaved rounds ...")
+    say(f"  c=1: {seconds:g} s each in {rounds} interleaved rounds ...")
     cells = run_cells(pool, targets, frames, 1, seconds, rounds)
     for stop in (warm_d.stop, cold_d.stop, sad.stop):
         stop()
@@ -763,19 +752,19 @@ def section_misses(
     verdicts = [
         _verdict(
             "c=1 p50 saslimap STARTTLS warm / saslauthd plaintext",
-            _ratio(w.p50_ms if w else None, s.p50_ms if s else None),
+            ratio(w.p50_ms if w else None, s.p50_ms if s else None),
             f"<= {TARGET_MISS_RATIO:.1f}",
             lambda v: v <= TARGET_MISS_RATIO,
         ),
         _verdict(
             "c=1 p50 saslimap STARTTLS no warm / saslauthd plaintext",
-            _ratio(c.p50_ms if c else None, s.p50_ms if s else None),
+            ratio(c.p50_ms if c else None, s.p50_ms if s else None),
             "(info)",
             lambda v: True,
         ),
         _verdict(
             "c=1 p50 saslimap warm / no warm",
-            _ratio(w.p50_ms if w else None, c.p50_ms if c else None),
+            ratio(w.p50_ms if w else None, c.p50_ms if c else None),
             "(info)",
             lambda v: True,
         ),
@@ -810,7 +799,7 @@ def section_failures(
     dc_sad = Dovecot(root / "db", users, tls=tls, fast_failures=False)
     cleanup.callback(dc_sim.stop)
     cleanup.callback(dc_sad.stop)
-    _say("section 2: wrong passwords; starting two Dovecots with default settings ...")
+    say("section 2: wrong passwords; starting two Dovecots with default settings ...")
     dc_sim.start()
     dc_sad.start()
     sim = SaslimapDaemon(root / "s2", saslimap_settings(dc_sim))
@@ -836,7 +825,7 @@ def section_failures(
         d.daemon: sorted(i for i in d.unsettled if i < reach) for d in (cold_sad, cold_sim)
     }
     left_out = set(unsettled[SAD_PASS]) | set(unsettled[SIM_PASS])
-    replay = keep_ratio(tuple(a for i, a in enumerate(workload[:reach]) if i not in left_out))
+    replay = keepratio(tuple(a for i, a in enumerate(workload[:reach]) if i not in left_out))
     right_only = tuple(a for a in replay if not a.wrong)
     rows = [pass_row(cold_sad, None), pass_row(cold_sim, None)]
     measured: dict[str, tuple[PassFigures, PassFigures]] = {}
@@ -869,7 +858,7 @@ def section_failures(
         verdicts.append(
             _verdict(
                 f"{name}: auths/s measured / failure-free{tag}",
-                _ratio(mixed.rate, free.rate),
+                ratio(mixed.rate, free.rate),
                 "(info)" if info else f">= {TARGET_FRACTION:.2f}",
                 lambda v: v >= TARGET_FRACTION,
             )
@@ -957,20 +946,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run(args: argparse.Namespace) -> int:
     users = make_users(USER_COUNT)
     creds = as_credentials(users)
@@ -986,7 +961,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.keep:
             cleanup.callback(shutil.rmtree, root, ignore_errors=True)
-        _say(f"work directory {root}; starting {CLIENTS} client processes ...")
+        say(f"work directory {root}; starting {CLIENTS} client processes ...")
         pool = ClientPool(CLIENTS)
         cleanup.callback(pool.close)
         tls = make_tls(root / "tls")
@@ -1006,8 +981,8 @@ def run(args: argparse.Namespace) -> int:
             sections.append(build())
             print(text_section(sections[-1]) + "\n", flush=True)
     finally:
-        with _no_interrupts():
-            _say("stopping daemons and client processes ...")
+        with no_interrupts():
+            say("stopping daemons and client processes ...")
             cleanup.close()
     wall = time.monotonic() - began
     load = f"{load_before} before, {_loadavg()} after ({os.cpu_count()} CPUs)"
@@ -1031,18 +1006,13 @@ def run(args: argparse.Namespace) -> int:
         text += [f"- {key}: {value}" for key, value in meta]
         text += ["", *(markdown_section(s) for s in sections)]
         args.out.write_text("\n".join(text), encoding="utf-8")
-        _say(f"wrote {args.out}")
+        say(f"wrote {args.out}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
+    """Run the benchmark from the command line."""
+    return run_main(_parser(), run, argv)
 
 
 if __name__ == "__main__":

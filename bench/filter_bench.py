@@ -45,19 +45,18 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TypeVar
 
 from bench.auth_bench import _loadavg, _source_state, machine_busy_cpu, percentile, process_cpu
+from bench.common import no_interrupts, ratio, run_main, say
 from devstack.clamd import Clamd
 from devstack.ports import LOOPBACK, free_port, wait_for_greeting
 from devstack.proc import child_pids, stop_pid, tail
@@ -188,7 +187,7 @@ def ensure_fuglu(venv: Path) -> str:
 
     found = version()
     if not found.startswith("1.7"):
-        _say(f"installing {FUGLU_SPEC} into {venv} ...")
+        say(f"installing {FUGLU_SPEC} into {venv} ...")
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         subprocess.run(
@@ -615,10 +614,6 @@ def _pair(a: float, b: float) -> str:
     return f"{_num(a, 2)}/{_num(b, 2)}"
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
 def _cpu_verdict(run: Run) -> str:
     value = run.cpu_ms
     return _verdict(None if math.isnan(value) else value <= CPU_TARGET_MS[run.size])
@@ -668,10 +663,10 @@ def report(res: Results, meta: Sequence[tuple[str, str]]) -> str:
             mf, fg = res.clamd.get((MF, size, conc)), res.clamd.get((FUGLU, size, conc))
             if mf is None or fg is None:
                 continue
-            ratio = _ratio(mf.rate, fg.rate)
+            vs_fuglu = ratio(mf.rate, fg.rate)
             rows.append((
-                _kb(size), str(conc), _num(mf.rate), _num(fg.rate), _num(ratio, 2),
-                _verdict(None if math.isnan(ratio) else ratio >= CLAMD_RATIO_TARGET),
+                _kb(size), str(conc), _num(mf.rate), _num(fg.rate), _num(vs_fuglu, 2),
+                _verdict(None if math.isnan(vs_fuglu) else vs_fuglu >= CLAMD_RATIO_TARGET),
                 _num(mf.cpu_ms, 2), f"<={CPU_TARGET_MS[size]:g} {_cpu_verdict(mf)}",
                 _num(fg.cpu_ms, 2), _pair(mf.busy_cores, fg.busy_cores),
                 _pair(mf.other_cores, fg.other_cores),
@@ -693,10 +688,10 @@ def report(res: Results, meta: Sequence[tuple[str, str]]) -> str:
             raw = res.raw.get((size, conc))
             if mf is None or fg is None or raw is None:
                 continue
-            vs_raw = _ratio(mf.rate, raw.rate)
+            vs_raw = ratio(mf.rate, raw.rate)
             rows.append((
                 _kb(size), str(conc), _num(mf.rate), _num(fg.rate),
-                _num(_ratio(mf.rate, fg.rate), 2),
+                _num(ratio(mf.rate, fg.rate), 2),
                 _num(raw.rate), _num(vs_raw, 3),
                 _verdict(None if math.isnan(vs_raw) else vs_raw >= SPAMD_RAW_TARGET),
                 _num(mf.cpu_ms, 2), f"<={CPU_TARGET_MS[size]:g} {_cpu_verdict(mf)}",
@@ -742,24 +737,6 @@ def report(res: Results, meta: Sequence[tuple[str, str]]) -> str:
 
 
 # -- orchestration ------------------------------------------------------------------------------
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _version(argv: Sequence[str]) -> str:
@@ -821,14 +798,14 @@ def _phase(
             },
         )
         cleanup.callback(mf.stop)
-        _say(f"[{name}] starting mail-filter ...")
+        say(f"[{name}] starting mail-filter ...")
         mf.start(timeout=30)
         fg = Fuglu(
             fuglu_venv, root / f"fg-{name}", sink_port=sinks[FUGLU].port,
             clamd_socket=clamd.socket_path, spamd_port=spamd.port if spamd_on else None,
         )  # fmt: skip
         cleanup.callback(fg.stop)
-        _say(f"[{name}] starting fuglu ...")
+        say(f"[{name}] starting fuglu ...")
         fg.start()
 
         def mf_pids() -> list[int]:
@@ -854,7 +831,7 @@ def _phase(
                     if note:
                         run.problems.append(note)
                     store[(target.name, size, conc)] = run
-                    _say(
+                    say(
                         f"[{name}] {target.name:11} {_kb(size):>6} c={conc}: {run.rate:7.1f} msg/s"
                         f"  {run.cpu_ms:6.2f} ms CPU/msg  {run.delivered}/{count} delivered"
                     )
@@ -869,7 +846,7 @@ def _phase(
                     if note:
                         raw.problems.append(note)
                     res.raw[(size, conc)] = raw
-                    _say(f"[{name}] spamd raw   {_kb(size):>6} c={conc}: {raw.rate:7.1f} msg/s")
+                    say(f"[{name}] spamd raw   {_kb(size):>6} c={conc}: {raw.rate:7.1f} msg/s")
         lat_count = plan.latency_spamd if spamd_on else plan.latency_clamd
         for size in SIZES:
             for target in targets:
@@ -878,7 +855,7 @@ def _phase(
                     target, size, lat_count, timeout, spamd_on, f"{tag}l{name}{size}{target.name}"
                 )
                 res.latency.append(lat)
-                _say(
+                say(
                     f"[{name}] latency {target.name:11} {_kb(size):>6}: p50 {lat.ms(0.5):.2f} ms"
                     f" p95 {lat.ms(0.95):.2f} ms ({len(lat.seconds)} msgs)"
                 )
@@ -902,7 +879,7 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(clamd.stop)
         spamd = Spamd(root / "spamd", children=SPAMD_CHILDREN)
         cleanup.callback(spamd.stop)
-        _say(f"starting clamd and spamd in {root} ...")
+        say(f"starting clamd and spamd in {root} ...")
         clamd.start()
         spamd.start()
         sinks = {name: Sink(root, f"sink-{name}") for name in (MF, FUGLU)}
@@ -915,8 +892,8 @@ def run(args: argparse.Namespace) -> int:
                 tag,
             )  # fmt: skip
     finally:
-        with _no_interrupts():
-            _say("stopping everything ...")
+        with no_interrupts():
+            say("stopping everything ...")
             cleanup.close()
 
     meta = [
@@ -941,7 +918,7 @@ def run(args: argparse.Namespace) -> int:
     print(text, flush=True)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
-        _say(f"wrote {args.out}")
+        say(f"wrote {args.out}")
     return 0
 
 
@@ -964,13 +941,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
+    """Run the benchmark from the command line."""
+    return run_main(_parser(), run, argv)
 
 
 if __name__ == "__main__":
