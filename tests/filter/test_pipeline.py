@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -252,4 +251,3 @@ def test_policy_defaults_follow_amavis() -> None:
     """tag 2.0, tag2 6.31, prefix ***SPAM***."""
     p = PolicyConfig()
     assert (2.0, 6.31, "***SPAM*** ") == (p.tag_level, p.tag2_level, p.subject_prefix)
-    assert replace(p, tag_level=1.0).tag_level == 1.0
