@@ -72,7 +72,7 @@ def test_auth_plain_and_relay(stack: Stack) -> None:
         assert 235 == auth_plain(smtp, "alice@example.com", "alice pw")[0]
         smtp.mail("alice@example.com")
         assert 250 == smtp.rcpt("someone@remote.test")[0]
-    assert "sasl_username=alice@example.com" in stack.postfix.maillog_text()
+    eventually(stack.postfix.maillog_text, "sasl_username=alice@example.com")
 
 
 def test_auth_login_two_steps(stack: Stack) -> None:

@@ -33,6 +33,7 @@ from devstack.sink import SmtpSink
 from devstack.spamd import Spamd
 from filter import headers
 from tests.fakes import StallingProxy
+from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -198,8 +199,7 @@ def test_eicar_in_a_zip_attachment_is_caught(flow: Flow) -> None:
         flow.send(msg.as_bytes())
         _discarded(flow, seen)
         assert not flow.arrived(mid)
-    time.sleep(0.5)
-    assert "Mailgate.Test.Marker" in flow.filter.log_text()
+    eventually(flow.filter.log_text, "Mailgate.Test.Marker")
 
 
 def mail_filter(*args: str) -> subprocess.CompletedProcess[str]:
