@@ -939,6 +939,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="split each cell of sections 1 and 3 into N interleaved rounds (default 3)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("hits", "failures", "misses"),
+        action="append",
+        help="run only this section (repeatable; default: all three)",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as Markdown here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (configs, logs) on exit"
@@ -970,14 +976,20 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(dovecot.stop)
         dovecot.start()
         # The failure section (2) brings Dovecots of its own; this one idles meanwhile.
-        builds: list[Callable[[], Section]] = [
-            lambda: section_hits(pool, root, dovecot, frames, args.seconds, args.rounds, cleanup),
-            lambda: section_failures(
+        builds: dict[str, Callable[[], Section]] = {
+            "hits": lambda: section_hits(
+                pool, root, dovecot, frames, args.seconds, args.rounds, cleanup
+            ),
+            "failures": lambda: section_failures(
                 pool, root, users, creds, tls, args.seconds, args.pass_seconds, cleanup
             ),
-            lambda: section_misses(pool, root, dovecot, frames, args.seconds, args.rounds, cleanup),
-        ]
-        for build in builds:
+            "misses": lambda: section_misses(
+                pool, root, dovecot, frames, args.seconds, args.rounds, cleanup
+            ),
+        }
+        for name, build in builds.items():
+            if args.only and name not in args.only:
+                continue
             sections.append(build())
             print(text_section(sections[-1]) + "\n", flush=True)
     finally:
