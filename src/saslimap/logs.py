@@ -7,6 +7,12 @@ writes lines to a buffered stream and flushes at once for warnings and errors,
 otherwise when its buffer fills or when the daemon's event loop calls
 :meth:`flush` (every ``FLUSH_INTERVAL`` seconds, and on exit), so a line is never
 more than that late.
+
+:func:`info_line` is the audit line's fast path: while the daemon's handler is
+the only one, it writes the already formatted line straight to that handler's
+stream, in the same format, without building a ``LogRecord`` (which costs more
+than a cache hit).  Anywhere else (tests capturing logs, a library user's own
+handlers) it is an ordinary ``logger.info``.
 """
 
 from __future__ import annotations
@@ -46,13 +52,53 @@ class _Formatter(logging.Formatter):
     _text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        """``asctime`` for a time.time() value, as logging prints it (milliseconds truncated)."""
+        second = int(created)
         if second != self._second:
             self._second, self._text = (
                 second,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
             )
-        return f"{self._text},{int(record.msecs):03d}"
+        return f"{self._text},{int((created - second) * 1000):03d}"
+
+
+# The daemon's own handler and the text before each message's logger name, while
+# setup() is in charge of the root logger; None otherwise (info_line falls back).
+_direct: tuple[BufferedLineHandler, _Formatter, str] | None = None
+_root = logging.getLogger()
+
+
+def info_line(logger: logging.Logger, message: str) -> None:
+    """Log ``message`` (already formatted, no % arguments) at INFO on ``logger``.
+
+    Same output as ``logger.info(message)``; written directly by the daemon's
+    handler when it is the only handler and nothing filters.
+    """
+    direct = _direct
+    if (
+        direct is None
+        or len(_root.handlers) != 1
+        or logger.handlers
+        or logger.filters
+        or not logger.isEnabledFor(logging.INFO)
+    ):
+        logger.info("%s", message)
+        return
+    handler, formatter, prefix = direct
+    if _root.handlers[0] is not handler or handler.filters:
+        logger.info("%s", message)
+        return
+    line = f"{formatter.stamp(time.time())} {prefix}INFO {logger.name}: {message}\n"
+    handler.acquire()  # worker threads log too; keep lines whole
+    try:
+        handler.stream.write(line)
+    except Exception:  # logging must never take the daemon down
+        handler.handleError(logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None))
+    finally:
+        handler.release()
 
 
 def setup(prog: str, level: str = "info") -> BufferedLineHandler:
@@ -69,8 +115,10 @@ def setup(prog: str, level: str = "info") -> BufferedLineHandler:
         errors="backslashreplace",
         write_through=False,
     )
+    global _direct
     handler = BufferedLineHandler(stream)
-    handler.setFormatter(_Formatter(_FORMAT.format(prog=prog, pid=os.getpid())))
+    formatter = _Formatter(_FORMAT.format(prog=prog, pid=os.getpid()))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -79,6 +127,7 @@ def setup(prog: str, level: str = "info") -> BufferedLineHandler:
             old.stream.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    _direct = (handler, formatter, f"{prog}[{os.getpid()}]: ")
     return handler
 
 
