@@ -261,3 +261,71 @@ async def test_checks_without_verdict_are_bounded_too() -> None:
     assert {Verdict.TEMPFAIL} == {r.verdict for r in results}
     assert "ratelimited" == results[-1].label
     assert Verdict.OK == await check(auth, PW)
+
+
+# -- the fast path for repeated cache hits (raw bytes, as requests come off the wire) ----
+
+
+async def wire(auth: Authenticator, password: bytes, login: bytes = USER.encode()) -> Verdict:
+    return (await auth.verify(login, password, b"smtp", b"")).verdict
+
+
+async def test_repeated_hit_logs_the_same_line_as_the_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fast path's log line and counts are those of an ordinary cache hit."""
+    auth, backend, _ = make()
+    await wire(auth, PW.encode())
+    with caplog.at_level("INFO", logger="saslimap.service"):
+        assert Verdict.OK == await wire(auth, PW.encode())  # slow path: first hit
+        assert Verdict.OK == await wire(auth, PW.encode())  # fast path
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first == second
+    assert "result=ok source=cache" in first
+    assert 1 == len(backend.calls)
+    sample = auth.metrics.registry.get_sample_value
+    assert 2.0 == sample("saslimap_cache_hits_total", {"kind": "positive"})
+    assert 3.0 == sample("saslimap_requests_total", {"result": "ok"})
+
+
+async def test_fast_path_never_accepts_another_password() -> None:
+    """Once a user's names are remembered, a different password still goes to IMAP."""
+    auth, backend, _ = make()
+    await wire(auth, PW.encode())
+    await wire(auth, PW.encode())
+    assert Verdict.NO == await wire(auth, b"right pw ")
+    assert Verdict.NO == await wire(auth, b"\xff\xfe")  # not UTF-8: refused, never OK
+    assert 2 == len(backend.calls)
+
+
+async def test_fast_path_forgets_a_dropped_entry() -> None:
+    """A dropped entry (the password changed) is not answered from the fast path."""
+    auth, backend, _ = make()
+    await wire(auth, PW.encode())
+    await wire(auth, PW.encode())
+    auth.cache.drop((USER, "", "smtp"))
+    backend.users[USER] = "new pw"
+    assert Verdict.NO == await wire(auth, PW.encode())
+    assert 2 == len(backend.calls)
+
+
+async def test_fast_path_forgets_an_evicted_entry() -> None:
+    """An entry pushed out by max_entries is not answered from the fast path."""
+    auth, backend, _ = make(CacheConfig(max_entries=1))
+    backend.users["bob@example.com"] = "bob pw"
+    await wire(auth, PW.encode())
+    await wire(auth, PW.encode())
+    await wire(auth, b"bob pw", b"bob@example.com")  # evicts alice
+    assert Verdict.OK == await wire(auth, PW.encode())
+    assert 3 == len(backend.calls)
+
+
+async def test_fast_path_respects_refresh_after() -> None:
+    """An entry past refresh-after leaves the fast path and is re-verified."""
+    auth, backend, clock = make(CacheConfig(ttl=3600, refresh_after=300))
+    await wire(auth, PW.encode())
+    await wire(auth, PW.encode())
+    clock.advance(301)
+    assert Verdict.OK == await wire(auth, PW.encode())
+    await settle(auth)
+    assert 2 == len(backend.calls)

@@ -21,7 +21,6 @@ import enum
 import hmac
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cachetools import TTLCache
 
@@ -37,11 +36,13 @@ class Hasher:
 
     def digest(self, user: str, password: str) -> bytes:
         """Bind the password to the user so equal passwords of two users differ."""
-        msg = b"%s\0%s" % (
-            user.encode("utf-8", "surrogatepass"),
-            password.encode("utf-8", "surrogatepass"),
+        return self.digest_raw(
+            user.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass")
         )
-        return hmac.digest(self._key, msg, "sha256")  # one-shot: OpenSSL's fast path
+
+    def digest_raw(self, user: bytes, password: bytes) -> bytes:
+        """:meth:`digest` of the UTF-8 bytes (a request's password as it came off the wire)."""
+        return hmac.digest(self._key, b"%s\0%s" % (user, password), "sha256")  # OpenSSL fast path
 
 
 class Freshness(enum.Enum):
@@ -52,10 +53,35 @@ class Freshness(enum.Enum):
     STALE = "stale"  # answer OK only if IMAP is unavailable
 
 
-@dataclass(frozen=True)
-class _Entry:
-    digest: bytes
-    verified_at: float
+class Entry:
+    """One verified success; ``current`` turns False once the cache lets go of it.
+
+    The authenticator's fast path holds entries of users it answered recently
+    and trusts one only while it is current, so a dropped, replaced, evicted or
+    expired entry is never used from there.
+    """
+
+    __slots__ = ("current", "digest", "verified_at")
+
+    def __init__(self, digest: bytes, verified_at: float) -> None:
+        self.digest = digest
+        self.verified_at = verified_at
+        self.current = True
+
+
+class _Entries(TTLCache[Key, Entry]):
+    """A TTLCache that marks the entries it evicts or expires as no longer current."""
+
+    def popitem(self) -> tuple[Key, Entry]:
+        key, entry = super().popitem()
+        entry.current = False
+        return key, entry
+
+    def expire(self, time: float | None = None) -> list[tuple[Key, Entry]]:
+        expired: list[tuple[Key, Entry]] = super().expire(time)
+        for _, entry in expired:
+            entry.current = False
+        return expired
 
 
 class CredentialCache:
@@ -76,19 +102,31 @@ class CredentialCache:
         self.ttl = ttl
         self.refresh_after = refresh_after
         # The store itself forgets entries once they are of no use, even as stale.
-        self._store: TTLCache[Key, _Entry] = TTLCache(
-            maxsize=max_entries, ttl=ttl + stale_if_error, timer=clock
-        )
+        self._store = _Entries(maxsize=max_entries, ttl=ttl + stale_if_error, timer=clock)
 
     def __len__(self) -> int:
         return len(self._store)
 
     def lookup(self, key: Key, password: str) -> Freshness | None:
         """How a matching entry may be used, or ``None`` (no entry, or another password)."""
+        return self.lookup_digest(key, self.hasher.digest(key[0], password))
+
+    def entry(self, key: Key) -> Entry | None:
+        """The user's current entry, if any (for :meth:`is_fresh` later)."""
+        return self._store.get(key)
+
+    def is_fresh(self, entry: Entry, digest: bytes) -> bool:
+        """Whether a held entry is still current, fresh, and for this password's digest."""
+        return (
+            entry.current
+            and self.clock() - entry.verified_at < self.refresh_after
+            and hmac.compare_digest(entry.digest, digest)
+        )
+
+    def lookup_digest(self, key: Key, digest: bytes) -> Freshness | None:
+        """:meth:`lookup` for a password already hashed with :attr:`hasher`."""
         entry = self._store.get(key)
-        if entry is None or not hmac.compare_digest(
-            entry.digest, self.hasher.digest(key[0], password)
-        ):
+        if entry is None or not hmac.compare_digest(entry.digest, digest):
             return None
         age = self.clock() - entry.verified_at
         if age < self.refresh_after:
@@ -104,11 +142,14 @@ class CredentialCache:
     def store(self, key: Key, password: str) -> None:
         """Remember a password the IMAP server just accepted."""
         if self._store.maxsize > 0:
-            self._store[key] = _Entry(self.hasher.digest(key[0], password), self.clock())
+            self.drop(key)
+            self._store[key] = Entry(self.hasher.digest(key[0], password), self.clock())
 
     def drop(self, key: Key) -> None:
         """Forget a user's entry (IMAP now rejects it: the password changed)."""
-        self._store.pop(key, None)
+        old = self._store.pop(key, None)
+        if old is not None:
+            old.current = False
 
 
 class NegativeCache:

@@ -67,14 +67,17 @@ def _fields(buf: bytes, limit: int, wanted: int) -> tuple[list[bytes], int]:
     """Read up to ``wanted`` complete counted strings from the start of ``buf``."""
     out: list[bytes] = []
     pos = 0
-    while len(out) < wanted and len(buf) - pos >= _LEN.size:
-        (length,) = _LEN.unpack_from(buf, pos)
-        if length > limit:
-            raise FieldTooLong(FIELD_NAMES[len(out)], length, limit)
-        end = pos + _LEN.size + length
-        if end > len(buf):
+    size = len(buf)
+    for index in range(wanted):
+        if size - pos < 2:
             break
-        out.append(buf[pos + _LEN.size : end])
+        length = buf[pos] << 8 | buf[pos + 1]  # 2-byte big-endian; cheaper than struct here
+        if length > limit:
+            raise FieldTooLong(FIELD_NAMES[index], length, limit)
+        end = pos + 2 + length
+        if end > size:
+            break
+        out.append(buf[pos + 2 : end])
         pos = end
     return out, pos
 

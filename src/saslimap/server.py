@@ -157,14 +157,18 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state is not _State.READING:
             return  # trailing bytes after a complete request are drained and ignored
-        self.buf += data
+        if self.buf:  # the request came in pieces
+            self.buf += data
+            data = bytes(self.buf)
         try:
-            parsed = protocol.parse_request(bytes(self.buf), self.server.cfg.max_field_length)
+            parsed = protocol.parse_request(data, self.server.cfg.max_field_length)
         except protocol.FieldTooLong as err:
             self.server.bad_request(f"{err}")
             self._reply(protocol.reply_no(f"{err.name} too long"))
             return
         if parsed is None:
+            if not self.buf:
+                self.buf += data
             if len(self.buf) > self.server.max_request:  # cannot happen with checked lengths
                 self.server.bad_request("request larger than any valid one")
                 self._close()
@@ -342,7 +346,7 @@ class MuxServer:
     def bad_request(self, what: str) -> None:
         """Log one line for a request that could not be answered normally."""
         self.bad_requests += 1
-        self.metrics.requests.labels("bad_request").inc()
+        self.metrics.count_request("bad_request")
         log.warning("bad request: %s", what)
 
     # -- lifecycle ----------------------------------------------------------
