@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 import pytest
 from prometheus_client import generate_latest
@@ -329,3 +330,9 @@ async def test_fast_path_respects_refresh_after() -> None:
     assert Verdict.OK == await wire(auth, PW.encode())
     await settle(auth)
     assert 2 == len(backend.calls)
+
+
+@pytest.mark.parametrize("key", [b"k" * 32, b"k" * 64, b"k" * 65, b"\x00" * 32])
+def test_hasher_is_hmac_sha256(key: bytes) -> None:
+    """The hasher's digest is HMAC-SHA256 of user NUL password under its key."""
+    assert hmac.digest(key, b"u@x\0p\xc3\xa4ss", "sha256") == Hasher(key).digest("u@x", "päss")
