@@ -7,7 +7,9 @@ project's targets as ratios with PASS/MISS (it asserts nothing):
    rimap -r -c`` on the same users; both warmed first, so every request is a
    right password already cached.  Auths/s and p50/p99 at concurrency 1 and 8,
    with the CPU of the daemon, of the client processes and of the whole
-   machine, so one can see whether the clients saturate the cores.  Cells of
+   machine, so one can see whether the clients saturate the cores.  A third
+   row, the floor (:mod:`bench.bare_mux`), does saslimap's socket work with no
+   checking at all: what any daemon on this event loop can reach here.  Cells of
    sections 1 and 3 run in interleaved rounds (A B, B A, ...) so a burst of
    other work on the machine is shared out rather than landing on one daemon.
 2. Wrong passwords against a Dovecot with its default settings (2 s failure
@@ -43,6 +45,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -646,6 +649,30 @@ def markdown_section(section: Section) -> str:
 
 SASLIMAP_HITS = "saslimap (cache)"
 SASLAUTHD_HITS = "saslauthd -c"
+FLOOR_HITS = "floor: uvloop, no checks"
+
+
+def start_floor(root: Path, dovecot: Dovecot, cleanup: contextlib.ExitStack) -> Target:
+    """bench.bare_mux in a process of its own: the socket work alone, for reference."""
+    path = root / "floor.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_mux", str(path)])
+    cleanup.callback(stop_process, proc)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("bench.bare_mux did not start")
+        time.sleep(0.02)
+    return Target(FLOOR_HITS, path, lambda: [proc.pid] if proc.poll() is None else [], dovecot)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def section_hits(
@@ -669,6 +696,7 @@ def section_hits(
     targets = [
         saslimap_target(SASLIMAP_HITS, sim, dovecot),
         saslauthd_target(SASLAUTHD_HITS, sad, dovecot),
+        start_floor(root, dovecot, cleanup),
     ]
     for target in targets:
         warm(target, frames)
@@ -690,9 +718,18 @@ def section_hits(
                 lambda v: v >= TARGET_HIT_RATIO,
             )
         )
+    for conc in (1, CLIENTS):
+        a, b = find_cell(cells, FLOOR_HITS, conc), find_cell(cells, SASLAUTHD_HITS, conc)
+        value = ratio(a.rate if a else None, b.rate if b else None)
+        verdicts.append(
+            _verdict(f"c={conc} auths/s floor / saslauthd", value, "(info)", lambda v: True)
+        )
     notes = [
         "cores = CPU seconds / window seconds: daemon (saslimap's process, or all saslauthd "
         "processes), the client processes together, and the whole machine (busy time).",
+        f"{FLOOR_HITS}: bench.bare_mux, saslimap's socket work per request (uvloop, "
+        "half-close and drain) with no checking, caching, metrics or logging: the most a "
+        "daemon built this way reaches here.",
         *(f"not-OK sample {c.daemon} c={c.concurrency}: {s}" for c in cells for s in c.samples),
     ]
     return Section(

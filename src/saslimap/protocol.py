@@ -118,7 +118,10 @@ def encode_reply(text: bytes) -> bytes:
 
 def reply_ok() -> bytes:
     """The framed success reply."""
-    return encode_reply(b"OK")
+    return _REPLY_OK
+
+
+_REPLY_OK = encode_reply(b"OK")
 
 
 def reply_no(reason: str) -> bytes:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import functools
 import grp
 import logging
 import math
@@ -302,7 +303,7 @@ class MuxServer:
             self._path = self.cfg.socket
             self._inode = os.stat(self._path).st_ino
         self._server = await self.loop.create_unix_server(
-            lambda: _Connection(self), sock=sock, backlog=1024
+            functools.partial(_Connection, self), sock=sock, backlog=1024
         )
         self._sweep()
         log.info("listening on %s", self._path or sock.getsockname())
