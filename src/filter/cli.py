@@ -96,8 +96,11 @@ def _learn(args: argparse.Namespace) -> int:
         if cfg.learn.method == "sa-learn"
         else learn.spamd_teacher(cfg.learn, cfg.spamd.address)
     )
+    many = learn.sa_learn_batch_teacher(cfg.learn) if cfg.learn.method == "sa-learn" else None
     started = time.monotonic()
-    learner = learn.Learner(cfg.learn, teach, dry_run=args.dry_run, progress=sys.stderr.isatty())
+    learner = learn.Learner(
+        cfg.learn, teach, teach_many=many, dry_run=args.dry_run, progress=sys.stderr.isatty()
+    )
     try:
         client = learn.connect(cfg.learn)
         try:

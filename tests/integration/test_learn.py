@@ -1,7 +1,10 @@
-"""mail-filter learn against a real Dovecot (messages APPENDed to spam/ham) and a real spamd."""
+"""mail-filter learn against a real Dovecot (messages APPENDed to spam/ham) and a real spamd,
+or a real sa-learn on a Bayes database of the test's own."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,8 +43,11 @@ class LearnSetup:
         self.dovecot.append_message(ADMIN, folder, message)
 
 
-def message(kind: str, n: int) -> bytes:
-    words = " ".join(f"{kind}word{n}x{i}" for i in range(40))
+def message(kind: str, n: int, lines: int = 1) -> bytes:
+    words = "\r\n".join(
+        " ".join(f"{kind}word{n}x{i}" for i in range(line * 40, line * 40 + 40))
+        for line in range(lines)
+    )
     return (
         f"From: someone{n}@{kind}.test\r\nTo: user@example.com\r\nSubject: {kind} number {n}\r\n"
         f"Message-ID: <{kind}-{n}@test>\r\nDate: Sat, 28 Nov 2026 00:00:00 +0000\r\n\r\n"
@@ -142,3 +148,114 @@ def test_imap_down_is_a_clear_error_and_keeps_the_state(setup: LearnSetup) -> No
     assert "learn failed: IMAP" in run.stderr
     assert before == setup.state.read_bytes()
     assert not list(setup.state.parent.glob(".*"))  # no half-written temporary file left
+
+
+# -- method = "sa-learn" ------------------------------------------------------
+
+# "0.000          0          3          0  non-token data: nspam"
+_MAGIC = re.compile(r"^\S+\s+\S+\s+(\d+)\s+\S+\s+non-token data: (nspam|nham)\s*$", re.M)
+
+
+@dataclass
+class SaLearnSetup:
+    """Dovecot with the admin mailbox and a config teaching sa-learn on a Bayes path of ours."""
+
+    dovecot: Dovecot
+    config: Path
+    dbpath: Path
+    env: dict[str, str]  # HOME in the test's directory: sa-learn creates ~/.spamassassin
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        script = str(Path(sys.executable).parent / "mail-filter")
+        return subprocess.run(
+            [script, "learn", "--config", str(self.config)],
+            capture_output=True, text=True, timeout=120, check=False, env=self.env,
+        )  # fmt: skip
+
+    def add(self, folder: str, message: bytes) -> None:
+        self.dovecot.append_message(ADMIN, folder, message)
+
+    def learned_counts(self) -> tuple[int, int]:
+        """(nspam, nham) in the Bayes database, from ``sa-learn --dump magic``."""
+        dump = subprocess.run(
+            ["sa-learn", "--dbpath", str(self.dbpath), "--dump", "magic"],
+            capture_output=True, text=True, timeout=60, check=True, env=self.env,
+        )  # fmt: skip
+        counts = {name: int(value) for value, name in _MAGIC.findall(dump.stdout)}
+        return (counts["nspam"], counts["nham"])
+
+
+@pytest.fixture(scope="module")
+def sa_setup(
+    workroot: Path, tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SaLearnSetup]:
+    """A Dovecot of its own (no spamd: sa-learn writes the Bayes files directly)."""
+    root = workroot / "salearn"
+    dovecot = Dovecot(root / "dovecot", {ADMIN: ADMIN_PW}, tls=tls)
+    dovecot.start()
+    (root / "pw").write_text(ADMIN_PW + "\n")
+    tmp = tmp_path_factory.mktemp("salearn")
+    (tmp / "home").mkdir()
+    dbpath = tmp / "bayes" / "bayes"
+    dbpath.parent.mkdir()
+    config = root / "filter.toml"
+    config.write_text(
+        _toml(
+            {
+                "learn": {
+                    "imap_url": dovecot.imap_url("imaps"),
+                    "ca_file": str(tls.ca_cert),
+                    "username": ADMIN,
+                    "password_file": str(root / "pw"),
+                    "state_file": str(tmp / "state" / "learn.json"),
+                    "method": "sa-learn",
+                    "sa_learn_dbpath": str(dbpath),
+                    "batch_size": 2,
+                },
+            },
+            ("learn",),
+        )
+    )
+    yield SaLearnSetup(dovecot, config, dbpath, {**os.environ, "HOME": str(tmp / "home")})
+    dovecot.stop()
+
+
+def test_sa_learn_learns_each_message_once(sa_setup: SaLearnSetup) -> None:
+    """With method = "sa-learn", new messages land in the Bayes database at dbpath, once."""
+    for n in range(3):
+        sa_setup.add("spam", message("spam", n))
+    for n in range(2):
+        sa_setup.add("ham", message("ham", n))
+    first = sa_setup.run()
+    assert 0 == first.returncode, first.stderr
+    assert "learn: spam=3 ham=2 relearned=0 already=0 failed=0" in first.stderr
+    assert (3, 2) == sa_setup.learned_counts()
+    second = sa_setup.run()
+    assert 0 == second.returncode, second.stderr
+    assert "learn: spam=0 ham=0 relearned=0 already=0 failed=0" in second.stderr
+    assert (3, 2) == sa_setup.learned_counts()
+
+
+def test_sa_learn_relearns_a_message_moved_from_spam_to_ham(sa_setup: SaLearnSetup) -> None:
+    """A spam message moved to ham is forgotten as spam and learned as ham by sa-learn."""
+    doveadm = ["doveadm", "-c", str(sa_setup.dovecot.config_path)]
+    subprocess.run(
+        [*doveadm, "move", "-u", ADMIN, "ham", "mailbox", "spam", "header", "Message-ID",
+         "<spam-0@test>"],
+        check=True, timeout=30,
+    )  # fmt: skip
+    run = sa_setup.run()
+    assert 0 == run.returncode, run.stderr
+    assert "learn: spam=0 ham=1 relearned=1 already=0 failed=0" in run.stderr
+    assert (2, 3) == sa_setup.learned_counts()
+
+
+def test_sa_learn_takes_a_message_over_its_default_size_limit(sa_setup: SaLearnSetup) -> None:
+    """A ham message over sa-learn's default 500 KB --max-size is learned, as TELL does."""
+    big = message("ham", 50, lines=1000)
+    assert len(big) > 600_000
+    sa_setup.add("ham", big)
+    run = sa_setup.run()
+    assert 0 == run.returncode, run.stderr
+    assert "learn: spam=0 ham=1 relearned=0 already=0 failed=0" in run.stderr
+    assert (2, 4) == sa_setup.learned_counts()
