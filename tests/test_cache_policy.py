@@ -277,6 +277,7 @@ async def test_repeated_hit_logs_the_same_line_as_the_first(
     """The fast path's log line and counts are those of an ordinary cache hit."""
     auth, backend, _ = make()
     await wire(auth, PW.encode())
+    caplog.clear()
     with caplog.at_level("INFO", logger="saslimap.service"):
         assert Verdict.OK == await wire(auth, PW.encode())  # slow path: first hit
         assert Verdict.OK == await wire(auth, PW.encode())  # fast path
