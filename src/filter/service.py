@@ -17,6 +17,7 @@ The scanners and the re-injector are small protocols, so tests use fakes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import enum
 import logging
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from filter import dsn, headers
-from filter.banned import find_banned
+from filter.banned import ArchiveInside, find_banned
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
 from filter.metrics import Metrics
@@ -49,6 +50,11 @@ SPAM_HEADERS = (
     b"x-spam-skipped",
 )
 _QUEUE_ID = re.compile(rb"\bid\s+([0-9A-Za-z]{6,})\b")
+BANNED_INLINE_LIMITS = (128 * 1024, 2048, 16)
+"""Bytes, lines and MIME boundary lines up to which a message is checked for banned parts
+on the event loop: a few milliseconds at most, archives excepted.  A thread costs more
+CPU than that in hand-offs and, holding the GIL, can stall the loop for the interpreter's
+switch interval (5 ms) anyway; it is kept for what can take longer."""
 
 
 class VirusScanner(Protocol):
@@ -245,10 +251,7 @@ class Filter:
         banned = ""
         if self.cfg.banned.enabled:
             started = time.monotonic()
-            # MIME and zip walking is CPU work: keep the event loop free for other messages.
-            found = await asyncio.to_thread(
-                find_banned, msg.data, self.cfg.banned.names, self.cfg.banned.types
-            )
+            found = await self._find_banned(msg.data)
             trace.timings["banned"] = time.monotonic() - started
             banned = found or ""
         return Findings(
@@ -257,6 +260,21 @@ class Filter:
             spam_note=trace.spam_note,
             bad_header=bad_header(msg.data, allow_8bit=msg.smtputf8),
         )
+
+    async def _find_banned(self, data: bytes) -> str | None:
+        """find_banned(), on the event loop for small messages without archives."""
+        names, types = self.cfg.banned.names, self.cfg.banned.types
+        max_bytes, max_lines, max_parts = BANNED_INLINE_LIMITS
+        if (
+            len(data) <= max_bytes
+            and data.count(b"\n") <= max_lines
+            and data.count(b"\n--") <= max_parts
+        ):
+            with contextlib.suppress(ArchiveInside):
+                return find_banned(data, names, types, open_archives=False)
+        # Big or many-part messages and archives (up to banned.MAX_UNPACKED bytes to
+        # inflate) are CPU work: keep the event loop free for other messages.
+        return await asyncio.to_thread(find_banned, data, names, types)
 
     async def _quarantine(
         self, msg: Message, treatment: Treatment, held: list[str], trace: Trace
@@ -374,7 +392,7 @@ class Filter:
         peer_ip = msg.peer.strip("[]")
         helo = msg.helo or "unknown"
         rcpt = f" for <{msg.rcpt_tos[0]}>" if len(msg.rcpt_tos) == 1 else ""
-        date = email.utils.formatdate(localtime=True)
+        date = _date_now()
         return (
             f"from {helo} ([{peer_ip}]) by {self.hostname} ({self.cfg.policy.scanner_name})"
             f" with ESMTP id {trace.filter_id}{rcpt}; {date}"
@@ -466,7 +484,21 @@ class Filter:
 
 
 def _clean(text: str) -> str:
+    if text.isprintable() and '"' not in text:
+        return text  # the usual case, without a loop over the characters
     return "".join(c if c.isprintable() and c != '"' else "?" for c in text)
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date_now() -> str:
+    """``email.utils.formatdate(localtime=True)``, computed once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return _date_cache[1]
 
 
 def from_addresses(data: bytes) -> list[str]:

@@ -76,7 +76,8 @@ def parse_reply(buf: bytes) -> tuple[Reply | None, int]:
 
 def dot_stuff(data: bytes) -> bytes:
     """The DATA payload: leading dots doubled, CRLF line ends, and the final ``.`` line."""
-    if b"\r\n" not in data or b"\n" in data.replace(b"\r\n", b""):
+    # A bare LF is an LF outside a CRLF pair (counted, not searched for in a copy).
+    if b"\r\n" not in data or data.count(b"\n") != data.count(b"\r\n"):
         # Normalise bare LF (and lone CR) to CRLF: SMTP requires CRLF (RFC 5321 2.3.8).
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if data.startswith(b"."):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from filter import clamd, smtp_out, spamd
 from filter.clamd import Outcome, ScanResult
@@ -155,3 +157,23 @@ def test_xforward_only_offered_attributes() -> None:
     """Attributes the server does not offer are left out; values are xtext-encoded."""
     lines = smtp_out.xforward_lines({"NAME": "a b", "ADDR": "192.0.2.1", "X": "y"}, "NAME ADDR")
     assert [b"XFORWARD NAME=a+20b ADDR=192.0.2.1\r\n"] == lines
+
+
+def _dot_stuff_by_copy(data: bytes) -> bytes:
+    """dot_stuff as first written: bare LFs found by searching a copy without CRLFs."""
+    if b"\r\n" not in data or b"\n" in data.replace(b"\r\n", b""):
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"x", b"\r\r\n\n"]), max_size=12))
+def test_dot_stuffing_counts_bare_lfs_as_the_copy_did(pieces: list[bytes]) -> None:
+    """Any mix of CR, LF, CRLF and dots: the same payload as the copying version."""
+    data = b"".join(pieces)
+    assert _dot_stuff_by_copy(data) == smtp_out.dot_stuff(data)

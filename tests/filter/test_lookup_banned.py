@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 import zipfile
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from filter.banned import find_banned
+from filter.banned import ArchiveInside, find_banned, parse
 from filter.lookup import AddressList, ListError, lookup_keys
 
 
@@ -130,3 +134,92 @@ def test_harmless_attachments_pass(data: bytes, filename: str) -> None:
 def test_broken_mime_never_raises(message: bytes) -> None:
     """Broken MIME, bad base64 and corrupt zips are looked at, never a crash."""
     find_banned(message)
+
+
+_SAMPLES = [
+    b"",
+    b"Subject: plain\r\n\r\nno MIME at all\r\n",
+    b"Subject: x\r\n\r\n#!/bin/sh\r\n",
+    _with_attachment(b"hello", "invoice.exe"),
+    _with_attachment(b"MZ\x90\x00 program", "harmless.txt", "text/plain"),
+    _with_attachment(b"%PDF-1.7 ...", "report.pdf"),
+    _with_attachment(_zip("a.txt", b"hi"), "a.zip"),
+    _with_attachment(_zip("evil.exe", b"MZ"), "docs.bin"),
+    _with_attachment(b"not a zip", "fake.ZIP"),
+    b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nbroken",
+]
+
+
+@pytest.mark.parametrize("message", _SAMPLES)
+def test_without_opening_archives_the_answer_is_the_same_or_deferred(message: bytes) -> None:
+    """open_archives=False answers as the full check does, or raises ArchiveInside."""
+    try:
+        quick = find_banned(message, open_archives=False)
+    except ArchiveInside:
+        return
+    assert find_banned(message) == quick
+
+
+@pytest.mark.parametrize("name", ["a.zip", "docs.bin"])
+def test_an_archive_is_never_judged_without_opening_it(name: str) -> None:
+    """A zip, by name or by content, raises ArchiveInside rather than passing unopened."""
+    with pytest.raises(ArchiveInside):
+        find_banned(_with_attachment(_zip("evil.exe", b"MZ"), name), open_archives=False)
+
+
+def test_a_banned_part_before_an_archive_is_found_without_opening_it() -> None:
+    """Parts are judged in order: an .exe ahead of a zip needs no archive opened."""
+    msg = EmailMessage()
+    msg.set_content("see attached")
+    msg.add_attachment(b"x", maintype="application", subtype="octet-stream", filename="a.exe")
+    archive = _zip("b.txt", b"hi")
+    msg.add_attachment(archive, maintype="application", subtype="zip", filename="b.zip")
+    assert "a.exe" in (find_banned(msg.as_bytes(), open_archives=False) or "")
+
+
+def _seen(msg: Message) -> list[tuple[object, ...]]:
+    """What find_banned looks at in each leaf part, plus the headers."""
+    return [
+        (n, part.items(), part.get_content_type(), part.get_filename(), part.get_param("name"),
+         part.get_payload(), part.get_payload(decode=True))
+        for n, part in enumerate(msg.walk())
+        if not part.is_multipart()
+    ]  # fmt: skip
+
+
+_HEAD_LINES = st.sampled_from(
+    [
+        b"From: a@b", b"Subject: hi", b"Content-Type: text/plain; name=x.exe",
+        b"Content-Type: multipart/mixed; boundary=b", b"Content-Type: message/rfc822",
+        b"Content-Type: application/octet-stream", b"Content-Transfer-Encoding: base64",
+        b"Content-Disposition: attachment; filename=a.exe", b" folded continuation",
+        b"not a header line", b"From nobody", b"X: \xff\xfe", b"", b"Content-Type: bogus",
+    ]
+)  # fmt: skip
+_BODY_LINES = st.sampled_from(
+    [b"", b"--b", b"--b--", b"TVqQAAMAAAAEAAAA", b"MZ", b"text", b"Content-Type: text/html",
+     b"\x00\xff", b"a\rb", b"#!/bin/sh"]
+)  # fmt: skip
+_ENDS = st.sampled_from([b"\r\n", b"\n", b"\r"])
+
+
+@settings(max_examples=1500)
+@given(
+    st.lists(st.tuples(_HEAD_LINES, _ENDS), max_size=6),
+    st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\n\r\n", b""]),
+    st.lists(st.tuples(_BODY_LINES, _ENDS), max_size=8),
+)
+def test_quick_parse_sees_what_the_email_parser_sees(
+    head: list[tuple[bytes, bytes]], gap: bytes, body: list[tuple[bytes, bytes]]
+) -> None:
+    """Any header and body lines, any line ends: every part, header and payload identical."""
+    raw = b"".join(a + b for a, b in head) + gap + b"".join(a + b for a, b in body)
+    full = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert _seen(full) == _seen(parse(raw))
+
+
+def test_quick_parse_keeps_a_large_single_part_body_whole() -> None:
+    """A 100 KB text message: same headers and the body byte for byte."""
+    raw = b"From: a@b\r\nSubject: s\r\n\r\n" + b"1" + b"X" * 77 + b"\r\n" * 1300
+    assert raw.split(b"\r\n\r\n", 1)[1] == parse(raw).get_payload(decode=True)
+    assert _seen(email.message_from_bytes(raw, policy=email.policy.compat32)) == _seen(parse(raw))

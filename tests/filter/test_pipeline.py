@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import tempfile
+import zipfile
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -251,3 +254,54 @@ def test_policy_defaults_follow_amavis() -> None:
     """tag 2.0, tag2 6.31, prefix ***SPAM***."""
     p = PolicyConfig()
     assert (2.0, 6.31, "***SPAM*** ") == (p.tag_level, p.tag2_level, p.subject_prefix)
+
+
+@pytest.mark.parametrize(
+    ("zipped", "padding"),
+    [(False, 0), (True, 0), (False, 200 * 1024), (True, 200 * 1024)],
+    ids=["small", "small-zip", "large", "large-zip"],
+)
+async def test_banned_attachments_are_found_small_or_large_zipped_or_not(
+    zipped: bool, padding: int
+) -> None:
+    """An .exe is banned whether checked on the event loop, or in a thread (big or zipped)."""
+    f, _, _, fwd = make()
+    exe = b"MZ payload"
+    if zipped:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("evil.exe", exe)
+        exe = buf.getvalue()
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.net", "b@example.com", "attachment"
+    msg.set_content("see attached\n" + "x" * padding)
+    name = "d.zip" if zipped else "evil.exe"
+    msg.add_attachment(exe, maintype="application", subtype="octet-stream", filename=name)
+    reply = await f.handle(message(msg.as_bytes()))
+    assert reply.startswith("250 2.7.0 Ok, discarded")
+    assert "evil.exe" in reply
+    assert [] == fwd.sent
+
+
+def test_log_text_is_cleaned_of_quotes_and_controls() -> None:
+    """Quotes and unprintable characters become "?" in log fields; plain text is unchanged."""
+    from filter.service import _clean
+
+    assert "a?b?c" == _clean('a"b\x00c')
+    assert "a@example.test" == _clean("a@example.test")
+
+
+def test_received_date_is_formatdate_of_this_second() -> None:
+    """The cached date is exactly email.utils.formatdate(localtime=True) of the current second."""
+    import email.utils
+    import time
+
+    from filter.service import _date_now
+
+    for _ in range(3):  # a second may tick between the two calls
+        second = int(time.time())
+        date = _date_now()
+        if int(time.time()) == second:
+            assert email.utils.formatdate(second, localtime=True) == date
+            return
+    raise AssertionError("the clock ticked every time")
