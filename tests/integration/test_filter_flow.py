@@ -459,3 +459,14 @@ def test_reject_and_bounce_destinies_end_to_end(flow: Flow) -> None:
     finally:
         flow.filter.settings["policy"] = {}
         _restart_filter(flow)
+
+
+def test_bounce_with_null_sender_is_delivered(flow: Flow) -> None:
+    """A DSN (MAIL FROM:<>) goes through with its null reverse-path intact."""
+    mid = new_id()
+    raw = make_message("Undelivered Mail Returned to Sender", b"bounce\r\n", mid)
+    with smtplib.SMTP("127.0.0.1", flow.postfix.smtpd_port, timeout=30) as smtp:
+        smtp.sendmail("", ["user@example.com"], raw)
+    flow.wait_arrived(mid)
+    (got,) = [m for m in flow.sink.messages if mid.encode() in m.data]
+    assert got.mail_from in ("", "<>")  # aiosmtpd (the sink) records <> as "<>"
