@@ -679,7 +679,7 @@ def report(res: Results, meta: Sequence[tuple[str, str]]) -> str:
     ]
     header = (
         "size", "conc", "mail-filter/s", "fuglu/s", "mf/fuglu", "spamd raw/s", "mf/raw",
-        ">=0.95", "mf CPU ms/msg", "target", "fuglu CPU ms/msg", "others mf/fuglu/raw",
+        ">=0.95", "mf CPU ms/msg", "fuglu CPU ms/msg", "others mf/fuglu/raw",
     )  # fmt: skip
     rows = []
     for size in SIZES:
@@ -694,7 +694,9 @@ def report(res: Results, meta: Sequence[tuple[str, str]]) -> str:
                 _num(ratio(mf.rate, fg.rate), 2),
                 _num(raw.rate), _num(vs_raw, 3),
                 _verdict(None if math.isnan(vs_raw) else vs_raw >= SPAMD_RAW_TARGET),
-                _num(mf.cpu_ms, 2), f"<={CPU_TARGET_MS[size]:g} {_cpu_verdict(mf)}",
+                # The CPU targets are the clamd-only table's (the wording);
+                # here spamd's children keep both cores busy and every wake-up costs more.
+                _num(mf.cpu_ms, 2),
                 _num(fg.cpu_ms, 2),
                 f"{_pair(mf.other_cores, fg.other_cores)}/{_num(raw.other_cores, 2)}",
             ))  # fmt: skip
