@@ -67,7 +67,8 @@ def parse_reply(raw: bytes) -> ScanResult:
     """Interpret one reply (with or without its trailing NUL)."""
     text = raw.rstrip(b"\0").rstrip(b"\r\n").decode("utf-8", "replace").strip()
     body = text.split(": ", 1)[1] if text.startswith("stream: ") else text
-    if body == "OK":
+    # Clean only on clamd's exact INSTREAM answer: anything else fails closed.
+    if text == "stream: OK":
         return ScanResult(Outcome.CLEAN)
     if body.endswith(" FOUND") and text.startswith("stream: "):
         return ScanResult(Outcome.VIRUS, body[: -len(" FOUND")].strip())

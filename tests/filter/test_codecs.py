@@ -177,3 +177,8 @@ def test_dot_stuffing_counts_bare_lfs_as_the_copy_did(pieces: list[bytes]) -> No
     """Any mix of CR, LF, CRLF and dots: the same payload as the copying version."""
     data = b"".join(pieces)
     assert _dot_stuff_by_copy(data) == smtp_out.dot_stuff(data)
+
+
+def test_clamd_bare_ok_is_not_clean() -> None:
+    """A reply of just "OK" (not clamd's "stream: OK") is an error, never clean."""
+    assert clamd.Outcome.ERROR == clamd.parse_reply(b"OK\0").outcome
