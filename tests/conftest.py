@@ -1,4 +1,10 @@
-"""Shared fixtures: short socket directories (AF_UNIX paths hold about 108 bytes)."""
+"""Shared fixtures: short socket directories (AF_UNIX paths hold about 108 bytes).
+
+Also the hypothesis profiles: by default the property-based tests draw the same
+examples on every run, so the README's test command (and CI) gives the same
+answer twice; ``pytest --hypothesis-profile=explore`` draws new, more examples
+to hunt for bugs (a failure found there is kept in .hypothesis/ and replayed).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
+settings.load_profile("default")
 
 
 @pytest.fixture
