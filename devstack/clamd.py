@@ -31,10 +31,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from devstack.ports import LOOPBACK
-from devstack.proc import check_config_path, check_unix_path, wait_until_ready
+from devstack.proc import Launcher, check_config_path, check_unix_path, wait_until_ready
 
 __all__ = [
     "EICAR",
@@ -92,7 +91,7 @@ def _ping(family: socket.AddressFamily, address: str | tuple[str, int], timeout:
     return answer == _PONG
 
 
-class Clamd:
+class Clamd(Launcher):
     """One clamd on ``socket_path`` (and ``127.0.0.1:tcp_port`` if given).
 
     ``disable_cache`` (default on) stops clamd from remembering clean results
@@ -281,18 +280,6 @@ SelfCheck 0
                 process.wait()
         self._process = None
         self.stop_seconds = time.monotonic() - began
-
-    def __enter__(self) -> Clamd:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"Clamd({self.workdir}, pid={self.pid}, tcp_port={self._tcp_port})"

@@ -31,11 +31,11 @@ import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from devstack.ports import LOOPBACK, free_port, wait_for_greeting
 from devstack.proc import (
     UNIX_PATH_MAX,
+    Launcher,
     check_config_path,
     check_traversable,
     is_running,
@@ -101,7 +101,7 @@ def _lookup_key(user: str) -> str:
     return user.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
 
 
-class Dovecot:
+class Dovecot(Launcher):
     """One Dovecot IMAP server on 127.0.0.1 with passwd-file users.
 
     ``users`` maps login names (``alice@example.com``) to clear-text passwords.
@@ -392,18 +392,6 @@ service imap-login {{
             return
         # The master stops its children and removes master.pid itself (~1 s).
         stop_pid(pid, timeout, cmdline_contains=str(self.config_path))
-
-    def __enter__(self) -> Dovecot:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- users and mail -----------------------------------------------------
 

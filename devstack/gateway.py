@@ -15,11 +15,11 @@ import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
 
 from devstack.clamd import Clamd
 from devstack.ports import free_port
 from devstack.postfix import Postfix
+from devstack.proc import Launcher
 from devstack.saslimapd import FilterDaemon
 from devstack.sink import SmtpSink
 from devstack.spamd import Spamd
@@ -41,7 +41,7 @@ smtp-amavis unix - - n - {procs} smtp
 """
 
 
-class MailChain:
+class MailChain(Launcher):
     """clamd + spamd + mail-filter between two Postfix listeners, ending in a sink."""
 
     def __init__(
@@ -111,18 +111,6 @@ class MailChain:
     def stop(self) -> None:
         """Stop everything that was started."""
         self._stack.close()
-
-    def __enter__(self) -> MailChain:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def smtpd_port(self) -> int:

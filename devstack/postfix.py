@@ -28,10 +28,10 @@ import pwd
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from devstack.ports import LOOPBACK, free_port, wait_for_greeting
 from devstack.proc import (
+    Launcher,
     check_config_path,
     check_traversable,
     check_unix_path,
@@ -79,7 +79,7 @@ postlog    unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class Postfix:
+class Postfix(Launcher):
     """One Postfix MTA whose smtpd listens on 127.0.0.1:``smtpd_port`` only.
 
     SASL: pass ``sasl_saslauthd_path`` (libsasl -> saslauthd mux socket, the
@@ -346,15 +346,3 @@ class Postfix:
                 log.warning("postfix reload: pids %s still run the old configuration", lingering)
                 return
             time.sleep(0.01)
-
-    def __enter__(self) -> Postfix:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -17,9 +17,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 __all__ = [
     "UNIX_PATH_MAX",
+    "Launcher",
     "check_config_path",
     "check_traversable",
     "check_unix_path",
@@ -31,6 +34,31 @@ __all__ = [
     "stop_pid",
     "tail",
 ]
+
+
+class Launcher:
+    """A daemon wrapper that is also a context manager: started on entry, stopped on exit."""
+
+    def start(self) -> None:
+        """Start the daemon and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        """Stop the daemon (a no-op when it is not running)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
 
 UNIX_PATH_MAX = 107
 """Longest usable AF_UNIX path in bytes (sun_path is 108 bytes with the NUL)."""

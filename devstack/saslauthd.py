@@ -18,9 +18,9 @@ import socket
 import struct
 import time
 from pathlib import Path
-from types import TracebackType
 
 from devstack.proc import (
+    Launcher,
     check_traversable,
     check_unix_path,
     is_running,
@@ -75,7 +75,7 @@ def saslauthd_check(
         return _recv_exact(sock, length).decode("utf-8", "replace")
 
 
-class RimapSaslauthd:
+class RimapSaslauthd(Launcher):
     """``saslauthd -a rimap`` checking passwords against ``imap_host:imap_port``.
 
     Runs with ``-r`` so that libsasl's split of ``user@domain`` into login and
@@ -169,15 +169,3 @@ class RimapSaslauthd:
         # so a benchmark's next instance starts from a clean slate.
         for worker in pids_matching(self.argv()[0], str(self.workdir)):
             stop_pid(worker, timeout, cmdline_contains=str(self.workdir))
-
-    def __enter__(self) -> RimapSaslauthd:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,10 +16,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from types import TracebackType
 
 from devstack.ports import free_port
-from devstack.proc import tail
+from devstack.proc import Launcher, tail
 from filter.config import Config as FilterConfig
 from saslimap.config import Config
 
@@ -47,7 +46,7 @@ def _toml(settings: Mapping[str, Mapping[str, object]], sections: Sequence[str])
     return "\n".join(lines)
 
 
-class ChildDaemon:
+class ChildDaemon(Launcher):
     """A daemon of ours run from its config file: start, wait until ready, signal, stop."""
 
     module = ""  # "saslimap.cli" or "filter.cli"
@@ -123,18 +122,6 @@ class ChildDaemon:
     def log_text(self) -> str:
         """Everything the daemon logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> ChildDaemon:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class SaslimapDaemon(ChildDaemon):

@@ -21,13 +21,13 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from devstack.ports import LOOPBACK, free_port
+from devstack.proc import Launcher
 
 __all__ = ["Received", "SmtpSink"]
 
@@ -91,7 +91,7 @@ class _Handler:
         return self._sink._record(envelope)
 
 
-class SmtpSink:
+class SmtpSink(Launcher):
     """An SMTP server on 127.0.0.1:``port`` that records every message it accepts.
 
     ``refuse_rcpt`` names recipients (compared case-insensitively) answered
@@ -233,18 +233,6 @@ class SmtpSink:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
-
-    def __enter__(self) -> SmtpSink:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         running = self._controller is not None

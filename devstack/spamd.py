@@ -33,10 +33,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from devstack.ports import LOOPBACK, free_port
 from devstack.proc import (
+    Launcher,
     check_config_path,
     check_traversable,
     child_pids,
@@ -72,7 +72,7 @@ def _ping(port: int, timeout: float) -> bool:
     return answer.startswith(_PONG)
 
 
-class Spamd:
+class Spamd(Launcher):
     """One spamd on 127.0.0.1:``port`` with ``children`` pre-forked children.
 
     ``allow_tell`` adds ``--allow-tell`` so clients may learn spam/ham
@@ -266,18 +266,6 @@ bayes_auto_learn 0
         # the next start() on the same port must not find it still bound.
         for child in children:
             stop_pid(child, timeout, cmdline_contains="spamd")
-
-    def __enter__(self) -> Spamd:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"Spamd({self.workdir}, pid={self.pid}, port={self._port})"
