@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -61,3 +62,25 @@ def test_info_line_goes_through_logging_when_others_listen(
     with caplog.at_level(logging.INFO):
         logs.info_line(logging.getLogger("saslimap.service"), "seen by all")
     assert ["seen by all"] == [r.getMessage() for r in caplog.records]
+
+
+async def test_info_line_soon_writes_after_the_turn_in_order(daemon_logging: io.StringIO) -> None:
+    """Deferred lines are written, in order, once the event loop turns; flush_all forces them."""
+    log = logging.getLogger("saslimap.service")
+    logs.info_line_soon(log, "first")
+    logs.info_line_soon(log, "second")
+    logs.flush_all()
+    assert ["first", "second"] == [
+        line.rsplit(": ", 1)[1] for line in daemon_logging.getvalue().splitlines()
+    ]
+    logs.info_line_soon(log, "third")
+    await asyncio.sleep(0)
+    logs.flush_all()
+    assert daemon_logging.getvalue().endswith("saslimap.service: third\n")
+
+
+def test_info_line_soon_without_a_loop_writes_now(daemon_logging: io.StringIO) -> None:
+    """Outside an event loop the line is written at once."""
+    logs.info_line_soon(logging.getLogger("saslimap.service"), "now")
+    logs.flush_all()
+    assert daemon_logging.getvalue().endswith("saslimap.service: now\n")

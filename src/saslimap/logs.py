@@ -131,8 +131,48 @@ def setup(prog: str, level: str = "info") -> BufferedLineHandler:
     return handler
 
 
+class _Deferred:
+    """Lines to write at the event loop's next turn, all in one callback."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[logging.Logger, str]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, logger: logging.Logger, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            info_line(logger, message)
+            return
+        if self.lines and loop is not self.loop:
+            self.write()  # left over from a loop that is gone
+        if not self.lines:
+            self.loop = loop
+            loop.call_soon(self.write)
+        self.lines.append((logger, message))
+
+    def write(self) -> None:
+        lines, self.lines = self.lines, []
+        for logger, message in lines:
+            info_line(logger, message)
+
+
+_deferred = _Deferred()
+
+
+def info_line_soon(logger: logging.Logger, message: str) -> None:
+    """:func:`info_line` once the event loop has finished its current turn.
+
+    For a cache hit answered in microseconds: its reply goes out before its line
+    is formatted and written (at concurrency 1 the client waited for the line).
+    Lines of one turn are written by one callback; without a running loop, now.
+    """
+    _deferred.add(logger, message)
+
+
 def flush_all() -> None:
     """Write out every buffered log line now (on exit, and from :func:`keep_flushing`)."""
+    _deferred.write()
     for handler in logging.getLogger().handlers:
         handler.flush()
 

@@ -293,7 +293,7 @@ class Authenticator:
             if self.cache.is_fresh(seen.entry, self._hasher.digest_raw(seen.user, raw)):
                 self.metrics.count_hit("positive")
                 self.metrics.count_request("ok")
-                logs.info_line(log, seen.line)
+                logs.info_line_soon(log, seen.line)
                 return seen.ok
         try:
             decided = self._decide(login, password, service, realm, client_addr)
