@@ -41,7 +41,7 @@ from typing import IO, Any
 from bench.common import no_interrupts, ratio, run_main, say
 from devstack.dovecot import Dovecot
 from devstack.ports import free_port
-from devstack.proc import pids_matching
+from devstack.proc import pids_matching, terminate
 from devstack.saslauthd import RimapSaslauthd
 from devstack.tls import make_tls
 from saslimap import client
@@ -440,13 +440,8 @@ class SaslimapProcess:
         return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc is not None:
+            terminate(self.proc, STOP_TIMEOUT)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -80,7 +80,7 @@ from bench.mux_load import (
     encode,
 )
 from devstack.dovecot import Dovecot
-from devstack.proc import pids_matching
+from devstack.proc import pids_matching, terminate
 from devstack.saslauthd import RimapSaslauthd
 from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles, make_tls
@@ -656,23 +656,13 @@ def start_floor(root: Path, dovecot: Dovecot, cleanup: contextlib.ExitStack) -> 
     """bench.bare_mux in a process of its own: the socket work alone, for reference."""
     path = root / "floor.sock"
     proc = subprocess.Popen([sys.executable, "-m", "bench.bare_mux", str(path)])
-    cleanup.callback(stop_process, proc)
+    cleanup.callback(terminate, proc, 5)
     deadline = time.monotonic() + 10
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("bench.bare_mux did not start")
         time.sleep(0.02)
     return Target(FLOOR_HITS, path, lambda: [proc.pid] if proc.poll() is None else [], dovecot)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def section_hits(

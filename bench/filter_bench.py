@@ -59,7 +59,7 @@ from bench.auth_bench import _loadavg, _source_state, machine_busy_cpu, percenti
 from bench.common import no_interrupts, ratio, run_main, say
 from devstack.clamd import Clamd
 from devstack.ports import LOOPBACK, free_port, wait_for_greeting
-from devstack.proc import child_pids, stop_pid, tail
+from devstack.proc import child_pids, stop_pid, tail, terminate
 from devstack.saslimapd import FilterDaemon
 from devstack.spamd import Spamd
 from filter.spamd import encode_request, parse_report, parse_response
@@ -165,13 +165,8 @@ class Sink:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            terminate(proc, 10)
 
 
 def ensure_fuglu(venv: Path) -> str:
@@ -281,13 +276,7 @@ port={self.clamd_socket}
         if proc is None:
             return
         children = child_pids(proc.pid) if proc.poll() is None else []
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 20)
         for child in children:
             stop_pid(child, 10)
 

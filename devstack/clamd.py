@@ -33,7 +33,13 @@ import time
 from pathlib import Path
 
 from devstack.ports import LOOPBACK
-from devstack.proc import Launcher, check_config_path, check_unix_path, wait_until_ready
+from devstack.proc import (
+    Launcher,
+    check_config_path,
+    check_unix_path,
+    terminate,
+    wait_until_ready,
+)
 
 __all__ = [
     "EICAR",
@@ -268,16 +274,8 @@ SelfCheck 0
         if process is None:
             return
         began = time.monotonic()
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "clamd %s ignored SIGTERM for %.1f s; killing it", self.workdir, timeout
-                )
-                process.kill()
-                process.wait()
+        if terminate(process, timeout):
+            log.warning("clamd %s ignored SIGTERM for %.1f s; killed it", self.workdir, timeout)
         self._process = None
         self.stop_seconds = time.monotonic() - began
 

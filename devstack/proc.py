@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "UNIX_PATH_MAX",
@@ -33,6 +33,7 @@ __all__ = [
     "run_checked",
     "stop_pid",
     "tail",
+    "terminate",
 ]
 
 
@@ -58,6 +59,23 @@ class Launcher:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> bool:
+    """SIGTERM a child we started and reap it; SIGKILL it after ``timeout`` seconds.
+
+    Returns True if it had to be killed.  A child that already exited is only reaped.
+    """
+    if process.poll() is not None:
+        return False
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return True
+    return False
 
 
 UNIX_PATH_MAX = 107

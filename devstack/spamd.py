@@ -42,6 +42,7 @@ from devstack.proc import (
     child_pids,
     run_checked,
     stop_pid,
+    terminate,
     wait_until_ready,
 )
 
@@ -254,13 +255,7 @@ bayes_auto_learn 0
         if process is None:
             return
         children = child_pids(process.pid) if process.poll() is None else []
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, timeout)
         self._process = None
         # A child busy with a long message may outlive the master briefly;
         # the next start() on the same port must not find it still bound.
