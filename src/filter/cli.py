@@ -91,6 +91,7 @@ def _learn(args: argparse.Namespace) -> int:
     except ConfigError as err:
         log.error("configuration error: %s", err)
         return EX_CONFIG
+    logging.getLogger().setLevel(cfg.logging.level.upper())
     teach = (
         learn.sa_learn_teacher(cfg.learn)
         if cfg.learn.method == "sa-learn"

@@ -274,6 +274,9 @@ class Learner:
         for start in range(0, len(uids), self.cfg.batch_size):
             batch = uids[start : start + self.cfg.batch_size]
             fetched = client.fetch(batch, [b"BODY.PEEK[]"])
+            log.debug(
+                "learn: %s: fetched %d of UIDs %d-%d", folder, len(fetched), batch[0], batch[-1]
+            )
             messages: dict[int, bytes] = {}
             for uid in batch:
                 message = fetched.get(uid, {}).get(b"BODY[]")

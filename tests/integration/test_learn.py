@@ -3,6 +3,7 @@ or a real sa-learn on a Bayes database of the test's own."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -78,8 +79,10 @@ def setup(workroot: Path, tls: TlsFiles) -> Iterator[LearnSetup]:
                     "state_file": str(state),
                     "batch_size": 3,
                 },
+                # DEBUG, so the test below also shows no level reveals the password.
+                "logging": {"level": "debug"},
             },
-            ("spamd", "learn"),
+            ("spamd", "learn", "logging"),
         )
     )
     yield LearnSetup(dovecot, spamd, config, state)
@@ -100,7 +103,10 @@ def test_learns_each_message_once(setup: LearnSetup) -> None:
     assert 0 == second.returncode, second.stderr
     assert "learn: spam=0 ham=0" in second.stderr
     assert (5, 5) == setup.spamd.learned_counts()
-    assert ADMIN_PW not in first.stderr + second.stderr
+    plain = base64.b64encode(f"\0{ADMIN}\0{ADMIN_PW}".encode()).decode()
+    assert "DEBUG filter.learn" in first.stderr  # [logging] level is honoured
+    for secret in (ADMIN_PW, plain):
+        assert secret not in first.stderr + second.stderr
 
 
 def test_dry_run_changes_nothing(setup: LearnSetup) -> None:
