@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from saslimap import protocol
-from saslimap.config import ServerConfig, UsersConfig
+from saslimap.config import LimitsConfig, ServerConfig, UsersConfig
 from saslimap.server import MuxServer, SocketInUse, bind_unix_socket
 from saslimap.service import Authenticator
 from tests.fakes import FakeBackend
@@ -217,3 +217,31 @@ def test_socket_group_is_applied(sockdir: Path) -> None:
         assert group.gr_gid == os.stat(sockdir / "mux").st_gid
     finally:
         sock.close()
+
+
+async def test_each_request_is_decided_once(
+    sockdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the socket, with a failure delay: one log line and one count per request."""
+    cfg = ServerConfig(socket=sockdir / "mux", read_timeout=0.3)
+    auth = Authenticator(
+        UsersConfig(),
+        FakeBackend({"alice@example.com": "right pw"}),
+        limits=LimitsConfig(failure_delay=0.01),
+    )
+    server = MuxServer(cfg, auth)
+    await server.start()
+    running = Running(server, FakeBackend(), cfg.socket)
+    try:
+        with caplog.at_level("INFO", logger="saslimap.service"):
+            for password in (b"wrong", b"wrong", b"right pw"):
+                await running.ask(b"alice@example.com", password)
+            await asyncio.sleep(0)
+    finally:
+        await server.drain(1.0)
+    assert 3 == len([r for r in caplog.records if r.getMessage().startswith("auth ")])
+    sample = auth.metrics.registry.get_sample_value
+    assert 2.0 == sample("saslimap_requests_total", {"result": "no"})
+    assert 1.0 == sample("saslimap_requests_total", {"result": "ok"})
+    assert 1.0 == sample("saslimap_cache_hits_total", {"kind": "negative"})
+    assert 2.0 == sample("saslimap_cache_misses_total")

@@ -44,7 +44,7 @@ class Checker(Protocol):
 
     @property
     def failure_delay(self) -> float:
-        """Seconds NO answers are delayed (then they go through :meth:`verify`)."""
+        """Seconds NO answers are delayed (then they go through :meth:`finish`)."""
         ...
 
     def decide(
@@ -53,14 +53,8 @@ class Checker(Protocol):
         """Answer now if no IMAP login is needed."""
         ...
 
-    async def complete(self, pending: Pending) -> Result:
-        """Ask the IMAP server."""
-        ...
-
-    async def verify(
-        self, login: bytes, password: bytes, service: bytes, realm: bytes, client_addr: str = ""
-    ) -> Result:
-        """Decide, then complete if needed (with any failure delay)."""
+    async def finish(self, decided: Result | Pending) -> Result:
+        """Ask the IMAP server if :meth:`decide` could not answer; apply any failure delay."""
         ...
 
 
@@ -189,7 +183,7 @@ class _Connection(asyncio.Protocol):
         ):
             self._answer(decided)  # cache hits and refusals: no task, no await
         else:
-            self.server.spawn(self._check(req))
+            self.server.spawn(self._finish(decided))
 
     def eof_received(self) -> bool:
         if self.state is _State.READING:
@@ -207,12 +201,9 @@ class _Connection(asyncio.Protocol):
         self.server.forget(self)
 
     # -- our own steps -----------------------------------------------------
-    async def _check(self, req: protocol.Request) -> None:
+    async def _finish(self, decided: Result | Pending) -> None:
         try:
-            addr = (req.client_addr or b"").decode("ascii", "replace")
-            result = await self.server.checker.verify(
-                req.login, req.password, req.service, req.realm, addr
-            )
+            result = await self.server.checker.finish(decided)
         except Exception:
             # The policy never raises for bad input; anything here is our bug.
             log.exception("internal error while checking a request; answering tempfail")

@@ -261,11 +261,11 @@ class Authenticator:
         client_addr: str = "",
     ) -> Result:
         """Check one login and log one line about it; never raises for bad input."""
-        decided = self.decide(login, password, service, realm, client_addr)
-        if isinstance(decided, Result):
-            result = decided
-        else:
-            result = await self.complete(decided)
+        return await self.finish(self.decide(login, password, service, realm, client_addr))
+
+    async def finish(self, decided: Result | Pending) -> Result:
+        """What :meth:`decide` left: the IMAP login if needed, and any failure delay."""
+        result = decided if isinstance(decided, Result) else await self.complete(decided)
         if result.verdict is Verdict.NO and self.limits.failure_delay > 0:
             # Jitter so timing says nothing about why; not a secret, so plain random.
             await asyncio.sleep(self.limits.failure_delay * random.uniform(0.5, 1.5))  # noqa: S311
