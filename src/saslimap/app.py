@@ -12,8 +12,8 @@ cache).  Metrics live for the whole process, across reloads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -29,7 +29,7 @@ from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
 from saslimap.iplimits import IpLimiter
 from saslimap.metrics import Metrics, MetricsServer
-from saslimap.server import MuxServer, bind_unix_socket
+from saslimap.server import MuxServer, bind_unix_socket, unlink_if_ours
 from saslimap.service import Authenticator
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Daemon:
         self.server: MuxServer | None = None
         self.metrics_server: MetricsServer | None = None
         self.dovecot: DovecotAuthServer | None = None
+        self.dovecot_socket: tuple[Path, int] | None = None  # path and inode we bound
         self.stopping = asyncio.Event()
 
     async def run(self) -> int:
@@ -78,6 +79,7 @@ class Daemon:
             d = self.cfg.dovecot
             assert d.socket is not None
             sock = bind_unix_socket(d.socket, d.socket_mode, d.socket_group)
+            self.dovecot_socket = (d.socket, os.stat(d.socket).st_ino)
             self.dovecot = DovecotAuthServer(
                 self.auth, make_limiter(self.cfg), self.metrics, self.cfg.server.max_connections
             )
@@ -95,12 +97,13 @@ class Daemon:
         log.info(
             "stopping: no new connections; draining for up to %g s", self.cfg.server.drain_timeout
         )
-        await self.server.drain(self.cfg.server.drain_timeout)
+        # Both listeners stop accepting at once and share one drain deadline.
+        drains = [self.server.drain(self.cfg.server.drain_timeout)]
         if self.dovecot is not None:
-            await self.dovecot.drain(self.cfg.server.drain_timeout)
-            with contextlib.suppress(OSError):
-                assert self.cfg.dovecot.socket is not None
-                self.cfg.dovecot.socket.unlink()
+            drains.append(self.dovecot.drain(self.cfg.server.drain_timeout))
+        await asyncio.gather(*drains)
+        if self.dovecot_socket is not None:
+            unlink_if_ours(*self.dovecot_socket)
         self.auth.close()
         self.backend.close()
         if self.metrics_server is not None:

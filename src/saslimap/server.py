@@ -58,6 +58,13 @@ class Checker(Protocol):
         ...
 
 
+def unlink_if_ours(path: Path, inode: int) -> None:
+    """Remove a socket file we bound, unless a successor has replaced it meanwhile."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_ino == inode:
+            path.unlink()
+
+
 class SocketInUse(OSError):
     """Another process is already answering on the socket path."""
 
@@ -366,10 +373,6 @@ class MuxServer:
             await self._server.wait_closed()
 
     def _unlink(self) -> None:
-        # Remove the socket file only if it is still ours (not a successor's).
-        if self._path is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self._path).st_ino == self._inode:
-                self._path.unlink()
+        if self._path is not None and self._inode is not None:
+            unlink_if_ours(self._path, self._inode)
         self._path = None
