@@ -319,17 +319,24 @@ class Filter:
         return headers.edit(msg.data, prepend, remove, treatment.subject_prefix)
 
     async def _deliver(self, msg: Message, treatments: dict[str, Treatment], trace: Trace) -> str:
-        """Re-inject once per group of recipients with the same marks; "" if nobody gets it."""
+        """Re-inject once per group of recipients with the same marks; "" if nobody gets it.
+
+        Only a transaction carrying every recipient may hand a permanent refusal back
+        to Postfix (which then bounces for all of them); a group's refusal is otherwise
+        reported by our own DSN, so it never hides behind, or undoes, another's 250.
+        """
         groups: dict[Treatment, list[str]] = {}
         for rcpt, treatment in treatments.items():
             if treatment.destiny == "pass":
                 groups.setdefault(treatment, []).append(rcpt)
-        last = ""
+        answers: list[str] = []
         for treatment, rcpts in groups.items():
             qid = trace.quarantine_id if treatment.quarantine else ""
             data = self._marked(msg, treatment, trace, qid)
-            last = await self._reinject(msg, rcpts, data, trace)
-        return last
+            whole = len(rcpts) == len(msg.rcpt_tos)
+            answers.append(await self._reinject(msg, rcpts, data, trace, whole))
+        accepted = [a for a in answers if "from downstream" in a]
+        return accepted[0] if accepted else (answers[-1] if answers else "")
 
     async def _bounce_blocked(
         self, msg: Message, treatments: dict[str, Treatment], trace: Trace
@@ -398,7 +405,9 @@ class Filter:
             f" with ESMTP id {trace.filter_id}{rcpt}; {date}"
         )
 
-    async def _reinject(self, msg: Message, rcpts: list[str], data: bytes, trace: Trace) -> str:
+    async def _reinject(
+        self, msg: Message, rcpts: list[str], data: bytes, trace: Trace, whole: bool = True
+    ) -> str:
         params = [p for p in msg.mail_options if p.upper().startswith(("BODY=", "SMTPUTF8"))]
         params.insert(0, f"SIZE={len(data)}")
         if msg.smtputf8 and not any(p.upper() == "SMTPUTF8" for p in params):
@@ -408,9 +417,17 @@ class Filter:
             msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward
         )
         trace.timings["reinject"] = time.monotonic() - started
-        return await self._answer(msg, data, delivery, trace)
+        return await self._answer(msg, rcpts, data, delivery, trace, whole)
 
-    async def _answer(self, msg: Message, data: bytes, delivery: Delivery, trace: Trace) -> str:
+    async def _answer(
+        self,
+        msg: Message,
+        rcpts: list[str],
+        data: bytes,
+        delivery: Delivery,
+        trace: Trace,
+        whole: bool,
+    ) -> str:
         if delivery.error:
             self.metrics.reinject_failures.labels("connection").inc()
             raise _Tempfail(f"Could not hand the message back to Postfix ({delivery.error})")
@@ -422,6 +439,11 @@ class Filter:
                 self.metrics.reinject_failures.labels("temporary").inc()
                 raise _Tempfail(f"Downstream: {final}")
             self.metrics.reinject_failures.labels("permanent").inc()
+            if not whole:  # other recipients of the message may have it: our own DSN
+                refused_all = {r: _refusal(delivery.recipients.get(r), final) for r in rcpts}
+                await self._bounce(msg, data, refused_all, trace)
+                # 250: a 5xx now would make Postfix bounce a second time, for all.
+                return f"250 2.0.0 Ok, id={trace.filter_id}, refused downstream, DSN sent: {final}"
             firsts = [r for r in delivery.recipients.values() if not r.ok]
             return str(firsts[0] if firsts and firsts[0].code >= 500 else final)
         refused = {r: reply for r, reply in delivery.recipients.items() if not reply.ok}
@@ -481,6 +503,11 @@ class Filter:
             ms.get("total", "-"),
             _clean(reply),
         )
+
+
+def _refusal(rcpt_reply: Reply | None, final: Reply) -> Reply:
+    """Why one recipient of a refused transaction failed: its own RCPT reply, else DATA's."""
+    return rcpt_reply if rcpt_reply is not None and not rcpt_reply.ok else final
 
 
 def _clean(text: str) -> str:

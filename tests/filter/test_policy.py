@@ -149,6 +149,42 @@ async def test_per_recipient_split_one_deferred_means_451() -> None:
     assert (await f.handle(msg(GTUBE, "bob@example.com", "alice@example.com"))).startswith("451")
 
 
+@pytest.mark.parametrize("refused", ["bob@example.com", "alice@example.com"])
+async def test_per_recipient_split_one_refused_gets_our_dsn(refused: str) -> None:
+    """A group refused for good while another is delivered: 250 and our DSN, whatever the order."""
+    lists = Lists(whitelist=lst("news@shop.test  alice@example.com"))
+    f, fwd = make(lists=lists)
+    fwd.rcpt_replies[refused] = Reply(550, "5.1.1 no such user")
+    reply = await f.handle(msg(GTUBE, "bob@example.com", "alice@example.com"))
+    assert reply.startswith("250 2.0.0 Ok")
+    assert "from downstream" in reply
+    dsns = [s for s in fwd.sent if s.mail_from == ""]
+    assert [["news@shop.test"]] == [s.recipients for s in dsns]
+    assert refused.encode() in dsns[0].data
+
+
+async def test_per_recipient_split_all_refused_is_not_bounced_twice() -> None:
+    """Every group refused for good: our DSNs, and a 250 so Postfix does not bounce again."""
+    lists = Lists(whitelist=lst("news@shop.test  alice@example.com"))
+    f, fwd = make(lists=lists)
+    fwd.rcpt_replies["bob@example.com"] = Reply(550, "5.1.1 no such user")
+    fwd.rcpt_replies["alice@example.com"] = Reply(550, "5.1.1 no such user")
+    reply = await f.handle(msg(GTUBE, "bob@example.com", "alice@example.com"))
+    assert reply.startswith("250 2.0.0 Ok")
+    assert "DSN sent" in reply
+    assert 2 == len([s for s in fwd.sent if s.mail_from == ""])
+
+
+async def test_single_transaction_refusal_goes_back_to_postfix() -> None:
+    """Without a split, a permanent refusal is Postfix's to bounce (no DSN of ours)."""
+    f, fwd = make()
+    fwd.rcpt_replies["bob@example.com"] = Reply(550, "5.1.1 no such user")
+    assert (await f.handle(msg(b"Subject: hi\r\n\r\nhello\r\n", "bob@example.com"))).startswith(
+        "550"
+    )
+    assert [] == [s for s in fwd.sent if s.mail_from == ""]
+
+
 async def test_per_recipient_levels() -> None:
     """A recipient's own kill level overrides the global one (most specific entry wins)."""
     policy = PolicyConfig(
