@@ -210,6 +210,8 @@ class FilterSMTP(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         self._handler.forget(self)
         self._sock = None
+        if self.transport is None:
+            return  # refused at the cap: aiosmtpd never set this connection up
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

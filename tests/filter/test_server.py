@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import random
 from collections.abc import Sequence
 from typing import Any, cast
@@ -218,6 +219,7 @@ def test_quick_constructor_sets_what_aiosmtpds_sets() -> None:
         full = FilterSMTP(handler, **kwargs, auth_required=False)
         return described(quick), described(full)
 
+    assert server.SHORTCUTS, "the installed aiosmtpd is not the series the shortcuts mirror"
     quick, full = asyncio.run(build())
     assert full.keys() == quick.keys()
     assert full == quick
@@ -235,3 +237,26 @@ def test_smtp_methods_table_matches_aiosmtpds() -> None:
     assert expected == asyncio.run(build())
     assert "XFORWARD" in expected
     assert issubclass(FilterSMTP, SMTP)
+
+
+async def test_connection_over_the_cap_gets_421_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Beyond max_connections a client gets 421 and the filter logs no traceback."""
+    handler = Handler(cast(Filter, FakeService()), max_connections=1)
+    srv = await start_server(
+        handler, "127.0.0.1", 0, hostname="filter.test", data_size_limit=SIZE_LIMIT, idle_timeout=10
+    )
+    port = cast(asyncio.Server, srv).sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(5):
+            first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+            assert (await first_reader.readline()).startswith(b"220")
+            reader, second = await asyncio.open_connection("127.0.0.1", port)
+            assert (await reader.read()).startswith(b"421")
+        second.close()
+        first.close()
+        await asyncio.sleep(0.05)
+    finally:
+        srv.close()
+    assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
