@@ -95,7 +95,7 @@ def _learn(args: argparse.Namespace) -> int:
     teach = (
         learn.sa_learn_teacher(cfg.learn)
         if cfg.learn.method == "sa-learn"
-        else learn.spamd_teacher(cfg.learn, cfg.spamd.address)
+        else learn.spamd_teacher(cfg.learn, cfg.spamd.address, cfg.spamd.user)
     )
     many = learn.sa_learn_batch_teacher(cfg.learn) if cfg.learn.method == "sa-learn" else None
     started = time.monotonic()

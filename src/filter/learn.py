@@ -121,12 +121,16 @@ Teacher = Callable[[bytes, str, bool], str]  # (message, class, forget) -> resul
 BatchTeacher = Callable[[Sequence[bytes], str], int]  # (messages, class) -> newly learned
 
 
-def spamd_teacher(cfg: LearnConfig, spamd_address: str) -> Teacher:
-    """Teach through spamd's TELL (spamd must run with --allow-tell)."""
+def spamd_teacher(cfg: LearnConfig, spamd_address: str, user: str = "") -> Teacher:
+    """Teach through spamd's TELL (spamd must run with --allow-tell).
+
+    ``user``: [spamd] user, so TELL trains the Bayes database SYMBOLS scores with.
+    """
     client = SpamdClient(spamd_address, timeout=cfg.timeout)
 
     def teach(message: bytes, klass: str, forget: bool) -> str:
-        response = asyncio.run(client.exchange(encode_tell(message, klass, remove=forget)))
+        request = encode_tell(message, klass, remove=forget, user=user)
+        response = asyncio.run(client.exchange(request))
         if response.code != 0:
             raise SpamdError("protocol", f"TELL refused: {response.code} {response.message}")
         done = response.headers.get("didremove" if forget else "didset", "")
@@ -199,6 +203,7 @@ def connect(cfg: LearnConfig) -> Any:
     """A logged-in IMAPClient (TLS as the URL says; certificates verified)."""
     target = parse_imap_url(cfg.imap_url, "learn.imap_url")
     context = None if target.scheme == "imap+plaintext" else make_ssl_context(cfg.ca_file)
+    password = _password(cfg)
     try:
         client = IMAPClient(
             target.host, port=target.port, ssl=target.scheme == "imaps",
@@ -208,11 +213,14 @@ def connect(cfg: LearnConfig) -> Any:
         if target.scheme == "imap":
             client.starttls(context)
         if b"AUTH=PLAIN" in client.capabilities():
-            client.plain_login(cfg.username, _password(cfg))
+            client.plain_login(cfg.username, password)
         else:
-            client.login(cfg.username, _password(cfg))
+            client.login(cfg.username, password)
     except Exception as err:  # every library failure: no learning possible
-        raise LearnError(f"IMAP {target}: {type(err).__name__}: {err}") from None
+        # The error text is logged: it must never carry the password, should a
+        # library ever echo the command it failed on.
+        detail = str(err).replace(password, "***") if password else str(err)
+        raise LearnError(f"IMAP {target}: {type(err).__name__}: {detail}") from None
     return client
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("clean", "spam", "virus", "tempfail", "rejected")
+OUTCOMES = ("clean", "spam", "virus", "banned", "tempfail", "rejected")  # service.Label
 SCANNERS = ("clamd", "spamd")
 ERROR_KINDS = ("connect", "timeout", "protocol", "error")
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from filter.config import LearnConfig
-from filter.learn import MAX_TRIES, Learner, State
-from filter.spamd import SpamdError
+from filter.learn import MAX_TRIES, Learner, State, spamd_teacher
+from filter.spamd import Response, SpamdClient, SpamdError
 
 
 class FakeMailbox:
@@ -154,3 +154,17 @@ def test_class_change_goes_through_forget_then_learn(cfg: LearnConfig) -> None:
     single, many = FlakyTeacher(set()), BatchTeacher()
     totals = Learner(cfg, single, teach_many=many).run(box)
     assert ([], [b"moved", b"moved"], 1) == (many.calls, single.taught, totals.relearned)
+
+
+def test_tell_names_the_spamd_user(cfg: LearnConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TELL carries [spamd] user, so it trains the Bayes database SYMBOLS scores with."""
+    sent: list[bytes] = []
+
+    async def exchange(self: SpamdClient, request: bytes) -> Response:
+        sent.append(request)
+        return Response(0, "EX_OK", {"didset": "local"}, b"")
+
+    monkeypatch.setattr(SpamdClient, "exchange", exchange)
+    teach = spamd_teacher(cfg, "127.0.0.1:783", "filter")
+    assert "learned" == teach(b"Subject: x\r\n\r\nx\r\n", "spam", False)
+    assert b"\r\nUser: filter\r\n" in sent[0]
