@@ -28,7 +28,7 @@ Phase 2 (``--tell N``, default 1,000; 0 skips) teaches a real spamd
 folder of N messages, then a second run that finds nothing new; reports
 messages/s and Bayes' nspam afterwards.  Phase 3 (``--sa-learn N``, default
 20; 0 skips) does the same with ``method = "sa-learn"`` on a Bayes path of
-its own (one sa-learn process per message, hence few messages).
+its own (one sa-learn run per fetched batch).
 
 Everything listens on 127.0.0.1; every learn run is bounded by ``--timeout``
 and killed after it; Dovecot and spamd are stopped on exit, error, Ctrl-C or

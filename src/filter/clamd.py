@@ -101,8 +101,8 @@ class ClamdClient:
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         kind, where = self._where
         if kind == "unix":
-            return await asyncio.open_unix_connection(str(where))
-        return await asyncio.open_connection(kind, where)
+            return await asyncio.open_unix_connection(str(where), limit=MAX_REPLY)
+        return await asyncio.open_connection(kind, where, limit=MAX_REPLY)
 
     async def scan(self, data: bytes) -> ScanResult:
         """Scan ``data``; raises :class:`ClamdError` when clamd gives no verdict."""
@@ -132,16 +132,3 @@ class ClamdClient:
         # An ERROR reply (including clamd's own "INSTREAM size limit exceeded")
         # comes back as Outcome.ERROR: the caller treats it as "not scanned".
         return parse_reply(raw)
-
-    async def ping(self) -> bool:
-        """Whether clamd answers ``zPING``."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await self._open()
-                try:
-                    writer.write(b"zPING\0")
-                    return await reader.readuntil(b"\0") == b"PONG\0"
-                finally:
-                    writer.close()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
-            return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from filter.headers import split
 from filter.smtp_out import Reply
@@ -76,8 +76,3 @@ def _status(reply: Reply) -> str:
     if len(parts) == 3 and all(p.isdigit() for p in parts):
         return first
     return f"{reply.code // 100}.0.0"
-
-
-def recipients_needing_dsn(sender: str, failed: Sequence[str]) -> bool:
-    """Whether a DSN may be sent at all: never to the null sender (no bounce of a bounce)."""
-    return bool(sender) and bool(failed)

@@ -150,10 +150,6 @@ class CredentialCache:
             return Freshness.REFRESH
         return Freshness.STALE
 
-    def matches(self, key: Key, password: str) -> bool:
-        """Whether ``password`` is the user's cached verified password (of any age)."""
-        return self.lookup(key, password) is not None
-
     def store(self, key: Key, password: str) -> None:
         """Remember a password the IMAP server just accepted."""
         if self._store.maxsize > 0:

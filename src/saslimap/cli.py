@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import sys
 from pathlib import Path
 
-from saslimap import app, client, daemon, logs
+from saslimap import app, client, daemon
 from saslimap.config import ConfigError, ServerConfig
 
 EX_CONFIG = daemon.EX_CONFIG
 DEFAULT_CONFIG = Path("/etc/saslimap/saslimap.toml")
-
-log = logging.getLogger("saslimap")
-
-
-def _setup_logging(level: str = "info") -> None:
-    logs.setup("saslimap", level)
 
 
 def _parser() -> argparse.ArgumentParser:

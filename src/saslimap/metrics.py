@@ -16,11 +16,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from saslimap.imap import BackendUnavailable
+
 log = logging.getLogger(__name__)
 
 RESULTS = ("ok", "no", "tempfail", "ratelimited", "bad_request")
 CACHE_KINDS = ("positive", "negative", "stale")
-IMAP_ERROR_KINDS = ("connect", "timeout", "tls", "starttls", "protocol", "closed", "busy")
+IMAP_ERROR_KINDS = BackendUnavailable.KINDS
 
 
 class _Tally(Collector):
