@@ -1,7 +1,9 @@
 """Generate docs/configuration.md from the commented TOML files in conf/.
 
-The TOML files are the reference (every key with its comment and default);
-this renders them as Markdown tables.  ``python -m devstack.confdoc`` rewrites
+The TOML files are the reference (every key with its comment and the value
+the shipped file sets, which for a few keys, such as the IMAP URL or the
+socket path under Postfix's chroot, is an example rather than the built-in
+default); this renders them as Markdown tables.  ``python -m devstack.confdoc`` rewrites
 the file; a test fails when it is out of date.
 """
 
@@ -25,7 +27,9 @@ def render() -> str:
         "",
         "Generated from `conf/saslimap.toml` and `conf/filter.toml` by",
         "`python -m devstack.confdoc`; those files are the source (copy them to /etc and",
-        "edit). A test keeps this page in step.",
+        "edit). A test keeps this page in step. The middle column is the value the shipped",
+        "file sets: for a few keys (the IMAP URL, socket paths, allowed domains) an",
+        "example for this gateway, not the built-in default.",
         "",
     ]
     for program, path in SOURCES:
@@ -43,7 +47,7 @@ def render() -> str:
                 out += ["", f"### `[{section}]`", ""]
                 if comment and "." in section:
                     out += [" ".join(c for c in comment if c), ""]
-                out += ["| key | default | meaning |", "|---|---|---|"]
+                out += ["| key | in conf/ | meaning |", "|---|---|---|"]
                 comment = []
             elif match := _KEY.match(line):
                 value = match.group(2)
