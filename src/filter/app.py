@@ -152,6 +152,14 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     cfg = config_mod.load(path)
     for key, value in overrides.items():
         cfg = config_mod.override(cfg, key, value)
+    if cfg.server.max_message_size > cfg.clamd.max_stream:
+        # Such a message could never be scanned: it would be deferred (451) on every
+        # try until Postfix bounces it days later, instead of a 552 at once.
+        raise ConfigError(
+            f"server.max_message_size ({cfg.server.max_message_size}) exceeds"
+            f" clamd.max_stream ({cfg.clamd.max_stream}): larger messages could never be"
+            " scanned; lower the first or raise both (and clamd's StreamMaxLength)"
+        )
     load_lists(cfg)  # validate the list files now: a bad line is a config error (exit 78)
     return cfg
 

@@ -61,7 +61,7 @@ class ServerConfig:
     listen: str = opt("127.0.0.1:10024", _hostport)
     hostname: str = opt("", string)  # for our Received line and X-Virus-Scanned; "" = FQDN
     max_connections: int = opt(32, integer(1, 10_000))
-    max_message_size: int = opt(50 * 1024 * 1024, _size)
+    max_message_size: int = opt(25 * 1024 * 1024, _size)  # at most clamd.max_stream
     message_timeout: float = opt(480.0, number(1, 3600))
     idle_timeout: float = opt(300.0, number(1, 3600))
     drain_timeout: float = opt(60.0, number(0, 3600))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from filter import cli
+from filter import app, cli
 from filter.config import Config, ConfigError, from_mapping, load
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter.toml"
@@ -52,3 +52,11 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     bad.write_text("[server]\nmax_connections = 0\n")
     assert 78 == cli.main(["check-config", str(bad)])
     assert 78 == cli.main(["serve", "--config", str(bad)])
+
+
+def test_message_size_above_what_clamd_takes_is_refused(tmp_path: Path) -> None:
+    """max_message_size over clamd.max_stream is a config error naming both keys."""
+    bad = tmp_path / "f.toml"
+    bad.write_text("[server]\nmax_message_size = 2000\n[clamd]\nmax_stream = 1000\n")
+    with pytest.raises(ConfigError, match=r"server.max_message_size .* clamd.max_stream"):
+        app.load_config(bad, {})
