@@ -81,6 +81,7 @@ class Daemon:
         self.service, self.reinjector = build_filter(cfg, self.metrics)
         self.handler = Handler(self.service, cfg.server.max_connections)
         self.stopping = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()  # old re-injection pools after reloads
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT."""
@@ -137,12 +138,20 @@ class Daemon:
         if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
             log.warning("reload: [server] and [metrics] changes take effect only after a restart")
         old = self.reinjector
-        self.service, self.reinjector = build_filter(
-            replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics
-        )
+        try:
+            # Reads the list files again: one may have changed since load_config checked it.
+            self.service, self.reinjector = build_filter(
+                replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics
+            )
+        except ConfigError as err:
+            log.error("reload failed, keeping the current configuration: %s", err)
+            sdnotify.notify("READY=1")
+            return
         self.handler.service = self.service
         self.cfg = new
-        asyncio.get_running_loop().create_task(old.close())
+        closing = asyncio.get_running_loop().create_task(old.close())
+        self._closing.add(closing)  # a task nobody references may be collected mid-way
+        closing.add_done_callback(self._closing.discard)
         log.info("reloaded configuration from %s", self.config_path or "flags")
         sdnotify.notify("READY=1")
 
