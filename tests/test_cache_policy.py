@@ -142,6 +142,29 @@ async def test_budget_stops_distinct_wrong_passwords() -> None:
     assert "ratelimited" == result.label
 
 
+async def test_budget_holds_against_a_burst_decided_in_one_loop_turn() -> None:
+    """Guesses decided together, before any IMAP check has started, still reach IMAP at most
+    the budget's worth (the mux server decides a whole event-loop turn's requests at once)."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=10))
+    decided = [auth.decide(USER, f"guess {n}", "smtp") for n in range(30)]
+    results = await asyncio.gather(*(auth.finish(d) for d in decided))
+    assert 10 == len(backend.calls)
+    assert [Verdict.NO] * 10 + [Verdict.TEMPFAIL] * 20 == [r.verdict for r in results]
+    assert {"ratelimited"} == {r.label for r in results[10:]}
+    assert Verdict.NO == await check(auth, "guess 99")  # the budget is now spent for real
+    assert 10 == len(backend.calls)
+
+
+async def test_checks_without_verdict_hold_against_a_burst() -> None:
+    """During an outage, guesses decided together reach IMAP at most the budget's worth."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=5))
+    backend.down = "timeout"
+    decided = [auth.decide(USER, f"guess {n}", "smtp") for n in range(20)]
+    results = await asyncio.gather(*(auth.finish(d) for d in decided))
+    assert 5 == len(backend.calls)
+    assert {Verdict.TEMPFAIL} == {r.verdict for r in results}
+
+
 async def test_budget_never_locks_out_the_cached_password() -> None:
     """Over budget, the user's cached verified password still gets OK."""
     auth, _, _ = make(limits=LimitsConfig(failure_budget=3))

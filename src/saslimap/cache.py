@@ -230,6 +230,10 @@ class FailureBudget:
             return False
         return len(self._recent(user)) + self._in_flight.get(user, 0) >= self.limit
 
+    def spent(self, user: str) -> bool:
+        """Whether the user's failures alone, without checks in flight, use up the budget."""
+        return 0 < self.limit <= len(self._recent(user))
+
     def begin(self, user: str) -> None:
         """A check that may spend budget has started."""
         self._in_flight[user] = self._in_flight.get(user, 0) + 1

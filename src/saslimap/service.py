@@ -306,13 +306,13 @@ class Authenticator:
     async def complete(self, pending: Pending) -> Result:
         """Ask the IMAP server for a check :meth:`decide` could not answer; logs it."""
         user = pending.key[0]
-        self.budget.begin(user)
         try:
             result = await self._ask_imap(
                 pending.key, pending.password, pending.freshness, pending.client_addr
             )
         finally:
-            self.budget.end(user)
+            self.budget.end(user)  # begun by decide()
+            self.undecided.end(user)
         self._record(result, user, pending.key[2], pending.key[1])
         return result
 
@@ -365,9 +365,16 @@ class Authenticator:
             self.metrics.count_hit("negative")
             return Result(Verdict.NO, "authentication failed", user, source="negative-cache")
         if freshness is None and self.budget.exhausted(user):
+            if self.budget.spent(user):
+                return Result(
+                    Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
+                )
+            # Only checks still in flight fill the budget: they may yet be right, so this
+            # is "try later", not a wrong password.
             return Result(
-                Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
-            )
+                Verdict.TEMPFAIL, "too many checks in progress, try later", user,
+                kind="ratelimited", source="budget",
+            )  # fmt: skip
         if freshness is None and self.undecided.exhausted(user):
             # Still "try later", never NO: an outage must not look like a wrong password.
             return Result(
@@ -375,6 +382,11 @@ class Authenticator:
                 kind="ratelimited", source="budget",
             )  # fmt: skip
         self.metrics.cache_misses.inc()
+        # Counted in flight from now, not from when the check's task first runs: the
+        # server decides every request that arrived in one event-loop turn before any
+        # task starts, and a burst of guesses would all pass a budget with one unit left.
+        self.budget.begin(user)
+        self.undecided.begin(user)
         return Pending(key, password_s, freshness, client_addr)
 
     async def _ask_imap(
