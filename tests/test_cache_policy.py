@@ -12,6 +12,7 @@ from saslimap.cache import CredentialCache, Hasher
 from saslimap.config import CacheConfig, LimitsConfig, UsersConfig, parse_imap_url
 from saslimap.imap import BackendUnavailable, ImapBackend, ImapSettings, LoginResult
 from saslimap.metrics import Metrics
+from saslimap.protocol import encode_request, parse_request
 from saslimap.service import Authenticator, Verdict
 from tests.clock import FakeClock
 from tests.fakes import FakeBackend
@@ -361,3 +362,90 @@ async def test_fast_path_respects_refresh_after() -> None:
 def test_hasher_is_hmac_sha256(key: bytes) -> None:
     """The hasher's digest is HMAC-SHA256 of user NUL password under its key."""
     assert hmac.digest(key, b"u@x\0p\xc3\xa4ss", "sha256") == Hasher(key).digest("u@x", "päss")
+
+
+# -- the whole-request fast path (repeat_hit): the mux server's exact bytes --------------
+
+
+def frame_of(password: bytes, login: bytes = USER.encode(), addr: bytes | None = None) -> bytes:
+    return encode_request(login, password, b"smtp", b"", addr)
+
+
+async def hit_by_frame(auth: Authenticator, frame: bytes) -> Verdict:
+    """What the mux server does with one read: repeat_hit, else parse and decide."""
+    if auth.repeat_hit(frame):
+        return Verdict.OK
+    parsed = parse_request(frame)
+    assert parsed is not None
+    req = parsed.request
+    whole = frame if parsed.consumed == len(frame) else b""
+    decided = auth.decide(req.login, req.password, req.service, req.realm, "", whole)
+    return (await auth.finish(decided)).verdict
+
+
+async def test_repeated_request_is_known_by_its_bytes(caplog: pytest.LogCaptureFixture) -> None:
+    """After a fresh hit, the same bytes are answered by repeat_hit, same line and counts."""
+    auth, backend, _ = make()
+    frame = frame_of(PW.encode())
+    assert not auth.repeat_hit(frame)
+    with caplog.at_level("INFO", logger="saslimap.service"):
+        for _ in range(3):  # IMAP, a cache hit, then the names fast path: it learns the frame
+            assert Verdict.OK == await hit_by_frame(auth, frame)
+        await asyncio.sleep(0)
+        learned = caplog.records[-1].getMessage()
+        caplog.clear()
+        assert auth.repeat_hit(frame)
+        await asyncio.sleep(0)
+    assert [learned] == [r.getMessage() for r in caplog.records]
+    assert "result=ok source=cache" in learned
+    assert 1 == len(backend.calls)
+    sample = auth.metrics.registry.get_sample_value
+    assert 3.0 == sample("saslimap_cache_hits_total", {"kind": "positive"})
+    assert 4.0 == sample("saslimap_requests_total", {"result": "ok"})
+
+
+async def test_repeat_hit_never_matches_other_bytes() -> None:
+    """Another password, a prefix, trailing bytes or another address are not repeats."""
+    auth, _, _ = make()
+    frame = frame_of(PW.encode())
+    for _ in range(3):
+        await hit_by_frame(auth, frame)
+    assert auth.repeat_hit(frame)
+    for other in (
+        frame_of(b"right pX"),
+        frame[:-1],
+        frame + b"\0",
+        frame_of(PW.encode(), addr=b"192.0.2.1"),
+        frame_of(PW.encode(), login=b"ALICE@example.com"),
+    ):
+        assert not auth.repeat_hit(other)
+
+
+async def test_repeat_hit_trusts_only_a_fresh_held_entry() -> None:
+    """A dropped, replaced or aged entry sends the same bytes back to the full check."""
+    auth, backend, clock = make(CacheConfig(ttl=3600, refresh_after=300))
+    frame = frame_of(PW.encode())
+    for _ in range(3):
+        await hit_by_frame(auth, frame)
+    clock.advance(301)
+    assert not auth.repeat_hit(frame)
+    assert Verdict.OK == await hit_by_frame(auth, frame)  # answered, re-verified behind
+    await settle(auth)
+    assert 2 == len(backend.calls)
+    for _ in range(2):
+        await hit_by_frame(auth, frame)
+    assert auth.repeat_hit(frame)  # the refreshed entry is learned again
+    auth.cache.drop((USER, "", "smtp"))
+    backend.users[USER] = "new pw"
+    assert not auth.repeat_hit(frame)
+    assert Verdict.NO == await hit_by_frame(auth, frame)
+
+
+async def test_a_read_with_trailing_bytes_is_not_learned() -> None:
+    """A request followed by extra bytes in the same read is answered but never remembered."""
+    auth, _, _ = make()
+    frame = frame_of(PW.encode())
+    for _ in range(3):
+        assert Verdict.OK == await hit_by_frame(auth, frame + b"junk")
+    assert not auth.repeat_hit(frame + b"junk")
+    assert not auth.repeat_hit(frame)

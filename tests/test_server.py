@@ -249,3 +249,26 @@ async def test_each_request_is_decided_once(
     assert 1.0 == sample("saslimap_requests_total", {"result": "ok"})
     assert 1.0 == sample("saslimap_cache_hits_total", {"kind": "negative"})
     assert 2.0 == sample("saslimap_cache_misses_total")
+
+
+async def test_repeated_hits_answer_like_the_first(srv: Running) -> None:
+    """Repeats of a cached request (the whole-request fast path) get the same OK and half-close,
+    and the same request arriving in two pieces is still answered."""
+    frame = protocol.encode_request(b"alice", b"right pw", b"smtp", b"example.com")
+    for _ in range(5):
+        assert b"\x00\x02OK" == await srv.exchange(frame)
+    assert ["alice@example.com"] == srv.backend.calls
+    reader, writer = await asyncio.open_unix_connection(str(srv.path))
+    try:
+        writer.write(frame[:7])
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(frame[7:])
+        async with asyncio.timeout(5):
+            assert b"\x00\x02OK" == await reader.read(-1)
+    finally:
+        writer.close()
+    wrong = protocol.encode_request(b"alice", b"right pX", b"smtp", b"example.com")
+    reply = protocol.parse_reply(await srv.exchange(wrong))
+    assert reply is not None
+    assert reply.startswith(b"NO ")

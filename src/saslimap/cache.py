@@ -51,13 +51,17 @@ class Hasher:
             user.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass")
         )
 
-    def digest_raw(self, user: bytes, password: bytes) -> bytes:
-        """:meth:`digest` of the UTF-8 bytes (a request's password as it came off the wire)."""
+    def digest_bytes(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` as it is (a whole request as it came off the wire)."""
         inner = self._inner.copy()
-        inner.update(b"%s\0%s" % (user, password))
+        inner.update(data)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+    def digest_raw(self, user: bytes, password: bytes) -> bytes:
+        """:meth:`digest` of the UTF-8 bytes (a request's password as it came off the wire)."""
+        return self.digest_bytes(b"%s\0%s" % (user, password))
 
 
 class Freshness(enum.Enum):

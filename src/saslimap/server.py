@@ -48,13 +48,23 @@ class Checker(Protocol):
         ...
 
     def decide(
-        self, login: bytes, password: bytes, service: bytes, realm: bytes, client_addr: str = ""
+        self,
+        login: bytes,
+        password: bytes,
+        service: bytes,
+        realm: bytes,
+        client_addr: str = "",
+        frame: bytes = b"",
     ) -> Result | Pending:
         """Answer now if no IMAP login is needed."""
         ...
 
     async def finish(self, decided: Result | Pending) -> Result:
         """Ask the IMAP server if :meth:`decide` could not answer; apply any failure delay."""
+        ...
+
+    def repeat_hit(self, frame: bytes) -> bool:
+        """Whether this one read is a repeat of a request answered from the cache (logged)."""
         ...
 
 
@@ -133,8 +143,13 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+_REPLY_OK = protocol.reply_ok()
+
+
 class _Connection(asyncio.Protocol):
     """One client: one request, one reply."""
+
+    __slots__ = ("buf", "deadline", "server", "state", "transport")
 
     def __init__(self, server: MuxServer) -> None:
         self.server = server
@@ -154,11 +169,14 @@ class _Connection(asyncio.Protocol):
             self.state = _State.CLOSED
             self.transport.abort()
             return
-        self.deadline = self.server.loop.time() + self.server.cfg.read_timeout
+        self.deadline = self.server.loop.time() + self.server.read_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.state is not _State.READING:
             return  # trailing bytes after a complete request are drained and ignored
+        if not self.buf and self.server.checker.repeat_hit(data):
+            self._reply(_REPLY_OK)  # the commonest request: a repeated cache hit
+            return
         if self.buf:  # the request came in pieces
             self.buf += data
             data = bytes(self.buf)
@@ -181,7 +199,9 @@ class _Connection(asyncio.Protocol):
         checker = self.server.checker
         try:
             addr = (req.client_addr or b"").decode("ascii", "replace")
-            decided = checker.decide(req.login, req.password, req.service, req.realm, addr)
+            # The whole read, if it is exactly this request, for repeat_hit() next time.
+            frame = data if parsed.consumed == len(data) else b""
+            decided = checker.decide(req.login, req.password, req.service, req.realm, addr, frame)
         except Exception:
             log.exception("internal error while checking a request; answering tempfail")
             decided = Result(Verdict.TEMPFAIL, "internal error")
@@ -221,7 +241,7 @@ class _Connection(asyncio.Protocol):
         if self.state is not _State.CHECKING:
             return  # the client went away; the check was still logged
         if result.verdict is Verdict.OK:
-            self._reply(protocol.reply_ok())
+            self._reply(_REPLY_OK)
         elif result.verdict is Verdict.NO:
             self._reply(protocol.reply_no(result.reason))
         elif self.server.cfg.on_backend_error == "no":
@@ -232,14 +252,16 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def _reply(self, frame: bytes) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         self.state = _State.DRAINING
-        self._cancel_timer()
-        self.transport.write(frame)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.buf.clear()
-        self.deadline = self.server.loop.time() + self.server.cfg.read_timeout
+        transport.write(frame)
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self.buf:
+            self.buf.clear()
+        # Now the client's turn to close (the read deadline is replaced, not added to).
+        self.deadline = self.server.loop.time() + self.server.read_timeout
 
     def expire(self) -> None:
         """The deadline passed: a slow or silent client, or one that never closes."""
@@ -279,6 +301,7 @@ class MuxServer:
         self.metrics = metrics or Metrics()
         self.loop = asyncio.get_running_loop()
         self.max_request = protocol.max_request_size(cfg.max_field_length)
+        self.read_timeout = cfg.read_timeout
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None

@@ -9,11 +9,16 @@ the one log line per check.  The backend is anything with an async ``login``
 (:class:`LoginBackend`), so tests use a small fake and the daemon uses
 :class:`saslimap.imap.ImapBackend`.
 
-A fresh cache hit, the commonest request by far, has a fast path: the raw
+A fresh cache hit, the commonest request by far, has two fast paths.  The raw
 login, service and realm once seen are remembered with their cache key and
 their ready-made answer and log text, so a repeat is one HMAC and one cache
 lookup, with nothing decoded, validated or formatted again.  A password whose
 HMAC matches a cached one equals a password that was validated and verified.
+And a whole request, as its bytes came off the wire, once answered that way is
+remembered by its HMAC (under a key of its own), so the mux server answers an
+identical request again with one HMAC and one dictionary lookup, without
+even parsing it (:meth:`Authenticator.repeat_hit`).  Both trust a cache entry
+only while the cache still holds it and it is fresh.
 
 Order of decisions for a well-formed request:
 
@@ -229,6 +234,10 @@ class Authenticator:
         self.background: set[asyncio.Task[None]] = set()
         self._refreshing: set[Key] = set()
         self._seen: dict[tuple[str | bytes, str | bytes, str | bytes], _Seen] = {}
+        # Whole requests by HMAC, under a key of their own (a request's bytes never share
+        # a MAC key with user-and-password strings).
+        self._frames: dict[bytes, _Seen] = {}
+        self._frame_hasher = Hasher()
 
     @property
     def failure_delay(self) -> float:
@@ -271,6 +280,25 @@ class Authenticator:
             await asyncio.sleep(self.limits.failure_delay * random.uniform(0.5, 1.5))  # noqa: S311
         return result
 
+    def repeat_hit(self, frame: bytes) -> bool:
+        """Whether ``frame`` repeats a request answered from the cache, still fresh; logged.
+
+        ``frame`` is exactly what one read returned.  It matches only the complete
+        bytes of an earlier request that :meth:`decide` answered as a fresh hit
+        (given as its ``frame``), so a match is a complete request, with the very
+        password that matched the entry, which must still be held and fresh.
+        """
+        seen = self._frames.get(self._frame_hasher.digest_bytes(frame))
+        if seen is None:
+            return False
+        entry = seen.entry
+        if not entry.current or self.clock() - entry.verified_at >= self.cache.refresh_after:
+            return False
+        self.metrics.count_hit("positive")
+        self.metrics.count_request("ok")
+        logs.info_line_soon(log, seen.line)
+        return True
+
     def decide(
         self,
         login: str | bytes,
@@ -278,12 +306,15 @@ class Authenticator:
         service: str | bytes = "",
         realm: str | bytes = "",
         client_addr: str = "",
+        frame: bytes = b"",
     ) -> Result | Pending:
         """Answer at once when no IMAP login is needed (validation, caches, budget).
 
         Returns a logged :class:`Result`, or a :class:`Pending` to pass to
         :meth:`complete`.  The mux server answers cache hits this way without
-        creating a task.
+        creating a task.  ``frame``, when given, is the whole request exactly as
+        it was read (nothing before or after it): if it is answered as a fresh
+        hit, :meth:`repeat_hit` will know it again.
         """
         seen = self._seen.get((login, service, realm))
         if seen is not None:
@@ -291,6 +322,10 @@ class Authenticator:
                 password.encode("utf-8", "surrogatepass") if isinstance(password, str) else password
             )
             if self.cache.is_fresh(seen.entry, self._hasher.digest_raw(seen.user, raw)):
+                if frame:
+                    if len(self._frames) >= _SEEN_MAX:
+                        self._frames.clear()  # rare, as for _seen: they come back on use
+                    self._frames[self._frame_hasher.digest_bytes(frame)] = seen
                 self.metrics.count_hit("positive")
                 self.metrics.count_request("ok")
                 logs.info_line_soon(log, seen.line)
