@@ -85,7 +85,11 @@ def parse(message: bytes) -> Message:
     """
     text = message.decode("ascii", "surrogateescape")  # what message_from_bytes does
     # Just after the first empty line (any line ending is a line boundary to the parser).
-    cuts = [found + len(sep) for sep in ("\n\n", "\r\n\r\n") if (found := text.find(sep)) >= 0]
+    # Look for CRLF CRLF first, the usual header end over SMTP, and for LF LF only before
+    # it: a CRLF message has no LF LF, and an unbounded search for one reads it all.
+    crlf = text.find("\r\n\r\n")
+    lf = text.find("\n\n", 0, crlf + 2 if crlf >= 0 else len(text))
+    cuts = [found + size for found, size in ((lf, 2), (crlf, 4)) if found >= 0]
     if cuts:
         cut = min(cuts)
         msg = email.message_from_string(text[:cut], policy=email.policy.compat32)
@@ -93,6 +97,23 @@ def parse(message: bytes) -> Message:
             msg.set_payload(text[cut:])
             return msg
     return email.message_from_string(text, policy=email.policy.compat32)
+
+
+def may_nest(message: bytes) -> bool:
+    """Whether the email parser might see a multipart/* or message/* type (else: one part).
+
+    Its content type comes from a field of its header section, which never
+    reaches past the first empty line in CRLF or LF form (it may end earlier, at
+    a line that is no field); a main type of ``multipart`` or ``message`` needs
+    ``multipart/`` or ``message/`` in the value, in any case.  So without either
+    text before that empty line, the message is a single part.
+    """
+    crlf = message.find(b"\r\n\r\n")
+    lf = message.find(b"\n\n", 0, crlf + 2 if crlf >= 0 else len(message))
+    ends = [found for found in (crlf, lf) if found >= 0]
+    head = message[: min(ends)] if ends else message
+    lowered = head.lower()
+    return b"multipart/" in lowered or b"message/" in lowered
 
 
 def _parts(message: bytes) -> Iterator[tuple[int, Message]]:

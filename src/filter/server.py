@@ -302,10 +302,10 @@ class FilterSMTP(SMTP):
         decoder = DataDecoder(self.data_size_limit, self.line_length_limit)
         while self.transport is not None and not decoder.done:
             if decoder.at_line_start:
-                complete = decoder.complete(buffer)
+                complete, dotted = decoder.scan(buffer)
                 if complete:
                     # Already buffered: readexactly() returns without waiting.
-                    decoder.feed_lines(await reader.readexactly(complete))
+                    decoder.feed_lines(await reader.readexactly(complete), dotted=dotted)
                     continue
             # No complete line yet: aiosmtpd's own read, which waits for one.
             try:

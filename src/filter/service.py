@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from filter import dsn, headers
-from filter.banned import ArchiveInside, find_banned
+from filter.banned import ArchiveInside, find_banned, may_nest
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
 from filter.metrics import Metrics
@@ -54,7 +54,9 @@ BANNED_INLINE_LIMITS = (128 * 1024, 2048, 16)
 """Bytes, lines and MIME boundary lines up to which a message is checked for banned parts
 on the event loop: a few milliseconds at most, archives excepted.  A thread costs more
 CPU than that in hand-offs and, holding the GIL, can stall the loop for the interpreter's
-switch interval (5 ms) anyway; it is kept for what can take longer."""
+switch interval (5 ms) anyway; it is kept for what can take longer.  A single-part
+message (:func:`filter.banned.may_nest` is false) is not held to the line and boundary
+counts: only its header section is parsed."""
 
 
 class VirusScanner(Protocol):
@@ -265,10 +267,10 @@ class Filter:
         """find_banned(), on the event loop for small messages without archives."""
         names, types = self.cfg.banned.names, self.cfg.banned.types
         max_bytes, max_lines, max_parts = BANNED_INLINE_LIMITS
-        if (
-            len(data) <= max_bytes
-            and data.count(b"\n") <= max_lines
-            and data.count(b"\n--") <= max_parts
+        if len(data) <= max_bytes and (
+            # One part: its parse reads the header section only, however long the body.
+            not may_nest(data)
+            or (data.count(b"\n") <= max_lines and data.count(b"\n--") <= max_parts)
         ):
             with contextlib.suppress(ArchiveInside):
                 return find_banned(data, names, types, open_archives=False)

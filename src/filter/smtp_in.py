@@ -67,6 +67,27 @@ class DataState(enum.Enum):
 
 END = b".\r\n"
 _CRLF_END = b"\r\n.\r\n"
+_CRLF_DOT = b"\r\n."
+
+
+def _lines_within(block: bytes, limit: int) -> bool:
+    """Whether every CRLF-terminated line of ``block`` (which ends with CRLF) has at most
+    ``limit`` bytes, CRLF included.
+
+    From each line start, the last CRLF that would end a line of ``limit`` bytes
+    is looked for backwards; every line up to it fits, so the next look starts
+    after it.  A line too long is one such look that finds nothing.  About one
+    look per ``limit`` bytes instead of one object per line.
+    """
+    start = 0
+    end = len(block)
+    rfind = block.rfind
+    while end - start > limit:
+        found = rfind(b"\r\n", start, start + limit)
+        if found < 0:
+            return False
+        start = found + 2
+    return True
 
 
 class DataDecoder:
@@ -101,15 +122,36 @@ class DataDecoder:
         Up to and including the end line if it is there, else up to the last
         CRLF; 0 when the buffer holds no complete line.
         """
-        if buffer[:3] == END:
-            return 3
-        end = buffer.find(_CRLF_END)
-        if end >= 0:
-            return end + 5
-        return buffer.rfind(b"\r\n") + 2 if b"\r\n" in buffer else 0
+        return DataDecoder.scan(buffer)[0]
 
-    def feed_lines(self, block: bytes) -> None:
-        """Whole lines from a line boundary, as measured by :meth:`complete`."""
+    @staticmethod
+    def scan(buffer: bytes | bytearray) -> tuple[int, bool]:
+        """:meth:`complete`, and whether a line after the first of those bytes starts with a dot.
+
+        One search for CRLF-dot finds both the end line and any dot-stuffed line, so
+        a message without the latter is searched once (pass the flag on to
+        :meth:`feed_lines`, which then need not search again).
+        """
+        if buffer[:3] == END:
+            return 3, False
+        dotted = False
+        pos = buffer.find(_CRLF_DOT)
+        while pos >= 0:
+            after = buffer[pos + 3 : pos + 5]
+            if after == b"\r\n":
+                return pos + 5, dotted
+            if len(after) < 2 and b"\r\n".startswith(after):
+                return pos + 2, dotted  # maybe the end line, not all here yet
+            dotted = True
+            pos = buffer.find(_CRLF_DOT, pos + 3)
+        last = buffer.rfind(b"\r\n")
+        return (last + 2 if last >= 0 else 0), dotted
+
+    def feed_lines(self, block: bytes, *, dotted: bool = True) -> None:
+        """Whole lines from a line boundary, as measured by :meth:`complete`.
+
+        ``dotted=False`` (from :meth:`scan`) says no line after the first starts with a dot.
+        """
         assert not self.done
         assert not self._fragments
         assert block.endswith(b"\r\n")
@@ -121,19 +163,18 @@ class DataDecoder:
         if self.state is not DataState.NOMINAL:
             self.num_bytes += len(block)  # nothing is kept any more, and nothing can change
             return
-        lines = block.split(b"\r\n")
-        lines.pop()  # block ends with CRLF: the last item is empty
-        longest = max(map(len, lines)) + 2
         limit = self.size_limit
-        if longest <= self.line_length_limit and not (
+        if _lines_within(block, self.line_length_limit) and not (
             limit and self.num_bytes + len(block) > limit
         ):
             self.num_bytes += len(block)
             # A dot at the start of a line was doubled by the client (RFC 5321 4.5.2).
             if block[:1] == b".":
                 block = block[1:]
-            self._blocks.append(block.replace(b"\r\n.", b"\r\n"))
+            self._blocks.append(block.replace(_CRLF_DOT, b"\r\n") if dotted else block)
             return
+        lines = block.split(b"\r\n")
+        lines.pop()  # block ends with CRLF: the last item is empty
         for line in lines:  # something went wrong in this block: find out what, in order
             self.feed_piece(line + b"\r\n", overrun=len(line) > self.line_length_limit)
 

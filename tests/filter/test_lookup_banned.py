@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter.banned import ArchiveInside, find_banned, parse
+from filter.banned import ArchiveInside, find_banned, may_nest, parse
 from filter.lookup import AddressList, ListError, lookup_keys
 
 
@@ -223,3 +223,35 @@ def test_quick_parse_keeps_a_large_single_part_body_whole() -> None:
     raw = b"From: a@b\r\nSubject: s\r\n\r\n" + b"1" + b"X" * 77 + b"\r\n" * 1300
     assert raw.split(b"\r\n\r\n", 1)[1] == parse(raw).get_payload(decode=True)
     assert _seen(email.message_from_bytes(raw, policy=email.policy.compat32)) == _seen(parse(raw))
+
+
+_NEST_HEAD_LINES = st.sampled_from(
+    [
+        b"From: a@b", b"Message-Id: <m@b>", b"Content-Type: MULTIPART/Mixed; boundary=b",
+        b"Content-Type:message/rfc822", b"Content-Type : multipart/mixed", b"content-type: text/x",
+        b"Content-Type: multi", b" part/mixed", b" multipart/alternative", b"X: message/x",
+        b"not a header line", b"From nobody", b"X: \xff\xfe", b"", b"Content-Type: bogus",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=1500)
+@given(
+    st.lists(st.tuples(_NEST_HEAD_LINES, _ENDS), max_size=7),
+    st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\n\r\n", b""]),
+    st.lists(st.tuples(_BODY_LINES, _ENDS), max_size=4),
+)
+def test_may_nest_is_never_wrong_about_a_nesting_message(
+    head: list[tuple[bytes, bytes]], gap: bytes, body: list[tuple[bytes, bytes]]
+) -> None:
+    """Whenever the email parser sees multipart/* or message/*, may_nest says it might."""
+    raw = b"".join(a + b for a, b in head) + gap + b"".join(a + b for a, b in body)
+    full = email.message_from_bytes(raw, policy=email.policy.compat32)
+    if full.get_content_maintype() in ("multipart", "message"):
+        assert may_nest(raw)
+
+
+def test_may_nest_passes_a_plain_message() -> None:
+    """A plain message with a Message-Id and a long body is one part."""
+    raw = b"Message-Id: <a@b>\r\nContent-Type: text/plain\r\n\r\n" + b"multipart/x\r\n" * 100
+    assert not may_nest(raw)

@@ -10,7 +10,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from filter.smtp_in import DataDecoder, DataState, parse_path
+from filter.smtp_in import DataDecoder, DataState, _lines_within, parse_path
 
 LINE_LIMIT = SMTP.line_length_limit
 
@@ -241,11 +241,11 @@ def decode(stream: bytes, size_limit: int | None, chunks: list[int]) -> tuple[st
 
     while not decoder.done:
         if decoder.at_line_start:
-            complete = decoder.complete(buffer)
+            complete, dotted = decoder.scan(buffer)
             if complete:
                 block = bytes(buffer[:complete])
                 del buffer[:complete]
-                decoder.feed_lines(block)
+                decoder.feed_lines(block, dotted=dotted)
                 continue
         # asyncio's readuntil: a line, or a LimitOverrunError once the limit is passed.
         while True:
@@ -334,3 +334,44 @@ def test_limits_are_reported_like_aiosmtpd(
     stream = b"".join(line + b"\r\n" for line in lines) + b".\r\n"
     assert state == decode(stream, limit, [len(stream)])[0]
     assert state == aiosmtpd_data(stream, limit, [len(stream)])[0]
+
+
+def _longest_by_split(block: bytes) -> int:
+    """The line-length measure the fast check replaces: longest CRLF line, CRLF counted."""
+    return max(map(len, block.split(b"\r\n")[:-1])) + 2
+
+
+@settings(max_examples=800)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 1200).map(lambda n: b"x" * n),
+            st.sampled_from([b"\r", b"\n", b"a\rb", b"\n\n", b"\r\r", b"."]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from([2, 3, 10, 80, 998, 1001, 1002]),
+)
+def test_line_length_check_agrees_with_splitting(lines: list[bytes], limit: int) -> None:
+    """The backward-search line check answers exactly as splitting at every CRLF would."""
+    block = b"".join(line + b"\r\n" for line in lines)
+    assert (_longest_by_split(block) <= limit) == _lines_within(block, limit)
+
+
+def test_scan_flags_dot_stuffed_lines() -> None:
+    """scan() says whether a line after the first starts with a dot, up to what it takes."""
+    assert (8, False) == DataDecoder.scan(b"abc\r\n.\r\nQUIT\r\n")
+    assert (14, True) == DataDecoder.scan(b"a\r\n..b\r\nc\r\n.\r\n")
+    assert (9, False) == DataDecoder.scan(b".ab\r\ncd\r\n")  # the first line is feed_lines' job
+    assert (7, True) == DataDecoder.scan(b"a\r\n.b\r\n.")
+    assert (3, False) == DataDecoder.scan(b"a\r\n.\r")
+    assert (0, False) == DataDecoder.scan(b"no line end yet")
+
+
+def test_a_block_said_clean_is_kept_as_is() -> None:
+    """feed_lines(dotted=False) keeps the block's bytes; only a first-line dot is removed."""
+    decoder = DataDecoder(None, LINE_LIMIT)
+    decoder.feed_lines(b".a\r\nb\r\n", dotted=False)
+    decoder.feed_lines(b"c\r\n.\r\n", dotted=False)
+    assert b"a\r\nb\r\nc\r\n" == decoder.content()
