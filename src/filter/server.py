@@ -8,7 +8,8 @@ This module owns what aiosmtpd needs to behave as an after-queue filter:
   500, which would make Postfix bounce the message for our own fault);
 - delayed ACKs: Postfix writes the end of DATA in a small segment that Nagle
   holds until our ACK, which Linux delays by up to 40 ms; ``TCP_QUICKACK``
-  after every read acknowledges at once;
+  after every read of the message acknowledges at once (a command's ACK rides
+  on our reply, so commands are spared the two system calls it costs);
 - a cap on open connections (``421`` beyond it) and the server lifecycle;
 - per-connection cost: Postfix (and smtp-source) opens a connection per
   message, and aiosmtpd's constructor rebuilds its command, hook and AUTH
@@ -119,6 +120,7 @@ class FilterSMTP(SMTP):
         self.xforward: dict[str, str] = {}
         self._handler = handler
         self._sock: Any = None
+        self._in_data = False  # reading the message after DATA: acknowledge every read
         self._corked: list[bytes] | None = None
 
     def _quick_init(
@@ -216,7 +218,7 @@ class FilterSMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._sock is not None and self.transport is not None:
+        if self._in_data and self._sock is not None and self.transport is not None:
             with contextlib.suppress(OSError, AttributeError):
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
@@ -271,6 +273,14 @@ class FilterSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reads of the message acknowledged at once."""
+        self._in_data = True
+        try:
+            await self._data(arg)
+        finally:
+            self._in_data = False
+
+    async def _data(self, arg: str) -> None:
         """aiosmtpd 1.4's DATA, taking all complete lines in the buffer at once.
 
         The replies, the limits and the content handed to ``handle_DATA`` are
