@@ -56,7 +56,7 @@ def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
     )  # fmt: skip
     clamd = ClamdClient(
         cfg.clamd.address, timeout=cfg.clamd.timeout, max_stream=cfg.clamd.max_stream,
-        concurrency=cfg.clamd.concurrency,
+        concurrency=cfg.clamd.concurrency, pass_fd=cfg.clamd.pass_fd,
     )  # fmt: skip
     spamd = SpamdClient(
         cfg.spamd.address, timeout=cfg.spamd.timeout, concurrency=cfg.spamd.concurrency,

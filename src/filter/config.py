@@ -89,6 +89,7 @@ class ClamdConfig:
     timeout: float = opt(60.0, number(0.1, 3600))
     concurrency: int = opt(8, integer(1, 1000))
     max_stream: int = opt(25 * 1024 * 1024, _size)
+    pass_fd: bool = opt(True, boolean)
 
 
 @dataclass(frozen=True)

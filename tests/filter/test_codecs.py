@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,6 +53,32 @@ def test_empty_message_is_just_the_terminator() -> None:
 def test_clamd_replies(raw: bytes, expected: ScanResult) -> None:
     """OK is clean, FOUND names the virus."""
     assert expected == clamd.parse_reply(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"fd[10]: OK\0", ScanResult(Outcome.CLEAN)),
+        (b"fd[7]: Eicar-Test-Signature.UNOFFICIAL FOUND\0",
+         ScanResult(Outcome.VIRUS, "Eicar-Test-Signature.UNOFFICIAL")),
+        (b"fd[7]: lstat() failed: Permission denied. ERROR\0",
+         ScanResult(Outcome.ERROR, "fd[7]: lstat() failed: Permission denied. ERROR")),
+        (b"fd[]: OK\0", ScanResult(Outcome.ERROR, "fd[]: OK")),
+        (b"fd[x]: OK\0", ScanResult(Outcome.ERROR, "fd[x]: OK")),
+        (b"file: OK\0", ScanResult(Outcome.ERROR, "file: OK")),
+    ],
+)  # fmt: skip
+def test_clamd_fildes_replies(raw: bytes, expected: ScanResult) -> None:
+    """FILDES answers: fd[N]: OK is clean, FOUND a virus, anything else not scanned."""
+    assert expected == clamd.parse_reply(raw)
+
+
+def test_clamd_fildes_request_carries_the_descriptor() -> None:
+    """The command alone, then one byte with the descriptor as SCM_RIGHTS."""
+    command, buffers, ancillary = clamd.fildes_request(7)
+    assert b"zFILDES\0" == command
+    assert [b"\0"] == buffers
+    assert [(socket.SOL_SOCKET, socket.SCM_RIGHTS, (7).to_bytes(4, sys.byteorder))] == ancillary
 
 
 @pytest.mark.parametrize(
