@@ -543,8 +543,10 @@ def bad_header(data: bytes, *, allow_8bit: bool) -> str:
     head = headers.split(data)[0]
     if b"\0" in head:
         return "NUL character in header"
-    if not allow_8bit and any(b > 0x7F for b in head):
+    # Whole-header checks in C: a byte-by-byte generator cost about 50 ns a byte, and
+    # real header sections (Received, DKIM, ARC) run to several kilobytes.
+    if not allow_8bit and not head.isascii():
         return "non-encoded 8-bit data in header"
-    if any(len(line) > 998 for line in head.splitlines()):
+    if len(head) > 998 and max(map(len, head.splitlines())) > 998:
         return "header line longer than 998 characters"
     return ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filter import headers
+from filter.service import bad_header
 
 MSG = b"Received: from x\r\nSubject: Hello\r\n world\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n.dot\r\n"
 
@@ -73,3 +74,22 @@ def test_broken_messages_keep_their_bytes(message: bytes) -> None:
     assert out.startswith(b"X-Virus-Scanned: by f\r\n")
     rest = out[len(b"X-Virus-Scanned: by f\r\n") :]
     assert rest in (message, b"\r\n" + message)
+
+
+@pytest.mark.parametrize(
+    ("message", "allow_8bit", "why"),
+    [
+        (b"Subject: hi\r\n\r\nbody \xff\r\n", False, ""),
+        (b"Subject: h\xc3\xa9\r\n\r\nbody\r\n", False, "non-encoded 8-bit data in header"),
+        (b"Subject: h\xc3\xa9\r\n\r\nbody\r\n", True, ""),
+        (b"Subject: a\0b\r\n\r\n", True, "NUL character in header"),
+        (b"X: " + b"x" * 995 + b"\r\n\r\n", False, ""),
+        (b"X: " + b"x" * 996 + b"\r\n\r\n", False, "header line longer than 998 characters"),
+        (b"X: y\r\n" + b"Y: " + b"x" * 996 + b"\r\n\r\n", False,
+         "header line longer than 998 characters"),
+        (b"X: y\r\n\r\n" + b"x" * 5000 + b"\r\n", False, ""),
+    ],
+)  # fmt: skip
+def test_bad_header_reasons(message: bytes, allow_8bit: bool, why: str) -> None:
+    """NUL, unencoded 8-bit (unless SMTPUTF8) and lines over 998 in the header; never the body."""
+    assert why == bad_header(message, allow_8bit=allow_8bit)
