@@ -27,6 +27,11 @@ def line_ending(message: bytes) -> bytes:
     return b"\n" if first > 0 and message[first - 1 : first] != b"\r" else b"\r\n"
 
 
+# The last message split and its fields: each message is split by several readers in
+# turn (queue id, From, bad-header check, the edit), always the same bytes object.
+_last: tuple[bytes, tuple[bytes, bytes], list[bytes] | None] | None = None
+
+
 def split(message: bytes) -> tuple[bytes, bytes]:
     """(header block including its final line end, the rest: empty line and body).
 
@@ -35,6 +40,28 @@ def split(message: bytes) -> tuple[bytes, bytes]:
     first line cannot be a field; otherwise everything up to the first empty
     line, or the whole message, is the header block.
     """
+    global _last
+    last = _last
+    if last is not None and last[0] is message:
+        return last[1]
+    parts = _split(message)
+    _last = (message, parts, None)
+    return parts
+
+
+def _header_fields(message: bytes) -> list[bytes]:
+    """fields(split(message)[0]), kept with the split (callers must not change the list)."""
+    global _last
+    parts = split(message)
+    last = _last
+    if last is not None and last[0] is message and last[2] is not None:
+        return last[2]
+    found = fields(parts[0])
+    _last = (message, parts, found)
+    return found
+
+
+def _split(message: bytes) -> tuple[bytes, bytes]:
     pos = 0
     while pos < len(message):
         end = message.find(b"\n", pos)
@@ -94,7 +121,7 @@ def edit(
     eol = line_ending(message)
     header, rest = split(message)
     drop = set(remove)
-    kept = [f for f in fields(header) if field_name(f) not in drop] if drop else fields(header)
+    kept = [f for f in _header_fields(message) if field_name(f) not in drop]
     if subject_prefix:
         kept = _prefix_subject(kept, subject_prefix, eol)
     new = b"".join(fold(name, value, eol) for name, value in prepend)
@@ -124,7 +151,7 @@ def _prefix_subject(kept: list[bytes], prefix: str, eol: bytes) -> list[bytes]:
 
 def first_field(message: bytes, name: bytes) -> bytes | None:
     """The first field called ``name`` (lower case), with its continuation lines, or None."""
-    for field in fields(split(message)[0]):
+    for field in _header_fields(message):
         if field_name(field) == name:
             return field
     return None

@@ -121,6 +121,7 @@ class FilterSMTP(SMTP):
         self._handler = handler
         self._sock: Any = None
         self._in_data = False  # reading the message after DATA: acknowledge every read
+        self.dot_lines = True  # whether the last message had a dot-stuffed line (if unknown: yes)
         self._corked: list[bytes] | None = None
 
     def _quick_init(
@@ -274,6 +275,7 @@ class FilterSMTP(SMTP):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, reads of the message acknowledged at once."""
+        self.dot_lines = True  # until our decoder says otherwise
         self._in_data = True
         try:
             await self._data(arg)
@@ -336,6 +338,7 @@ class FilterSMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         content = decoder.content()
+        self.dot_lines = decoder.dotted
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
@@ -413,6 +416,7 @@ class Handler:
             helo=session.host_name or "",
             peer=peer,
             xforward=dict(server.xforward),
+            dot_lines=server.dot_lines,
         )
         self.busy += 1
         self.idle.clear()

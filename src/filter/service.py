@@ -87,8 +87,9 @@ class Forwarder(Protocol):
         *,
         mail_params: Sequence[str] = (),
         xforward: Mapping[str, str] | None = None,
+        dot_lines: bool = True,
     ) -> Delivery:
-        """Deliver; never raise for SMTP trouble."""
+        """Deliver; never raise for SMTP trouble (``dot_lines``: see smtp_out.dot_stuff)."""
         ...
 
 
@@ -141,6 +142,9 @@ class Message:
     helo: str = ""
     peer: str = ""
     xforward: Mapping[str, str] = field(default_factory=dict)
+    dot_lines: bool = field(default=True, compare=False)  # a hint, not the message
+    """False when no line of ``data`` starts with a dot (as the DATA decoder saw it); our
+    marks never start one, so the re-injection need not look for them."""
 
 
 @dataclass
@@ -417,8 +421,9 @@ class Filter:
             params.append("SMTPUTF8")
         started = time.monotonic()
         delivery = await self.forwarder.send(
-            msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward
-        )
+            msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward,
+            dot_lines=msg.dot_lines,
+        )  # fmt: skip
         trace.timings["reinject"] = time.monotonic() - started
         return await self._answer(msg, rcpts, data, delivery, trace, whole)
 

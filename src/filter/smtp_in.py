@@ -107,6 +107,9 @@ class DataDecoder:
         self.state = DataState.NOMINAL
         self.done = False
         self.num_bytes = 0
+        self.dotted = False
+        """Whether a line started with a dot (undone here): False lets the re-injection
+        skip looking for such lines (:func:`filter.smtp_out.dot_stuff`)."""
         self._blocks: list[bytes] = []
         self._fragments: list[bytes] = []
 
@@ -171,7 +174,11 @@ class DataDecoder:
             # A dot at the start of a line was doubled by the client (RFC 5321 4.5.2).
             if block[:1] == b".":
                 block = block[1:]
-            self._blocks.append(block.replace(_CRLF_DOT, b"\r\n") if dotted else block)
+                self.dotted = True
+            if dotted:
+                self.dotted = True
+                block = block.replace(_CRLF_DOT, b"\r\n")
+            self._blocks.append(block)
             return
         lines = block.split(b"\r\n")
         lines.pop()  # block ends with CRLF: the last item is empty
@@ -202,8 +209,11 @@ class DataDecoder:
                 if len(line) > self.line_length_limit:
                     self.state = DataState.TOO_LONG
                     self._blocks.clear()
+                elif line[:1] == b".":
+                    self.dotted = True
+                    self._blocks.append(line[1:])
                 else:
-                    self._blocks.append(line[1:] if line[:1] == b"." else line)
+                    self._blocks.append(line)
             self._fragments.clear()
 
     def content(self) -> bytes:

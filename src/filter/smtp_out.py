@@ -74,15 +74,22 @@ def parse_reply(buf: bytes) -> tuple[Reply | None, int]:
             return Reply(int(line[:3]), " ".join(t for t in texts if t)), pos
 
 
-def dot_stuff(data: bytes) -> bytes:
-    """The DATA payload: leading dots doubled, CRLF line ends, and the final ``.`` line."""
+def dot_stuff(data: bytes, *, dot_lines: bool = True) -> bytes:
+    """The DATA payload: leading dots doubled, CRLF line ends, and the final ``.`` line.
+
+    ``dot_lines=False`` promises that no line after the first starts with a dot
+    (the message came in with none, :attr:`filter.smtp_in.DataDecoder.dotted`),
+    which spares a search of the whole message.
+    """
     # A bare LF is an LF outside a CRLF pair (counted, not searched for in a copy).
     if b"\r\n" not in data or data.count(b"\n") != data.count(b"\r\n"):
         # Normalise bare LF (and lone CR) to CRLF: SMTP requires CRLF (RFC 5321 2.3.8).
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        dot_lines = True  # new line starts: any of them may be a dot (SMTP smuggling)
     if data.startswith(b"."):
         data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
+    if dot_lines:
+        data = data.replace(b"\r\n.", b"\r\n..")
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
@@ -236,9 +243,13 @@ class Reinjector:
         *,
         mail_params: Sequence[str] = (),
         xforward: Mapping[str, str] | None = None,
+        dot_lines: bool = True,
     ) -> Delivery:
-        """Deliver one message; never raises for SMTP or network trouble (see Delivery.error)."""
-        payload = dot_stuff(data)
+        """Deliver one message; never raises for SMTP or network trouble (see Delivery.error).
+
+        ``dot_lines=False``: no line of ``data`` after the first starts with a dot.
+        """
+        payload = dot_stuff(data, dot_lines=dot_lines)
         for attempt in (1, 2):
             conn = self._take() if attempt == 1 else None
             fresh = conn is None

@@ -89,6 +89,7 @@ class FakeForwarder:
         *,
         mail_params: Sequence[str] = (),
         xforward: Mapping[str, str] | None = None,
+        dot_lines: bool = True,
     ) -> Delivery:
         """Record and answer."""
         self.sent.append(

@@ -208,6 +208,20 @@ def test_dot_stuffing_counts_bare_lfs_as_the_copy_did(pieces: list[bytes]) -> No
     assert _dot_stuff_by_copy(data) == smtp_out.dot_stuff(data)
 
 
+@settings(max_examples=2000)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"x", b"\r\r\n\n"]), max_size=12))
+def test_dot_stuffing_hint_changes_nothing_when_true(pieces: list[bytes]) -> None:
+    """dot_lines=False for data with no CRLF-dot: the same payload, bare-LF dots included."""
+    data = b"".join(pieces)
+    if b"\r\n." not in data:
+        assert smtp_out.dot_stuff(data) == smtp_out.dot_stuff(data, dot_lines=False)
+
+
+def test_dot_stuffing_hint_still_stuffs_after_a_bare_lf() -> None:
+    """A dot after a bare LF becomes a line start once normalised: it is doubled anyway."""
+    assert b"a\r\n..\r\nb\r\n.\r\n" == smtp_out.dot_stuff(b"a\n.\r\nb", dot_lines=False)
+
+
 def test_clamd_bare_ok_is_not_clean() -> None:
     """A reply of just "OK" (not clamd's "stream: OK") is an error, never clean."""
     assert clamd.Outcome.ERROR == clamd.parse_reply(b"OK\0").outcome

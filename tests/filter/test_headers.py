@@ -93,3 +93,17 @@ def test_broken_messages_keep_their_bytes(message: bytes) -> None:
 def test_bad_header_reasons(message: bytes, allow_8bit: bool, why: str) -> None:
     """NUL, unencoded 8-bit (unless SMTPUTF8) and lines over 998 in the header; never the body."""
     assert why == bad_header(message, allow_8bit=allow_8bit)
+
+
+def test_split_remembered_for_one_message_never_leaks_into_another() -> None:
+    """Alternating messages, and editing one twice, give the answers a fresh split would."""
+    a = b"Subject: a\r\nFrom: <x@a>\r\n\r\nbody a\r\n"
+    b = b"Subject: b\r\n\r\nbody b\r\n"
+    for _ in range(2):
+        assert (b"Subject: a\r\nFrom: <x@a>\r\n", b"\r\nbody a\r\n") == headers.split(a)
+        assert b"Subject: b\r\n" == headers.first_field(b, b"subject")
+        assert b"From: <x@a>\r\n" == headers.first_field(a, b"from")
+    tagged = headers.edit(a, subject_prefix="[x] ")
+    assert tagged == headers.edit(a, subject_prefix="[x] ")
+    assert b"Subject: [x] a\r\n" == headers.first_field(tagged, b"subject")
+    assert b"Subject: a\r\n" == headers.first_field(a, b"subject")

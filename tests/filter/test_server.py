@@ -97,6 +97,7 @@ def test_a_whole_transaction_is_answered_like_aiosmtpd() -> None:
     answer, messages = fast
     assert answer.count(b"\r\n250-") >= 4  # the EHLO reply, every line of it
     assert [b"Subject: x\r\n\r\n.leading dot\r\n..\r\nend\r\n"] == [m.data for m in messages]
+    assert messages[0].dot_lines  # the re-injection must stuff those dots again
     assert ("b@example.test", "c@example.test") == messages[0].rcpt_tos
     assert {"NAME": "mx.test", "ADDR": "192.0.2.1"} == messages[0].xforward
 
@@ -118,6 +119,8 @@ def test_one_command_at_a_time_like_smtp_source() -> None:
     fast, slow = _both(script)
     assert slow == fast
     assert 1 == len(fast[1])
+    assert not fast[1][0].dot_lines  # no line started with a dot: nothing to look for
+    assert slow[1][0].dot_lines  # aiosmtpd's own loop cannot tell: assume there were
 
 
 @pytest.mark.parametrize("path", [*PLAIN, *HOSTILE])

@@ -375,3 +375,39 @@ def test_a_block_said_clean_is_kept_as_is() -> None:
     decoder.feed_lines(b".a\r\nb\r\n", dotted=False)
     decoder.feed_lines(b"c\r\n.\r\n", dotted=False)
     assert b"a\r\nb\r\nc\r\n" == decoder.content()
+
+
+@pytest.mark.parametrize(
+    ("stream", "dotted"),
+    [
+        (b"a\r\nb\r\n.\r\n", False),
+        (b"..a\r\nb\r\n.\r\n", True),
+        (b"a\r\n..b\r\n.\r\n", True),
+        (b"a\n.b\r\n.\r\n", False),  # a bare LF is no line end to SMTP: not dot-stuffed
+        (b"x" * 1500 + b"\r\n..b\r\n.\r\n", True),  # a long line: the line-by-line path
+    ],
+)
+def test_decoder_says_whether_a_line_was_dot_stuffed(stream: bytes, dotted: bool) -> None:
+    """DataDecoder.dotted, whatever the arrival pattern."""
+    for chunks in ([len(stream)], [1] * len(stream), [3, 4, 5]):
+        decoder = DataDecoder(None, 2000)
+        buffer = bytearray()
+        pos = 0
+        for size in [*chunks, len(stream)]:
+            buffer.extend(stream[pos : pos + size])
+            pos += size
+            while not decoder.done and decoder.at_line_start:
+                complete, flag = decoder.scan(buffer)
+                if not complete:
+                    break
+                block = bytes(buffer[:complete])
+                del buffer[:complete]
+                decoder.feed_lines(block, dotted=flag)
+            while not decoder.done and b"\r\n" in buffer:
+                end = buffer.index(b"\r\n") + 2
+                decoder.feed_piece(bytes(buffer[:end]))
+                del buffer[:end]
+            if decoder.done:
+                break
+        assert decoder.done
+        assert dotted == decoder.dotted
