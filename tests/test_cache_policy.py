@@ -12,7 +12,7 @@ from saslimap.cache import CredentialCache, Hasher
 from saslimap.config import CacheConfig, LimitsConfig, UsersConfig, parse_imap_url
 from saslimap.imap import BackendUnavailable, ImapBackend, ImapSettings, LoginResult
 from saslimap.metrics import Metrics
-from saslimap.protocol import encode_request, parse_request
+from saslimap.protocol import encode_request, parse_request, reply_no, reply_ok
 from saslimap.service import Authenticator, Verdict
 from tests.clock import FakeClock
 from tests.fakes import FakeBackend
@@ -364,7 +364,9 @@ def test_hasher_is_hmac_sha256(key: bytes) -> None:
     assert hmac.digest(key, b"u@x\0p\xc3\xa4ss", "sha256") == Hasher(key).digest("u@x", "päss")
 
 
-# -- the whole-request fast path (repeat_hit): the mux server's exact bytes --------------
+# -- the whole-request fast path (repeat): the mux server's exact bytes ------------------
+
+OK_REPLY = reply_ok()
 
 
 def frame_of(password: bytes, login: bytes = USER.encode(), addr: bytes | None = None) -> bytes:
@@ -372,9 +374,10 @@ def frame_of(password: bytes, login: bytes = USER.encode(), addr: bytes | None =
 
 
 async def hit_by_frame(auth: Authenticator, frame: bytes) -> Verdict:
-    """What the mux server does with one read: repeat_hit, else parse and decide."""
-    if auth.repeat_hit(frame):
-        return Verdict.OK
+    """What the mux server does with one read: repeat(), else parse and decide."""
+    reply = auth.repeat(frame)
+    if reply is not None:
+        return Verdict.OK if reply == OK_REPLY else Verdict.NO
     parsed = parse_request(frame)
     assert parsed is not None
     req = parsed.request
@@ -384,17 +387,17 @@ async def hit_by_frame(auth: Authenticator, frame: bytes) -> Verdict:
 
 
 async def test_repeated_request_is_known_by_its_bytes(caplog: pytest.LogCaptureFixture) -> None:
-    """After a fresh hit, the same bytes are answered by repeat_hit, same line and counts."""
+    """After a fresh hit, the same bytes are answered by repeat(), same line and counts."""
     auth, backend, _ = make()
     frame = frame_of(PW.encode())
-    assert not auth.repeat_hit(frame)
+    assert auth.repeat(frame) is None
     with caplog.at_level("INFO", logger="saslimap.service"):
         for _ in range(3):  # IMAP, a cache hit, then the names fast path: it learns the frame
             assert Verdict.OK == await hit_by_frame(auth, frame)
         await asyncio.sleep(0)
         learned = caplog.records[-1].getMessage()
         caplog.clear()
-        assert auth.repeat_hit(frame)
+        assert OK_REPLY == auth.repeat(frame)
         await asyncio.sleep(0)
     assert [learned] == [r.getMessage() for r in caplog.records]
     assert "result=ok source=cache" in learned
@@ -410,7 +413,7 @@ async def test_repeat_hit_never_matches_other_bytes() -> None:
     frame = frame_of(PW.encode())
     for _ in range(3):
         await hit_by_frame(auth, frame)
-    assert auth.repeat_hit(frame)
+    assert OK_REPLY == auth.repeat(frame)
     for other in (
         frame_of(b"right pX"),
         frame[:-1],
@@ -418,7 +421,7 @@ async def test_repeat_hit_never_matches_other_bytes() -> None:
         frame_of(PW.encode(), addr=b"192.0.2.1"),
         frame_of(PW.encode(), login=b"ALICE@example.com"),
     ):
-        assert not auth.repeat_hit(other)
+        assert auth.repeat(other) is None
 
 
 async def test_repeat_hit_trusts_only_a_fresh_held_entry() -> None:
@@ -428,16 +431,16 @@ async def test_repeat_hit_trusts_only_a_fresh_held_entry() -> None:
     for _ in range(3):
         await hit_by_frame(auth, frame)
     clock.advance(301)
-    assert not auth.repeat_hit(frame)
+    assert auth.repeat(frame) is None
     assert Verdict.OK == await hit_by_frame(auth, frame)  # answered, re-verified behind
     await settle(auth)
     assert 2 == len(backend.calls)
     for _ in range(2):
         await hit_by_frame(auth, frame)
-    assert auth.repeat_hit(frame)  # the refreshed entry is learned again
+    assert OK_REPLY == auth.repeat(frame)  # the refreshed entry is learned again
     auth.cache.drop((USER, "", "smtp"))
     backend.users[USER] = "new pw"
-    assert not auth.repeat_hit(frame)
+    assert auth.repeat(frame) is None
     assert Verdict.NO == await hit_by_frame(auth, frame)
 
 
@@ -447,5 +450,65 @@ async def test_a_read_with_trailing_bytes_is_not_learned() -> None:
     frame = frame_of(PW.encode())
     for _ in range(3):
         assert Verdict.OK == await hit_by_frame(auth, frame + b"junk")
-    assert not auth.repeat_hit(frame + b"junk")
-    assert not auth.repeat_hit(frame)
+    assert auth.repeat(frame + b"junk") is None
+    assert auth.repeat(frame) is None
+
+
+async def test_repeated_wrong_password_is_refused_by_its_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A phone retrying a wrong password: after the negative cache has answered it once, the
+    same bytes get the same NO, line and counts from repeat(), without reaching IMAP."""
+    auth, backend, _ = make()
+    frame = frame_of(b"typo")
+    with caplog.at_level("INFO", logger="saslimap.service"):
+        for _ in range(2):  # IMAP says no; then the negative cache, which learns the frame
+            assert Verdict.NO == await hit_by_frame(auth, frame)
+        await asyncio.sleep(0)
+        learned = caplog.records[-1].getMessage()
+        caplog.clear()
+        assert reply_no("authentication failed") == auth.repeat(frame)
+        await asyncio.sleep(0)
+    assert [learned] == [r.getMessage() for r in caplog.records]
+    assert "result=no source=negative-cache" in learned
+    assert 1 == len(backend.calls)
+    assert 1 == auth.budget.failures(USER)
+    sample = auth.metrics.registry.get_sample_value
+    assert 2.0 == sample("saslimap_cache_hits_total", {"kind": "negative"})
+    assert 3.0 == sample("saslimap_requests_total", {"result": "no"})
+
+
+async def test_a_refusal_by_bytes_lasts_no_longer_than_the_negative_cache() -> None:
+    """Past negative_ttl (from when IMAP refused it), the request goes to IMAP again."""
+    auth, backend, clock = make(CacheConfig(negative_ttl=60))
+    frame = frame_of(b"typo")
+    for _ in range(2):
+        await hit_by_frame(auth, frame)
+    clock.advance(59)
+    assert auth.repeat(frame) is not None
+    clock.advance(1)
+    assert auth.repeat(frame) is None
+    backend.users[USER] = "typo"  # the password was changed to it meanwhile
+    assert Verdict.OK == await hit_by_frame(auth, frame)
+    assert 2 == len(backend.calls)
+
+
+async def test_a_refusal_by_bytes_gives_way_to_a_newly_verified_password() -> None:
+    """Once another password of the user's is verified, a learned refusal is checked afresh
+    (the cached success is looked at first on the full path)."""
+    auth, _, _ = make()
+    frame = frame_of(b"typo")
+    for _ in range(2):
+        await hit_by_frame(auth, frame)
+    assert Verdict.OK == await hit_by_frame(auth, frame_of(PW.encode()))
+    assert auth.repeat(frame) is None
+    assert Verdict.NO == await hit_by_frame(auth, frame)  # still the negative cache's NO
+
+
+async def test_refusals_are_not_learned_with_a_failure_delay() -> None:
+    """With a failure delay every NO must wait, so none is answered from repeat()."""
+    auth, _, _ = make(limits=LimitsConfig(failure_delay=0.001))
+    frame = frame_of(b"typo")
+    for _ in range(3):
+        await hit_by_frame(auth, frame)
+    assert auth.repeat(frame) is None

@@ -174,7 +174,10 @@ class NegativeCache:
         self, hasher: Hasher, clock: Clock, *, ttl: float = 60.0, max_entries: int = 100_000
     ) -> None:
         self.hasher = hasher
-        self._store: TTLCache[tuple[Key, bytes], bool] = TTLCache(
+        self.clock = clock
+        self.ttl = ttl
+        # (key, password HMAC) -> when it was added; the store expires it ttl later.
+        self._store: TTLCache[tuple[Key, bytes], float] = TTLCache(
             maxsize=max_entries, ttl=ttl, timer=clock
         )
 
@@ -187,10 +190,15 @@ class NegativeCache:
     def __contains__(self, item: tuple[Key, str]) -> bool:
         return self._key(*item) in self._store
 
+    def expires(self, key: Key, password: str) -> float | None:
+        """When the entry for this password goes (clock time), or None if there is none."""
+        added = self._store.get(self._key(key, password))
+        return None if added is None else added + self.ttl
+
     def add(self, key: Key, password: str) -> None:
         """Remember that the IMAP server rejected this password for this user."""
         if self._store.maxsize > 0:
-            self._store[self._key(key, password)] = True
+            self._store[self._key(key, password)] = self.clock()
 
 
 class FailureBudget:

@@ -63,8 +63,8 @@ class Checker(Protocol):
         """Ask the IMAP server if :meth:`decide` could not answer; apply any failure delay."""
         ...
 
-    def repeat_hit(self, frame: bytes) -> bool:
-        """Whether this one read is a repeat of a request answered from the cache (logged)."""
+    def repeat(self, frame: bytes) -> bytes | None:
+        """The reply if this one read repeats a request answered from a cache (logged)."""
         ...
 
 
@@ -174,9 +174,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state is not _State.READING:
             return  # trailing bytes after a complete request are drained and ignored
-        if not self.buf and self.server.checker.repeat_hit(data):
-            self._reply(_REPLY_OK)  # the commonest request: a repeated cache hit
-            return
+        if not self.buf:
+            reply = self.server.checker.repeat(data)
+            if reply is not None:  # the commonest requests: repeats answered from a cache
+                self._reply(reply)
+                return
         if self.buf:  # the request came in pieces
             self.buf += data
             data = bytes(self.buf)
@@ -199,7 +201,7 @@ class _Connection(asyncio.Protocol):
         checker = self.server.checker
         try:
             addr = (req.client_addr or b"").decode("ascii", "replace")
-            # The whole read, if it is exactly this request, for repeat_hit() next time.
+            # The whole read, if it is exactly this request, for repeat() next time.
             frame = data if parsed.consumed == len(data) else b""
             decided = checker.decide(req.login, req.password, req.service, req.realm, addr, frame)
         except Exception:

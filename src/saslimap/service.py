@@ -14,11 +14,11 @@ login, service and realm once seen are remembered with their cache key and
 their ready-made answer and log text, so a repeat is one HMAC and one cache
 lookup, with nothing decoded, validated or formatted again.  A password whose
 HMAC matches a cached one equals a password that was validated and verified.
-And a whole request, as its bytes came off the wire, once answered that way is
-remembered by its HMAC (under a key of its own), so the mux server answers an
-identical request again with one HMAC and one dictionary lookup, without
-even parsing it (:meth:`Authenticator.repeat_hit`).  Both trust a cache entry
-only while the cache still holds it and it is fresh.
+And a whole request, as its bytes came off the wire, once answered that way (or
+refused by the negative cache) is remembered by its HMAC (under a key of its
+own), so the mux server answers an identical request again with one HMAC and
+one dictionary lookup, without even parsing it (:meth:`Authenticator.repeat`).
+They trust a cache entry only while the cache still holds it and it is fresh.
 
 Order of decisions for a well-formed request:
 
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from saslimap import logs
+from saslimap import logs, protocol
 from saslimap.cache import (
     CredentialCache,
     Entry,
@@ -126,6 +126,18 @@ class _Seen:
     line: str
 
 
+@dataclass(frozen=True)
+class _SeenRefusal:
+    """What a repeated negative-cache NO needs, for a request's exact bytes."""
+
+    key: Key
+    verified: Entry | None  # the user's verified entry when learned: a new one may be this
+    expires: float  # when the negative cache lets go of this password (clock time)
+    line: str
+    reply: bytes
+
+
+_REPLY_OK = protocol.reply_ok()
 _SEEN_MAX = 10_000  # names remembered for the fast path; cleared (not evicted) beyond
 
 
@@ -169,6 +181,11 @@ def _line(result: Result, login: str | bytes, service: str | bytes, realm: str |
         f'realm="{shown(realm)}" result={result.label} source={result.source} '
         f'reason="{result.reason}" backend_ms={backend_ms}{detail}'
     )
+
+
+def _as_text(value: str | bytes) -> str:
+    """A field already validated as UTF-8, as text."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class _Refused(Exception):
@@ -236,7 +253,7 @@ class Authenticator:
         self._seen: dict[tuple[str | bytes, str | bytes, str | bytes], _Seen] = {}
         # Whole requests by HMAC, under a key of their own (a request's bytes never share
         # a MAC key with user-and-password strings).
-        self._frames: dict[bytes, _Seen] = {}
+        self._frames: dict[bytes, _Seen | _SeenRefusal] = {}
         self._frame_hasher = Hasher()
 
     @property
@@ -280,24 +297,34 @@ class Authenticator:
             await asyncio.sleep(self.limits.failure_delay * random.uniform(0.5, 1.5))  # noqa: S311
         return result
 
-    def repeat_hit(self, frame: bytes) -> bool:
-        """Whether ``frame`` repeats a request answered from the cache, still fresh; logged.
+    def repeat(self, frame: bytes) -> bytes | None:
+        """The framed reply if ``frame`` repeats a request answered from a cache; logged.
 
         ``frame`` is exactly what one read returned.  It matches only the complete
-        bytes of an earlier request that :meth:`decide` answered as a fresh hit
-        (given as its ``frame``), so a match is a complete request, with the very
-        password that matched the entry, which must still be held and fresh.
+        bytes of an earlier request that :meth:`decide` answered from a cache (given
+        as its ``frame``), so a match is a complete request with that very password.
+        A success is answered again while its cache entry is still held and fresh;
+        a refusal by the negative cache while that entry lasts and no password of
+        the user's has been verified since (that one would be checked first).
         """
         seen = self._frames.get(self._frame_hasher.digest_bytes(frame))
         if seen is None:
-            return False
-        entry = seen.entry
-        if not entry.current or self.clock() - entry.verified_at >= self.cache.refresh_after:
-            return False
-        self.metrics.count_hit("positive")
-        self.metrics.count_request("ok")
+            return None
+        if type(seen) is _Seen:
+            entry = seen.entry
+            if not entry.current or self.clock() - entry.verified_at >= self.cache.refresh_after:
+                return None
+            self.metrics.count_hit("positive")
+            self.metrics.count_request("ok")
+            logs.info_line_soon(log, seen.line)
+            return _REPLY_OK
+        assert type(seen) is _SeenRefusal
+        if self.clock() >= seen.expires or self.cache.entry(seen.key) is not seen.verified:
+            return None
+        self.metrics.count_hit("negative")
+        self.metrics.count_request("no")
         logs.info_line_soon(log, seen.line)
-        return True
+        return seen.reply
 
     def decide(
         self,
@@ -313,8 +340,8 @@ class Authenticator:
         Returns a logged :class:`Result`, or a :class:`Pending` to pass to
         :meth:`complete`.  The mux server answers cache hits this way without
         creating a task.  ``frame``, when given, is the whole request exactly as
-        it was read (nothing before or after it): if it is answered as a fresh
-        hit, :meth:`repeat_hit` will know it again.
+        it was read (nothing before or after it): if it is answered from a
+        cache, :meth:`repeat` will know it again.
         """
         seen = self._seen.get((login, service, realm))
         if seen is not None:
@@ -323,9 +350,7 @@ class Authenticator:
             )
             if self.cache.is_fresh(seen.entry, self._hasher.digest_raw(seen.user, raw)):
                 if frame:
-                    if len(self._frames) >= _SEEN_MAX:
-                        self._frames.clear()  # rare, as for _seen: they come back on use
-                    self._frames[self._frame_hasher.digest_bytes(frame)] = seen
+                    self._learn_frame(frame, seen)
                 self.metrics.count_hit("positive")
                 self.metrics.count_request("ok")
                 logs.info_line_soon(log, seen.line)
@@ -336,7 +361,37 @@ class Authenticator:
             decided = Result(Verdict.NO, str(refusal), kind="bad_request")
         if isinstance(decided, Result):
             self._record(decided, login, service, realm)
+            if frame and decided.source == "negative-cache" and not self.limits.failure_delay:
+                self._learn_refusal(frame, decided, login, service, realm, password)
         return decided
+
+    def _learn_frame(self, frame: bytes, seen: _Seen | _SeenRefusal) -> None:
+        if len(self._frames) >= _SEEN_MAX:
+            self._frames.clear()  # rare, as for _seen: they come back on use
+        self._frames[self._frame_hasher.digest_bytes(frame)] = seen
+
+    def _learn_refusal(
+        self,
+        frame: bytes,
+        result: Result,
+        login: str | bytes,
+        service: str | bytes,
+        realm: str | bytes,
+        password: str | bytes,
+    ) -> None:
+        """Remember a negative-cache NO by its request's bytes, for as long as that entry lasts."""
+        # A refusal came after _decide() validated every field, so these decode.
+        key: Key = (result.user, _as_text(realm), _as_text(service))
+        expires = self.negative.expires(key, _as_text(password))
+        if expires is None:
+            return
+        self._learn_frame(
+            frame,
+            _SeenRefusal(
+                key, self.cache.entry(key), expires, _line(result, login, service, realm),
+                protocol.reply_no(result.reason),
+            ),
+        )  # fmt: skip
 
     async def complete(self, pending: Pending) -> Result:
         """Ask the IMAP server for a check :meth:`decide` could not answer; logs it."""
