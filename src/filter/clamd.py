@@ -188,8 +188,8 @@ class ClamdClient:
                 _write_all(memfd, data)
                 command, buffers, ancillary = fildes_request(memfd)
                 # Both fit an empty socket buffer at once: a fresh connection's is.
-                sock.send(command)
-                sock.sendmsg(buffers, ancillary)
+                if sock.send(command) != len(command) or sock.sendmsg(buffers, ancillary) != 1:
+                    raise ClamdError("protocol", "could not send the FILDES request at once")
                 os.close(memfd)
                 memfd = -1
             else:
