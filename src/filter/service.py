@@ -422,7 +422,7 @@ class Filter:
         started = time.monotonic()
         delivery = await self.forwarder.send(
             msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward,
-            dot_lines=msg.dot_lines,
+            dot_lines=_dot_lines(msg, data),
         )  # fmt: skip
         trace.timings["reinject"] = time.monotonic() - started
         return await self._answer(msg, rcpts, data, delivery, trace, whole)
@@ -509,6 +509,19 @@ class Filter:
             f" reinject_ms={ms.get('reinject', '-')} total_ms={ms.get('total', '-')}"
             f' reply="{_clean(reply)}"',
         )
+
+
+def _dot_lines(msg: Message, marked: bytes) -> bool:
+    """Whether a line of the marked message may start with a dot (see smtp_out.dot_stuff).
+
+    Marking rewrites only the header section and keeps the rest byte for byte, so
+    a new line start can only appear there: where a removed field had ended in a
+    lone CR, say, which joins ``\r`` and a following ``.`` line into CRLF-dot.
+    """
+    if msg.dot_lines:
+        return True
+    rest = headers.split(msg.data)[1]
+    return marked.find(b"\r\n.", 0, len(marked) - len(rest) + 2) >= 0
 
 
 def _refusal(rcpt_reply: Reply | None, final: Reply) -> Reply:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from filter.clamd import ClamdError, Outcome, ScanResult
-from filter.smtp_out import Delivery, Reply
+from filter.smtp_out import Delivery, Reply, dot_stuff
 from filter.spamd import SpamdError, SpamReport
 
 
@@ -80,6 +80,8 @@ class FakeForwarder:
     error: str = ""
     dsn_fails: bool = False
     sent: list[Sent] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    """What a real re-injection would send after DATA, dot-stuffed with the hint given."""
 
     async def send(
         self,
@@ -95,6 +97,7 @@ class FakeForwarder:
         self.sent.append(
             Sent(mail_from, list(recipients), data, list(mail_params), dict(xforward or {}))
         )
+        self.payloads.append(dot_stuff(data, dot_lines=dot_lines))
         if self.error:
             return Delivery(error=self.error)
         if mail_from == "" and self.dsn_fails:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import tempfile
 import zipfile
@@ -10,6 +11,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from filter.config import Config, PolicyConfig, ServerConfig, SpamdConfig
 from filter.quarantine import Store
@@ -305,3 +308,51 @@ def test_received_date_is_formatdate_of_this_second() -> None:
             assert email.utils.formatdate(second, localtime=True) == date
             return
     raise AssertionError("the clock ticked every time")
+
+
+@pytest.mark.parametrize("remove", [True, False])
+async def test_a_dot_line_made_by_marking_is_still_stuffed(remove: bool) -> None:
+    """A forged X-Spam field ending in a lone CR, removed by marking, joins that CR to a
+    following '.' line: the re-injected payload must stuff it, never end the data there."""
+    policy = PolicyConfig(remove_existing_spam_headers=remove)
+    f, _, _, fwd = make(Config(server=ServerConfig(hostname="gw.test"), policy=policy))
+    raw = (
+        b"Subject: hi\r\nX-Spam-Flag: YES\r.\r\nMAIL FROM:<x@evil.test>\r\n"
+        b"From: a@example.net\r\n\r\nbody\r\n"
+    )
+    msg = dataclasses.replace(message(raw), dot_lines=False)  # as the decoder saw it
+    assert (await f.handle(msg)).startswith("250")
+    [payload] = fwd.payloads
+    assert len(payload) - 5 == payload.find(b"\r\n.\r\n")  # only the real end line
+    assert b"\r\n.\r\nMAIL FROM" not in payload
+
+
+_HEAD_PIECES = st.sampled_from(
+    [b"X-Spam-Flag: YES", b"X-Spam-Status: No", b"Subject: s", b".", b".x", b"..", b" cont",
+     b"From: a@example.net", b"x"]
+)  # fmt: skip
+_ENDS = st.sampled_from([b"\r\n", b"\r", b"\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(_HEAD_PIECES, _ENDS), max_size=6),
+    st.lists(st.sampled_from([b"body", b".", b".x", b""]), max_size=3),
+    st.booleans(),
+)
+@example([(b"Subject: s", b"\r\n"), (b"X-Spam-Flag: YES", b"\r"), (b".", b"\r\n")], [], True)
+def test_no_line_of_a_marked_message_starts_with_a_lone_dot(
+    head: list[tuple[bytes, bytes]], body: list[bytes], remove: bool
+) -> None:
+    """Any header lines, lone CRs and dots, any marking: every line of the re-injected
+    payload that starts with a dot starts with two, but the final end line."""
+    raw = b"".join(a + b for a, b in head) + b"\r\n" + b"".join(line + b"\r\n" for line in body)
+    dotted = raw.startswith(b".") or b"\r\n." in raw  # what the DATA decoder reports
+    policy = PolicyConfig(remove_existing_spam_headers=remove)
+    f, _, _, fwd = make(Config(server=ServerConfig(hostname="gw.test"), policy=policy))
+    msg = dataclasses.replace(message(raw), dot_lines=dotted)
+    assert asyncio.run(f.handle(msg)).startswith("250")
+    [payload] = fwd.payloads
+    assert payload.endswith(b"\r\n.\r\n")
+    for line in payload[:-3].split(b"\n"):
+        assert not line.startswith(b".") or line.startswith(b".."), payload
