@@ -156,6 +156,18 @@ async def test_budget_holds_against_a_burst_decided_in_one_loop_turn() -> None:
     assert 10 == len(backend.calls)
 
 
+async def test_identical_checks_in_a_burst_count_once() -> None:
+    """A client opening many sessions at once with the right password (cache empty, say
+    after a restart): they share one IMAP login and spend no more budget than one."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=10))
+    backend.delay = 0.01  # all of them in flight together
+    decided = [auth.decide(USER, PW, "smtp") for _ in range(25)]
+    results = await asyncio.gather(*(auth.finish(d) for d in decided))
+    assert {Verdict.OK} == {r.verdict for r in results}
+    assert 1 == len(backend.calls)
+    assert not auth.budget.exhausted(USER)
+
+
 async def test_checks_without_verdict_hold_against_a_burst() -> None:
     """During an outage, guesses decided together reach IMAP at most the budget's worth."""
     auth, backend, _ = make(limits=LimitsConfig(failure_budget=5))

@@ -16,7 +16,7 @@ import pytest
 
 from saslimap import protocol
 from saslimap.config import LimitsConfig, ServerConfig, UsersConfig
-from saslimap.server import MuxServer, SocketInUse, bind_unix_socket
+from saslimap.server import MuxServer, SocketInUse, _Connection, bind_unix_socket
 from saslimap.service import Authenticator
 from tests.fakes import FakeBackend
 
@@ -272,3 +272,45 @@ async def test_repeated_hits_answer_like_the_first(srv: Running) -> None:
     reply = protocol.parse_reply(await srv.exchange(wrong))
     assert reply is not None
     assert reply.startswith(b"NO ")
+
+
+class _Transport:
+    """Just enough of a transport for one _Connection driven by hand."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_a_check_finishes_with_the_authenticator_that_decided_it(sockdir: Path) -> None:
+    """A reload between deciding a request and starting its IMAP check: the authenticator
+    that decided it finishes it, so neither keeps a check counted in flight."""
+    cfg = ServerConfig(socket=sockdir / "mux", read_timeout=2.0)
+    old = Authenticator(UsersConfig(), FakeBackend({"alice@example.com": "right pw"}))
+    new = Authenticator(UsersConfig(), FakeBackend({"alice@example.com": "right pw"}))
+    server = MuxServer(cfg, old)
+    transport = _Transport()
+    conn = _Connection(server)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(protocol.encode_request(b"alice@example.com", b"right pw", b"smtp", b""))
+    assert old.budget._in_flight  # decided, counted, its task not started yet
+    server.checker = new  # SIGHUP in the same event-loop turn
+    while server.tasks:
+        await asyncio.gather(*server.tasks)
+    assert b"\x00\x02OK" == transport.written
+    assert {} == old.budget._in_flight
+    assert {} == new.budget._in_flight

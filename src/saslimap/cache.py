@@ -221,7 +221,9 @@ class FailureBudget:
         self._users: TTLCache[str, dict[bytes, float]] = TTLCache(
             maxsize=max_users, ttl=window, timer=clock
         )
-        self._in_flight: dict[str, int] = {}
+        # user -> {password HMAC: checks of it in flight}; identical checks share one
+        # IMAP login, so they count once.
+        self._in_flight: dict[str, dict[bytes, int]] = {}
 
     def _recent(self, user: str) -> dict[bytes, float]:
         seen = self._users.get(user)
@@ -240,23 +242,31 @@ class FailureBudget:
         """
         if self.limit <= 0:
             return False
-        return len(self._recent(user)) + self._in_flight.get(user, 0) >= self.limit
+        recent = self._recent(user)
+        flying = self._in_flight.get(user, {})
+        return len(recent) + sum(1 for d in flying if d not in recent) >= self.limit
 
     def spent(self, user: str) -> bool:
         """Whether the user's failures alone, without checks in flight, use up the budget."""
         return 0 < self.limit <= len(self._recent(user))
 
-    def begin(self, user: str) -> None:
-        """A check that may spend budget has started."""
-        self._in_flight[user] = self._in_flight.get(user, 0) + 1
+    def begin(self, user: str, digest: bytes) -> None:
+        """A check of the password with this HMAC (:attr:`hasher`), which may spend budget,
+        has started."""
+        flying = self._in_flight.setdefault(user, {})
+        flying[digest] = flying.get(digest, 0) + 1
 
-    def end(self, user: str) -> None:
+    def end(self, user: str, digest: bytes) -> None:
         """That check has finished (call after :meth:`spend`, if it failed)."""
-        left = self._in_flight.get(user, 0) - 1
-        if left > 0:
-            self._in_flight[user] = left
-        else:
-            self._in_flight.pop(user, None)
+        flying = self._in_flight.get(user)
+        if flying is None or digest not in flying:
+            return
+        if flying[digest] > 1:
+            flying[digest] -= 1
+            return
+        del flying[digest]
+        if not flying:
+            del self._in_flight[user]
 
     def spend(self, user: str, password: str) -> None:
         """Count a wrong password (a repeat of one already counted is free)."""

@@ -212,7 +212,8 @@ class _Connection(asyncio.Protocol):
         ):
             self._answer(decided)  # cache hits and refusals: no task, no await
         else:
-            self.server.spawn(self._finish(decided))
+            # The checker that decided finishes (a reload may replace the server's meanwhile).
+            self.server.spawn(self._finish(checker, decided))
 
     def eof_received(self) -> bool:
         if self.state is _State.READING:
@@ -230,9 +231,9 @@ class _Connection(asyncio.Protocol):
         self.server.forget(self)
 
     # -- our own steps -----------------------------------------------------
-    async def _finish(self, decided: Result | Pending) -> None:
+    async def _finish(self, checker: Checker, decided: Result | Pending) -> None:
         try:
-            result = await self.server.checker.finish(decided)
+            result = await checker.finish(decided)
         except Exception:
             # The policy never raises for bad input; anything here is our bug.
             log.exception("internal error while checking a request; answering tempfail")

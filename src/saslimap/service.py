@@ -114,6 +114,7 @@ class Pending:
     password: str = field(repr=False)
     freshness: Freshness | None
     client_addr: str = ""
+    digest: bytes = field(default=b"", repr=False)  # the password's HMAC, as counted in flight
 
 
 @dataclass(frozen=True)
@@ -401,8 +402,8 @@ class Authenticator:
                 pending.key, pending.password, pending.freshness, pending.client_addr
             )
         finally:
-            self.budget.end(user)  # begun by decide()
-            self.undecided.end(user)
+            self.budget.end(user, pending.digest)  # begun by decide()
+            self.undecided.end(user, pending.digest)
         self._record(result, user, pending.key[2], pending.key[1])
         return result
 
@@ -475,9 +476,11 @@ class Authenticator:
         # Counted in flight from now, not from when the check's task first runs: the
         # server decides every request that arrived in one event-loop turn before any
         # task starts, and a burst of guesses would all pass a budget with one unit left.
-        self.budget.begin(user)
-        self.undecided.begin(user)
-        return Pending(key, password_s, freshness, client_addr)
+        # Identical checks share one IMAP login (_login_once), so they count once.
+        digest = self._hasher.digest(user, password_s)
+        self.budget.begin(user, digest)
+        self.undecided.begin(user, digest)
+        return Pending(key, password_s, freshness, client_addr, digest)
 
     async def _ask_imap(
         self, key: Key, password_s: str, freshness: Freshness | None, client_addr: str = ""
