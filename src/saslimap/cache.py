@@ -187,9 +187,6 @@ class NegativeCache:
     def _key(self, key: Key, password: str) -> tuple[Key, bytes]:
         return key, self.hasher.digest(key[0], password)
 
-    def __contains__(self, item: tuple[Key, str]) -> bool:
-        return self._key(*item) in self._store
-
     def expires(self, key: Key, password: str) -> float | None:
         """When the entry for this password goes (clock time), or None if there is none."""
         added = self._store.get(self._key(key, password))

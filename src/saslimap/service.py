@@ -184,11 +184,6 @@ def _line(result: Result, login: str | bytes, service: str | bytes, realm: str |
     )
 
 
-def _as_text(value: str | bytes) -> str:
-    """A field already validated as UTF-8, as text."""
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
 class _Refused(Exception):
     """A request answered NO by policy, before the backend is asked."""
 
@@ -357,42 +352,17 @@ class Authenticator:
                 logs.info_line_soon(log, seen.line)
                 return seen.ok
         try:
-            decided = self._decide(login, password, service, realm, client_addr)
+            decided = self._decide(login, password, service, realm, client_addr, frame)
         except _Refused as refusal:
             decided = Result(Verdict.NO, str(refusal), kind="bad_request")
         if isinstance(decided, Result):
             self._record(decided, login, service, realm)
-            if frame and decided.source == "negative-cache" and not self.limits.failure_delay:
-                self._learn_refusal(frame, decided, login, service, realm, password)
         return decided
 
     def _learn_frame(self, frame: bytes, seen: _Seen | _SeenRefusal) -> None:
         if len(self._frames) >= _SEEN_MAX:
             self._frames.clear()  # rare, as for _seen: they come back on use
         self._frames[self._frame_hasher.digest_bytes(frame)] = seen
-
-    def _learn_refusal(
-        self,
-        frame: bytes,
-        result: Result,
-        login: str | bytes,
-        service: str | bytes,
-        realm: str | bytes,
-        password: str | bytes,
-    ) -> None:
-        """Remember a negative-cache NO by its request's bytes, for as long as that entry lasts."""
-        # A refusal came after _decide() validated every field, so these decode.
-        key: Key = (result.user, _as_text(realm), _as_text(service))
-        expires = self.negative.expires(key, _as_text(password))
-        if expires is None:
-            return
-        self._learn_frame(
-            frame,
-            _SeenRefusal(
-                key, self.cache.entry(key), expires, _line(result, login, service, realm),
-                protocol.reply_no(result.reason),
-            ),
-        )  # fmt: skip
 
     async def complete(self, pending: Pending) -> Result:
         """Ask the IMAP server for a check :meth:`decide` could not answer; logs it."""
@@ -436,6 +406,7 @@ class Authenticator:
         service: str | bytes,
         realm: str | bytes,
         client_addr: str = "",
+        frame: bytes = b"",
     ) -> Result | Pending:
         login_s = _text("login", login, required=True)
         password_s = _text("password", password, required=True)
@@ -452,9 +423,19 @@ class Authenticator:
             if freshness is Freshness.REFRESH:
                 self._refresh_later(key, password_s)
             return self._remember(login, service, realm, key)
-        if (key, password_s) in self.negative:
+        refused_until = self.negative.expires(key, password_s)
+        if refused_until is not None:
             self.metrics.count_hit("negative")
-            return Result(Verdict.NO, "authentication failed", user, source="negative-cache")
+            refusal = Result(Verdict.NO, "authentication failed", user, source="negative-cache")
+            if frame and not self.limits.failure_delay:  # a delayed NO must wait each time
+                self._learn_frame(
+                    frame,
+                    _SeenRefusal(
+                        key, self.cache.entry(key), refused_until,
+                        _line(refusal, login, service, realm), protocol.reply_no(refusal.reason),
+                    ),
+                )  # fmt: skip
+            return refusal
         if freshness is None and self.budget.exhausted(user):
             if self.budget.spent(user):
                 return Result(
