@@ -84,19 +84,26 @@ def parse(message: bytes) -> Message:
     the payload as is.  Any other message gets the full parse.
     """
     text = message.decode("ascii", "surrogateescape")  # what message_from_bytes does
-    # Just after the first empty line (any line ending is a line boundary to the parser).
-    # Look for CRLF CRLF first, the usual header end over SMTP, and for LF LF only before
-    # it: a CRLF message has no LF LF, and an unbounded search for one reads it all.
-    crlf = text.find("\r\n\r\n")
-    lf = text.find("\n\n", 0, crlf + 2 if crlf >= 0 else len(text))
-    cuts = [found + size for found, size in ((lf, 2), (crlf, 4)) if found >= 0]
-    if cuts:
-        cut = min(cuts)
+    cut = _after_empty_line(message)  # one byte is one character of text
+    if cut is not None:
         msg = email.message_from_string(text[:cut], policy=email.policy.compat32)
         if msg.get_content_maintype() not in ("multipart", "message") and not msg.get_payload():
             msg.set_payload(text[cut:])
             return msg
     return email.message_from_string(text, policy=email.policy.compat32)
+
+
+def _after_empty_line(message: bytes) -> int | None:
+    """Where the first empty line in CRLF or LF form ends, or None if there is none.
+
+    CRLF CRLF is looked for first, the usual header end over SMTP, and LF LF only
+    before it: a CRLF message has no LF LF, and an unbounded search for one reads
+    it all.  (Any line ending is a line boundary to the email parser.)
+    """
+    crlf = message.find(b"\r\n\r\n")
+    lf = message.find(b"\n\n", 0, crlf + 2 if crlf >= 0 else len(message))
+    cuts = [found + size for found, size in ((lf, 2), (crlf, 4)) if found >= 0]
+    return min(cuts) if cuts else None
 
 
 def may_nest(message: bytes) -> bool:
@@ -108,11 +115,7 @@ def may_nest(message: bytes) -> bool:
     ``multipart/`` or ``message/`` in the value, in any case.  So without either
     text before that empty line, the message is a single part.
     """
-    crlf = message.find(b"\r\n\r\n")
-    lf = message.find(b"\n\n", 0, crlf + 2 if crlf >= 0 else len(message))
-    ends = [found for found in (crlf, lf) if found >= 0]
-    head = message[: min(ends)] if ends else message
-    lowered = head.lower()
+    lowered = message[: _after_empty_line(message)].lower()
     return b"multipart/" in lowered or b"message/" in lowered
 
 

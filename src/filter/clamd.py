@@ -151,7 +151,7 @@ class ClamdClient:
                     # clamd elsewhere): the stream says whether the message is at fault.
                     result = parse_reply(await self._ask(data, by_fd=False))
                     if result.outcome is not Outcome.ERROR:
-                        self._fd_failed(result)
+                        self._fd_failed()
                     return result
                 # An ERROR reply (including clamd's own "INSTREAM size limit exceeded")
                 # comes back as Outcome.ERROR: the caller treats it as "not scanned".
@@ -161,7 +161,7 @@ class ClamdClient:
         except OSError as err:
             raise ClamdError("connect", f"{self.address}: {err.strerror or err}") from None
 
-    def _fd_failed(self, result: ScanResult) -> None:
+    def _fd_failed(self) -> None:
         self._fd_failures += 1
         if self._fd_failures >= FD_FAILURES_BEFORE_INSTREAM:
             self.pass_fd = False

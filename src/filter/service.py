@@ -561,8 +561,8 @@ def bad_header(data: bytes, *, allow_8bit: bool) -> str:
     head = headers.split(data)[0]
     if b"\0" in head:
         return "NUL character in header"
-    # Whole-header checks in C: a byte-by-byte generator cost about 50 ns a byte, and
-    # real header sections (Received, DKIM, ARC) run to several kilobytes.
+    # Whole-header checks in C: a byte-by-byte generator cost over 20 ns a byte (58 us
+    # for a 2.5 KB header), and real header sections (Received, DKIM, ARC) are that long.
     if not allow_8bit and not head.isascii():
         return "non-encoded 8-bit data in header"
     if len(head) > 998 and max(map(len, head.splitlines())) > 998:

@@ -119,21 +119,15 @@ class DataDecoder:
         return not self._fragments
 
     @staticmethod
-    def complete(buffer: bytes | bytearray) -> int:
-        """How many bytes at the start of ``buffer`` :meth:`feed_lines` may take now.
+    def scan(buffer: bytes | bytearray) -> tuple[int, bool]:
+        """How many bytes at the start of ``buffer`` :meth:`feed_lines` may take now, and
+        whether a line after the first of those starts with a dot.
 
         Up to and including the end line if it is there, else up to the last
-        CRLF; 0 when the buffer holds no complete line.
-        """
-        return DataDecoder.scan(buffer)[0]
-
-    @staticmethod
-    def scan(buffer: bytes | bytearray) -> tuple[int, bool]:
-        """:meth:`complete`, and whether a line after the first of those bytes starts with a dot.
-
-        One search for CRLF-dot finds both the end line and any dot-stuffed line, so
-        a message without the latter is searched once (pass the flag on to
-        :meth:`feed_lines`, which then need not search again).
+        CRLF; 0 when the buffer holds no complete line.  One search for CRLF-dot finds
+        both the end line and any dot-stuffed line, so a message without the latter is
+        searched once (pass the flag on to :meth:`feed_lines`, which then need not
+        search again).
         """
         if buffer[:3] == END:
             return 3, False
@@ -151,7 +145,7 @@ class DataDecoder:
         return (last + 2 if last >= 0 else 0), dotted
 
     def feed_lines(self, block: bytes, *, dotted: bool = True) -> None:
-        """Whole lines from a line boundary, as measured by :meth:`complete`.
+        """Whole lines from a line boundary, as measured by :meth:`scan`.
 
         ``dotted=False`` (from :meth:`scan`) says no line after the first starts with a dot.
         """

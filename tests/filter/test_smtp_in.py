@@ -310,10 +310,10 @@ def test_dot_stuffing_is_undone_across_blocks() -> None:
 
 def test_complete_stops_at_the_end_line() -> None:
     """Only bytes up to the end line are taken; pipelined commands stay in the buffer."""
-    assert 3 == DataDecoder.complete(b".\r\nQUIT\r\n")
-    assert 8 == DataDecoder.complete(b"abc\r\n.\r\nQUIT\r\n")
-    assert 5 == DataDecoder.complete(b"abc\r\n.\r")
-    assert 0 == DataDecoder.complete(b"no line end yet")
+    assert 3 == DataDecoder.scan(b".\r\nQUIT\r\n")[0]
+    assert 8 == DataDecoder.scan(b"abc\r\n.\r\nQUIT\r\n")[0]
+    assert 5 == DataDecoder.scan(b"abc\r\n.\r")[0]
+    assert 0 == DataDecoder.scan(b"no line end yet")[0]
 
 
 @pytest.mark.parametrize(
@@ -384,7 +384,7 @@ def test_a_block_said_clean_is_kept_as_is() -> None:
         (b"..a\r\nb\r\n.\r\n", True),
         (b"a\r\n..b\r\n.\r\n", True),
         (b"a\n.b\r\n.\r\n", False),  # a bare LF is no line end to SMTP: not dot-stuffed
-        (b"x" * 1500 + b"\r\n..b\r\n.\r\n", True),  # a long line: the line-by-line path
+        (b"x" * 1500 + b"\r\n..b\r\n.\r\n", True),  # a dotted line after a long one
     ],
 )
 def test_decoder_says_whether_a_line_was_dot_stuffed(stream: bytes, dotted: bool) -> None:
@@ -411,3 +411,15 @@ def test_decoder_says_whether_a_line_was_dot_stuffed(stream: bytes, dotted: bool
                 break
         assert decoder.done
         assert dotted == decoder.dotted
+
+
+def test_a_dotted_line_fed_piece_by_piece_is_flagged() -> None:
+    """The line-by-line path (pieces of overrunning or odd reads) records a dotted line too."""
+    decoder = DataDecoder(None, LINE_LIMIT)
+    decoder.feed_piece(b"plain\r\n")
+    assert not decoder.dotted
+    decoder.feed_piece(b"..dot\r\n")
+    decoder.feed_piece(b".\r\n")
+    assert decoder.done
+    assert decoder.dotted
+    assert b"plain\r\n.dot\r\n" == decoder.content()
