@@ -4,7 +4,7 @@ This module owns a diagnostic companion to :mod:`bench.auth_bench`: it starts a
 throw-away Dovecot (devstack, TLS, fast failures) and times, with
 ``time.perf_counter`` (wall) and ``time.thread_time`` (this thread's CPU):
 
-- the steps of saslimap's own code path (``saslimap.imap``: open the session =
+- the steps of saslimap's own code path (``mailgate.imap``: open the session =
   TCP connect + greeting [+ TLS for imaps]; ``secure`` = STARTTLS + handshake +
   CAPABILITY; AUTHENTICATE; close) and a whole direct ``check_login`` call;
 - the same exchange written with bare ``socket``/``ssl`` calls and the fewest
@@ -34,9 +34,8 @@ from pathlib import Path
 from bench.auth_bench import DOMAIN, USER_COUNT, make_users, percentile
 from devstack.dovecot import Dovecot
 from devstack.tls import make_tls
-from saslimap import imap
-from saslimap.config import ImapConfig
-from saslimap.imap import ImapSettings, LoginResult
+from mailgate import imap
+from mailgate.imap import ImapSettings, LoginResult
 
 SCHEMES = ("imap", "imap+plaintext", "imaps")
 DEFAULT_CHECKS = 200
@@ -65,12 +64,12 @@ class Steps:
 
 
 def profile_saslimap(steps: Steps, settings: ImapSettings, user: str, password: str) -> None:
-    """One check through saslimap.imap's session object, step by step."""
+    """One check through mailgate.imap's session object, step by step."""
     with steps.step("total (same steps)"):
         with steps.step(
             "connect+greeting" + (" (+TLS)" if settings.target.scheme == "imaps" else "")
         ):
-            session = imap._Session(settings)
+            session = imap.Session(settings)
         try:
             with steps.step("secure (STARTTLS+TLS+CAPABILITY)"):
                 session.secure(settings)
@@ -206,12 +205,7 @@ def run(checks: int) -> str:
         results: dict[str, tuple[Steps, Steps, Steps]] = {
             s: (Steps(), Steps(), Steps()) for s in SCHEMES
         }
-        settings = {
-            s: ImapSettings.from_config(
-                ImapConfig(url=dovecot.imap_url(s), ca_file=dovecot.ca_file)
-            )
-            for s in SCHEMES
-        }
+        settings = {s: ImapSettings.from_url(dovecot.imap_url(s), dovecot.ca_file) for s in SCHEMES}
         ports = {"imap": dovecot.imap_port, "imap+plaintext": dovecot.imap_port}
         ports["imaps"] = dovecot.imaps_port or 0
         # Interleave everything so drift on the machine spreads evenly.
@@ -238,7 +232,7 @@ def run(checks: int) -> str:
     for s in SCHEMES:
         own, whole, raw = results[s]
         out.append("")
-        out.append(report(f"{s}: saslimap.imap session steps", own))
+        out.append(report(f"{s}: mailgate.imap session steps", own))
         out.append(report(f"{s}: direct check_login()", whole))
         out.append(report(f"{s}: bare sockets, fewest round trips (floor)", raw))
     return "\n".join(out)

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from saslimap.imap import BackendUnavailable, LoginResult
+from mailgate.imap import BackendUnavailable, LoginResult
 
 
 class FakeBackend:

@@ -10,9 +10,7 @@ keep the old configuration and say so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +22,14 @@ from filter.metrics import Metrics
 from filter.notices import Notices
 from filter.policy import Lists
 from filter.quarantine import Store
-from filter.server import Handler, start_server
+from filter.server import Handler, SmtpListener, start_server
 from filter.service import Filter
 from filter.smtp_out import Reinjector
 from filter.spamd import SpamdClient
-from saslimap import logs, sdnotify
-from saslimap.daemon import reload_config
-from saslimap.metrics import MetricsServer
+from mailgate import config as confkit
+from mailgate import lifecycle, logs, sdnotify
+from mailgate.lifecycle import reload_config
+from mailgate.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +79,10 @@ class Daemon:
         self.metrics = Metrics()
         self.service, self.reinjector = build_filter(cfg, self.metrics)
         self.handler = Handler(self.service, cfg.server.max_connections)
-        self.stopping = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()  # old re-injection pools after reloads
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT."""
-        loop = asyncio.get_running_loop()
         metrics_server = None
         if self.cfg.metrics.listen:
             mhost, mport = config_mod.split_listen(self.cfg.metrics.listen)
@@ -99,36 +96,21 @@ class Daemon:
             idle_timeout=self.cfg.server.idle_timeout,
             sock=inherited[0] if inherited else None,
         )  # fmt: skip
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info(
             "mail-filter ready on %s; clamd %s, spamd %s, re-injecting to %s",
             self.cfg.server.listen, self.cfg.clamd.address,
             self.cfg.spamd.address if self.cfg.spamd.enabled else "off", self.cfg.reinject.address,
         )  # fmt: skip
-        logs.keep_flushing(loop)
-        sdnotify.notify("READY=1\nSTATUS=filtering")
-        await self.stopping.wait()
-        sdnotify.notify("STOPPING=1")
-        server.close()
-        await self._drain()
+        await lifecycle.serve_until_stopped(
+            "mail-filter", [SmtpListener(server, self.handler)],
+            drain_timeout=self.cfg.server.drain_timeout, reload=self.reload, status="filtering",
+        )  # fmt: skip
         await self.reinjector.close()
         if metrics_server is not None:
             metrics_server.close()
         log.info("stopped")
         logs.flush_all()
         return 0
-
-    async def _drain(self) -> None:
-        """Wait for messages in progress; then close idle and stuck connections."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.handler.idle.wait(), self.cfg.server.drain_timeout)
-        if self.handler.busy:
-            log.warning("drain deadline passed with %d message(s) unanswered", self.handler.busy)
-        for conn in list(self.handler.connections):
-            if conn.transport is not None:
-                conn.transport.close()
 
     def reload(self) -> None:
         """SIGHUP: rebuild the pipeline from a freshly validated config, or keep the old one."""
@@ -161,6 +143,7 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     cfg = config_mod.load(path)
     for key, value in overrides.items():
         cfg = config_mod.override(cfg, key, value)
+    confkit.require_event_loop("server.event_loop", cfg.server.event_loop)
     if cfg.server.max_message_size > cfg.clamd.max_stream:
         # Such a message could never be scanned: it would be deferred (451) on every
         # try until Postfix bounces it days later, instead of a 552 at once.
@@ -174,11 +157,8 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
 
 
 def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
-    """Run the filter in a fresh event loop (uvloop when installed)."""
+    """Run the filter in a fresh event loop (``server.event_loop``: uvloop when installed)."""
     # aiosmtpd logs every SMTP command at INFO; our summary line per message says enough.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(Daemon(cfg, config_path, overrides).run())
-    return uvloop.run(Daemon(cfg, config_path, overrides).run())
+    run = lifecycle.runner(cfg.server.event_loop)
+    return run(Daemon(cfg, config_path, overrides).run())

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from filter import app, learn, quarantine_cli
 from filter.config import ConfigError
-from saslimap import daemon, logs
+from mailgate import command, logs
 
-EX_CONFIG = daemon.EX_CONFIG
+EX_CONFIG = command.EX_CONFIG
 DEFAULT_CONFIG = Path("/etc/mail-filter/filter.toml")
 log = logging.getLogger("filter")
 
@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         "clamd.address": args.clamd,
         "spamd.address": args.spamd,
     }
-    return daemon.serve_command(
+    return command.serve_command(
         "mail-filter", args.config, DEFAULT_CONFIG, flags, app.load_config,
         lambda cfg: cfg.logging.level, app.serve,
     )  # fmt: skip

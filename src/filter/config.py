@@ -2,7 +2,7 @@
 
 This module owns the schema of ``conf/filter.toml`` (every key, default and
 bounds); the machinery (validators, unknown-key errors naming ``section.key``)
-is :mod:`saslimap.confkit`, shared with saslimap.
+is :mod:`mailgate.config`, shared with saslimap.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES
-from saslimap import confkit
-from saslimap.config import parse_imap_url
-from saslimap.confkit import (
+from mailgate import config as confkit
+from mailgate.config import (
     ConfigError,
+    LoggingConfig,
     boolean,
     choice,
+    event_loop,
     integer,
     number,
     opt,
@@ -31,25 +32,6 @@ from saslimap.confkit import (
 __all__ = ["Config", "ConfigError", "load", "override", "split_listen"]
 
 
-def _address(key: str, value: object) -> str:
-    text = string(key, value)
-    if text.startswith("unix:"):
-        if not text[5:].startswith("/"):
-            raise ConfigError(f"{key}: unix: needs an absolute path; got {text!r}")
-        return text
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: must be host:port or unix:/path; got {text!r}")
-    return text
-
-
-def _hostport(key: str, value: object) -> str:
-    text = _address(key, value)
-    if text.startswith("unix:"):
-        raise ConfigError(f"{key}: must be host:port; got {text!r}")
-    return text
-
-
 def _size(key: str, value: object) -> int:
     return int(integer(0, 2**40)(key, value))
 
@@ -58,13 +40,14 @@ def _size(key: str, value: object) -> int:
 class ServerConfig:
     """Where Postfix hands mail to the filter, and how much it may hand at once."""
 
-    listen: str = opt("127.0.0.1:10024", _hostport)
+    listen: str = opt("127.0.0.1:10024", confkit.hostport)
     hostname: str = opt("", string)  # for our Received line and X-Virus-Scanned; "" = FQDN
     max_connections: int = opt(32, integer(1, 10_000))
     max_message_size: int = opt(25 * 1024 * 1024, _size)  # at most clamd.max_stream
     message_timeout: float = opt(480.0, number(1, 3600))
     idle_timeout: float = opt(300.0, number(1, 3600))
     drain_timeout: float = opt(60.0, number(0, 3600))
+    event_loop: Literal["auto", "asyncio", "uvloop"] = opt("auto", event_loop)
 
     @property
     def name(self) -> str:
@@ -76,7 +59,7 @@ class ServerConfig:
 class ReinjectConfig:
     """Where scanned mail goes back to Postfix."""
 
-    address: str = opt("127.0.0.1:10025", _hostport)
+    address: str = opt("127.0.0.1:10025", confkit.hostport)
     timeout: float = opt(120.0, number(1, 3600))
     pool_size: int = opt(8, integer(0, 1000))
 
@@ -85,7 +68,7 @@ class ReinjectConfig:
 class ClamdConfig:
     """The virus scanner."""
 
-    address: str = opt("unix:/var/run/clamav/clamd.ctl", _address)
+    address: str = opt("unix:/var/run/clamav/clamd.ctl", confkit.address)
     timeout: float = opt(60.0, number(0.1, 3600))
     concurrency: int = opt(8, integer(1, 1000))
     max_stream: int = opt(25 * 1024 * 1024, _size)
@@ -96,7 +79,7 @@ class ClamdConfig:
 class SpamdConfig:
     """The spam scanner."""
 
-    address: str = opt("127.0.0.1:783", _address)
+    address: str = opt("127.0.0.1:783", confkit.address)
     enabled: bool = opt(True, boolean)
     timeout: float = opt(120.0, number(0.1, 3600))
     concurrency: int = opt(4, integer(1, 1000))
@@ -226,18 +209,11 @@ class NoticesConfig:
     max_per_hour: int = opt(20, integer(0, 100_000))
 
 
-def _imap_url(key: str, value: object) -> str:
-    text = string(key, value)
-    if text:
-        parse_imap_url(text, key)
-    return text
-
-
 @dataclass(frozen=True)
 class LearnConfig:
     """mail-filter learn: the admin mailbox and how its folders teach Bayes."""
 
-    imap_url: str = opt("", _imap_url)
+    imap_url: str = opt("", confkit.imap_url)
     ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
     username: str = opt("", string)
     password: str = opt("", string)
@@ -255,17 +231,10 @@ class LearnConfig:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
-    """The Prometheus endpoint."""
+class MetricsConfig(confkit.MetricsConfig):
+    """The Prometheus endpoint: the shared table, on the filter's own default port."""
 
     listen: str = opt("127.0.0.1:9102", confkit.listen)
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    """Log verbosity."""
-
-    level: str = opt("info", confkit.choice("debug", "info", "warning", "error"))
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """``mail-filter learn``: teach SpamAssassin's Bayes from the admin mailbox's spam and ham folders.
 
-This module owns the learning run: log in to the internal IMAP server (same
-URL forms and CA options as saslimap), read new messages from each folder in
-batches, teach each one to spamd (``TELL``) or to a local ``sa-learn``, and
-remember per folder the UIDVALIDITY and the last UID learned, in a state file
-written atomically, so each message is learned once.  A UIDVALIDITY change
-relearns that folder (Bayes de-duplicates, so nothing is counted twice).  A
-message that moved between folders is relearned as its new class (forgotten,
-then learned), recognised by a digest of its bytes kept in the state file.
+This module owns the learning run: log in to the internal IMAP server through
+the core's IMAP session (:mod:`mailgate.imap`: the same URL forms, CA options
+and safe AUTHENTICATE PLAIN / LOGIN-with-literals as saslimap), read new
+messages from each folder in batches, teach each one to spamd (``TELL``) or to
+a local ``sa-learn``, and remember per folder the UIDVALIDITY and the last UID
+learned, in a state file written atomically, so each message is learned once.
+A UIDVALIDITY change relearns that folder (Bayes de-duplicates, so nothing is
+counted twice).  A message that moved between folders is relearned as its new
+class (forgotten, then learned), recognised by a digest of its bytes kept in
+the state file.
 
 A message that cannot be taught (spamd or sa-learn refused it, a timeout) is
 tried again in the next runs, up to ``MAX_TRIES`` runs in all, then given up
@@ -33,14 +35,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from imapclient import IMAPClient
+from typing import TYPE_CHECKING, Any, Protocol
 
 from filter.config import LearnConfig
 from filter.spamd import SpamdClient, SpamdError, encode_tell
-from saslimap.config import parse_imap_url
-from saslimap.imap import make_ssl_context
+from mailgate.errors import BackendError, ConfigError, MailgateError
+
+if TYPE_CHECKING:
+    from mailgate.imap import Mailbox as ImapMailbox
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ MAX_DIGESTS = 200_000  # remembered learned messages (for "moved to the other fo
 MAX_TRIES = 3  # runs in which a message may fail to be taught before it is given up
 
 
-class LearnError(Exception):
+class LearnError(MailgateError):
     """The run cannot go on (IMAP unreachable, login refused, spamd down)."""
 
 
@@ -199,29 +201,37 @@ def _password(cfg: LearnConfig) -> str:
     return cfg.password
 
 
-def connect(cfg: LearnConfig) -> Any:
-    """A logged-in IMAPClient (TLS as the URL says; certificates verified)."""
-    target = parse_imap_url(cfg.imap_url, "learn.imap_url")
-    context = None if target.scheme == "imap+plaintext" else make_ssl_context(cfg.ca_file)
+class Mailbox(Protocol):
+    """The IMAP calls a run makes (:class:`mailgate.imap.Mailbox`; a fake in tests)."""
+
+    def select_folder(self, folder: str, readonly: bool = True) -> dict[bytes, Any]: ...
+    def search(self, criteria: Sequence[str]) -> list[int]: ...
+    def fetch(self, uids: Sequence[int], items: Sequence[bytes]) -> dict[int, dict[bytes, Any]]: ...
+    def add_flags(self, uids: Sequence[int], flags: Sequence[bytes]) -> None: ...
+    def move(self, uids: Sequence[int], folder: str) -> None: ...
+    def delete_messages(self, uids: Sequence[int]) -> None: ...
+    def expunge(self) -> None: ...
+
+
+def connect(cfg: LearnConfig) -> ImapMailbox:
+    """A logged-in :class:`mailgate.imap.Mailbox` (TLS as the URL says; certificates verified).
+
+    The IMAP wrapper is imported here, not at the top: building the filter
+    daemon must not load imapclient.
+    """
+    from mailgate import imap
+
     password = _password(cfg)
     try:
-        client = IMAPClient(
-            target.host, port=target.port, ssl=target.scheme == "imaps",
-            ssl_context=context, timeout=cfg.timeout,
+        settings = imap.ImapSettings.from_url(
+            cfg.imap_url, cfg.ca_file, key="learn.imap_url",
+            connect_timeout=cfg.timeout, response_timeout=cfg.timeout,
         )  # fmt: skip
-        client._imap.debug = 0  # no protocol trace: it would log the password
-        if target.scheme == "imap":
-            client.starttls(context)
-        if b"AUTH=PLAIN" in client.capabilities():
-            client.plain_login(cfg.username, password)
-        else:
-            client.login(cfg.username, password)
-    except Exception as err:  # every library failure: no learning possible
-        # The error text is logged: it must never carry the password, should a
-        # library ever echo the command it failed on.
-        detail = str(err).replace(password, "***") if password else str(err)
-        raise LearnError(f"IMAP {target}: {type(err).__name__}: {detail}") from None
-    return client
+        return imap.open_mailbox(settings, cfg.username, password)
+    except ConfigError as err:
+        raise LearnError(str(err)) from None
+    except BackendError as err:  # its text never carries the password
+        raise LearnError(f"IMAP {cfg.imap_url}: {err}") from None
 
 
 class _Taught(set[int]):
@@ -252,7 +262,7 @@ class Learner:
         self.totals = Totals()
         self.started = time.monotonic()
 
-    def run(self, client: Any) -> Totals:
+    def run(self, client: Mailbox) -> Totals:
         """Learn every folder; the state file is saved after each batch."""
         state = State.load(self.cfg.state_file)
         for folder, klass in ((self.cfg.spam_folder, "spam"), (self.cfg.ham_folder, "ham")):
@@ -265,7 +275,7 @@ class Learner:
                 self.totals.skipped_folders.append(folder)
         return self.totals
 
-    def _folder(self, client: Any, state: State, folder: str, klass: str) -> None:
+    def _folder(self, client: Mailbox, state: State, folder: str, klass: str) -> None:
         writable = self.cfg.after != "leave" and not self.dry_run
         info = client.select_folder(folder, readonly=not writable)
         uidvalidity = int(info[b"UIDVALIDITY"])
@@ -364,7 +374,7 @@ class Learner:
             self.totals.learned[klass] = self.totals.learned.get(klass, 0) + 1
         return True
 
-    def _after(self, client: Any, uids: Sequence[int]) -> None:
+    def _after(self, client: Mailbox, uids: Sequence[int]) -> None:
         if self.cfg.after == "flag":
             client.add_flags(uids, [self.cfg.flag_keyword.encode()])
         elif self.cfg.after == "move":

@@ -43,6 +43,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from filter.service import Filter, Message
 from filter.smtp_in import DataDecoder, DataState, parse_path
+from mailgate.lifecycle import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -373,22 +374,22 @@ class Handler:
     def __init__(self, service: Filter, max_connections: int) -> None:
         self.service = service
         self.max_connections = max_connections
-        self.connections: set[FilterSMTP] = set()
+        self.tracker = Tracker(max_connections)
+        self.connections: set[FilterSMTP] = self.tracker.connections
         self.busy = 0
         self.idle = asyncio.Event()  # set while no message is being processed
         self.idle.set()
 
     def admit(self, conn: FilterSMTP) -> bool:
         """Count a connection in, unless the cap is reached."""
-        if len(self.connections) >= self.max_connections:
+        if not self.tracker.admit(conn):
             log.warning("connection cap of %d reached; refusing with 421", self.max_connections)
             return False
-        self.connections.add(conn)
         return True
 
     def forget(self, conn: FilterSMTP) -> None:
         """A connection ended."""
-        self.connections.discard(conn)
+        self.tracker.forget(conn)
 
     async def handle_EHLO(
         self, server: FilterSMTP, session: Session, envelope: Envelope, hostname: str,
@@ -431,6 +432,33 @@ class Handler:
         """Our own failure must never bounce mail: Postfix keeps it and retries."""
         log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
         return "451 4.3.0 Internal error in the content filter, try again later"
+
+
+class SmtpListener:
+    """The listening SMTP server and its handler, as the lifecycle drains them."""
+
+    def __init__(self, server: asyncio.AbstractServer, handler: Handler) -> None:
+        self.server = server
+        self.handler = handler
+
+    def close(self) -> None:
+        """Stop accepting; sessions already open carry on."""
+        self.server.close()
+
+    async def drain(self, deadline: float) -> None:
+        """Wait up to ``deadline`` for messages in progress; then close every connection.
+
+        Closing a connection cancels its session, so a message still unanswered is
+        never acknowledged: Postfix keeps it and tries again.
+        """
+        self.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.handler.idle.wait(), deadline or None)
+        if self.handler.busy:
+            log.warning("drain deadline passed with %d message(s) unanswered", self.handler.busy)
+        for conn in list(self.handler.connections):
+            if conn.transport is not None:
+                conn.transport.close()
 
 
 async def start_server(

@@ -38,7 +38,7 @@ from filter.quarantine import Entry, Store
 from filter.quarantine import new_id as new_quarantine_id
 from filter.smtp_out import Delivery, Reply
 from filter.spamd import SpamdError, SpamReport
-from saslimap import logs
+from mailgate import logs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,9 +12,9 @@ and ``testsaslauthd`` use it unchanged); the same check is usable from Python::
 
 from __future__ import annotations
 
+from mailgate.imap import BackendUnavailable, LoginResult
 from saslimap.api import Verifier
 from saslimap.config import Config, ConfigError, ImapTarget, load, parse_imap_url
-from saslimap.imap import BackendUnavailable, LoginResult
 from saslimap.service import Result, Verdict
 
 __all__ = [

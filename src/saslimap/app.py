@@ -14,22 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
-from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from mailgate import lifecycle, logs, sdnotify
+from mailgate.lifecycle import Listener, reload_config
+from mailgate.metrics_http import MetricsServer
+from mailgate.sockets import bind_unix_socket, unlink_if_ours
 from saslimap import config as config_mod
-from saslimap import logs, sdnotify
 from saslimap.config import Config
-from saslimap.daemon import reload_config
 from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
 from saslimap.iplimits import IpLimiter
-from saslimap.metrics import Metrics, MetricsServer
-from saslimap.server import MuxServer, bind_unix_socket, unlink_if_ours
+from saslimap.metrics import Metrics
+from saslimap.server import MuxServer
 from saslimap.service import Authenticator
 
 log = logging.getLogger(__name__)
@@ -63,11 +62,9 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self.dovecot: DovecotAuthServer | None = None
         self.dovecot_socket: tuple[Path, int] | None = None  # path and inode we bound
-        self.stopping = asyncio.Event()
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
-        loop = asyncio.get_running_loop()
         _warn_about(self.cfg)
         if self.cfg.metrics.listen:
             host, port = config_mod.split_listen(self.cfg.metrics.listen)
@@ -75,6 +72,7 @@ class Daemon:
         inherited = sdnotify.listen_sockets()
         self.server = MuxServer(self.cfg.server, self.auth, self.metrics)
         await self.server.start(inherited[0] if inherited else None)
+        listeners: list[Listener] = [self.server]
         if self.cfg.dovecot.socket is not None:
             d = self.cfg.dovecot
             assert d.socket is not None
@@ -84,24 +82,15 @@ class Daemon:
                 self.auth, make_limiter(self.cfg), self.metrics, self.cfg.server.max_connections
             )
             await self.dovecot.start(sock)
+            listeners.append(self.dovecot)
             log.info("Dovecot-protocol listener on %s", d.socket)
         self.backend.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        logs.keep_flushing(loop)
         log.info("saslimap ready: IMAP server %s", self.cfg.imap.target)
-        sdnotify.notify("READY=1\nSTATUS=answering on the mux socket")
-        await self.stopping.wait()
-        sdnotify.notify("STOPPING=1")
-        log.info(
-            "stopping: no new connections; draining for up to %g s", self.cfg.server.drain_timeout
-        )
         # Both listeners stop accepting at once and share one drain deadline.
-        drains = [self.server.drain(self.cfg.server.drain_timeout)]
-        if self.dovecot is not None:
-            drains.append(self.dovecot.drain(self.cfg.server.drain_timeout))
-        await asyncio.gather(*drains)
+        await lifecycle.serve_until_stopped(
+            "saslimap", listeners, drain_timeout=self.cfg.server.drain_timeout,
+            reload=self.reload, status="answering on the mux socket",
+        )  # fmt: skip
         if self.dovecot_socket is not None:
             unlink_if_ours(*self.dovecot_socket)
         self.auth.close()
@@ -159,19 +148,7 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     return cfg
 
 
-def _runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
-    """asyncio.run, or uvloop's run when chosen (or installed, for "auto")."""
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:  # "auto" without uvloop ("uvloop" was checked with the config)
-            pass
-        else:
-            return uvloop.run
-    return asyncio.run
-
-
 def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
     """Run the daemon in a fresh event loop."""
-    run = _runner(cfg.server.event_loop)
+    run = lifecycle.runner(cfg.server.event_loop)
     return run(Daemon(cfg, config_path, overrides).run())

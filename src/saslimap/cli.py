@@ -12,10 +12,11 @@ import getpass
 import sys
 from pathlib import Path
 
-from saslimap import app, client, daemon
+from mailgate import command
+from saslimap import app, client
 from saslimap.config import ConfigError, ServerConfig
 
-EX_CONFIG = daemon.EX_CONFIG
+EX_CONFIG = command.EX_CONFIG
 DEFAULT_CONFIG = Path("/etc/saslimap/saslimap.toml")
 
 
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     flags = {"server.socket": args.socket, "imap.url": args.imap, "imap.ca_file": args.ca_file}
-    return daemon.serve_command(
+    return command.serve_command(
         "saslimap", args.config, DEFAULT_CONFIG, flags, app.load_config,
         lambda cfg: cfg.logging.level, app.serve,
     )  # fmt: skip

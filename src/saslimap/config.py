@@ -14,74 +14,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from saslimap import confkit
-from saslimap.confkit import (
+from mailgate import config as confkit
+from mailgate.config import (
     ConfigError,
+    ImapTarget,
+    LoggingConfig,
+    MetricsConfig,
     boolean,
     choice,
+    event_loop,
+    imap_url,
     integer,
     mode,
     number,
     opt,
     optional_path,
+    parse_imap_url,
     split_listen,
     string,
 )
 
 # Re-exported for callers that import them from here.
-__all__ = ["ConfigError", "split_listen"]
-
-Scheme = Literal["imaps", "imap", "imap+plaintext"]
-_DEFAULT_PORTS: dict[str, int] = {"imaps": 993, "imap": 143, "imap+plaintext": 143}
-
-
-@dataclass(frozen=True)
-class ImapTarget:
-    """Where and how to reach the IMAP server, parsed from a URL.
-
-    ``imaps://`` is implicit TLS, ``imap://`` requires STARTTLS, and
-    ``imap+plaintext://`` is the explicit opt-in to clear text.
-    """
-
-    scheme: Scheme
-    host: str
-    port: int
-
-    @property
-    def is_loopback(self) -> bool:
-        """Whether the host is a loopback address or ``localhost``."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-
-def parse_imap_url(url: str, key: str = "imap.url") -> ImapTarget:
-    """Parse ``imaps://host[:993]``, ``imap://host[:143]`` or ``imap+plaintext://host[:143]``."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as err:
-        raise ConfigError(f"{key}: {url!r} is not a valid URL ({err})") from err
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise ConfigError(
-            f"{key}: scheme must be imaps://, imap:// (STARTTLS) or imap+plaintext://, got {url!r}"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"{key}: {url!r} names no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"{key}: {url!r} must be scheme://host[:port] and nothing more")
-    checked: Scheme = scheme  # type: ignore[assignment]  # membership checked above
-    return ImapTarget(checked, parts.hostname, port or _DEFAULT_PORTS[scheme])
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ImapTarget",
+    "LoggingConfig",
+    "MetricsConfig",
+    "parse_imap_url",
+    "split_listen",
+]
 
 
 def _socket_path(key: str, value: object) -> Path:
@@ -91,13 +54,6 @@ def _socket_path(key: str, value: object) -> Path:
     if len(text.encode()) > 107:
         raise ConfigError(f"{key}: longer than the 107 bytes a Unix socket path holds")
     return Path(text)
-
-
-def _url(key: str, value: object) -> str:
-    text = string(key, value)
-    if text:
-        parse_imap_url(text, key)
-    return text
 
 
 def _domains(key: str, value: object) -> tuple[str, ...]:
@@ -126,16 +82,14 @@ class ServerConfig:
     max_field_length: int = opt(256, integer(16, 65535))
     on_backend_error: Literal["close", "no"] = opt("close", choice("close", "no"))
     drain_timeout: float = opt(10.0, number(0, 600))
-    event_loop: Literal["auto", "asyncio", "uvloop"] = opt(
-        "auto", choice("auto", "asyncio", "uvloop")
-    )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = opt("auto", event_loop)
 
 
 @dataclass(frozen=True)
 class ImapConfig:
     """The IMAP server that holds the users' passwords."""
 
-    url: str = opt("", _url)
+    url: str = opt("", imap_url)
     ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009  (a field, see ServerConfig)
     connect_timeout: float = opt(5.0, number(0.05, 120))
     response_timeout: float = opt(5.0, number(0.05, 120))
@@ -220,22 +174,6 @@ class IpLimitsConfig:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
-    """The Prometheus endpoint."""
-
-    listen: str = opt("127.0.0.1:9101", confkit.listen)
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    """Log verbosity."""
-
-    level: Literal["debug", "info", "warning", "error"] = opt(
-        "info", choice("debug", "info", "warning", "error")
-    )
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration: one attribute per TOML table."""
 
@@ -267,11 +205,7 @@ def override(cfg: Config, key: str, value: object) -> Config:
 
 def require_complete(cfg: Config) -> None:
     """Checks that need the whole picture (after flags were applied)."""
-    if cfg.server.event_loop == "uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            raise ConfigError("server.event_loop: uvloop is not installed") from None
+    confkit.require_event_loop("server.event_loop", cfg.server.event_loop)
     if cfg.cache.refresh_after > cfg.cache.ttl:
         raise ConfigError("cache.refresh_after: must not exceed cache.ttl")
     if not cfg.imap.url:

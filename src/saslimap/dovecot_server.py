@@ -16,6 +16,7 @@ import itertools
 import logging
 from typing import Protocol, cast
 
+from mailgate.lifecycle import Tracker
 from saslimap import dovecot_proto as proto
 from saslimap.cache import Hasher
 from saslimap.iplimits import IpLimiter
@@ -47,8 +48,7 @@ class DovecotAuthServer:
         self.metrics = metrics
         self.max_connections = max_connections
         self.hasher = Hasher()
-        self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tracker = Tracker(max_connections)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, sock: object) -> None:
@@ -59,13 +59,16 @@ class DovecotAuthServer:
             sock=sock,  # type: ignore[arg-type]
         )
 
-    async def drain(self, deadline: float) -> None:
-        """Stop accepting, let requests in progress answer, then close."""
+    def close(self) -> None:
+        """Stop accepting; connections already open carry on."""
         if self._server is not None:
             self._server.close()
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=deadline or None)
-        for conn in list(self.connections):
+
+    async def drain(self, deadline: float) -> None:
+        """Let requests in progress answer within ``deadline``, cancel the rest, then close."""
+        self.close()
+        await self.tracker.finish_tasks(deadline, "Dovecot-protocol request")
+        for conn in list(self.tracker.connections):
             conn.close()
 
 
@@ -80,15 +83,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        if len(self.server.connections) >= self.server.max_connections:
+        if not self.server.tracker.admit(self):
             log.warning("dovecot listener: connection cap reached; closing a new connection")
             self.transport.close()
             return
-        self.server.connections.add(self)
         self.transport.write(proto.handshake(next(_CUIDS)))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.tracker.forget(self)
 
     def close(self) -> None:
         """Close the connection."""
@@ -129,9 +131,7 @@ class _Connection(asyncio.Protocol):
             self._write(proto.cont(request_id, outcome))
             return
         del self.pending[request_id]
-        task = asyncio.ensure_future(self._check(auth, outcome))
-        self.server.tasks.add(task)
-        task.add_done_callback(self.server.tasks.discard)
+        self.server.tracker.spawn(self._check(auth, outcome))
 
     async def _check(self, auth: proto.Auth, creds: proto.Credentials) -> None:
         server = self.server

@@ -8,15 +8,13 @@ error kinds): never a user name, realm or password.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from saslimap.imap import BackendUnavailable
+from mailgate.imap import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +96,3 @@ class Metrics:
             self.cache_entries.labels(cache).set_function(
                 lambda cache=cache: float(sizes().get(cache, 0))  # type: ignore[misc]
             )
-
-
-class MetricsServer:
-    """The HTTP endpoint (prometheus_client's threaded WSGI server)."""
-
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        server, thread = start_http_server(port, addr=host, registry=registry)
-        self._server: WSGIServer = server
-        self._thread: threading.Thread = thread
-        log.info("metrics on http://%s:%d/metrics", host, port)
-
-    def close(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)

@@ -16,21 +16,19 @@ closed without a reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import errno
 import functools
-import grp
 import logging
 import math
 import os
 import socket
-import stat
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Protocol, cast
 
+from mailgate.lifecycle import Tracker
+from mailgate.sockets import bind_unix_socket, unlink_if_ours
 from saslimap import protocol
 from saslimap.config import ServerConfig
 from saslimap.metrics import Metrics
@@ -66,74 +64,6 @@ class Checker(Protocol):
     def repeat(self, frame: bytes) -> bytes | None:
         """The reply if this one read repeats a request answered from a cache (logged)."""
         ...
-
-
-def unlink_if_ours(path: Path, inode: int) -> None:
-    """Remove a socket file we bound, unless a successor has replaced it meanwhile."""
-    with contextlib.suppress(FileNotFoundError):
-        if os.stat(path).st_ino == inode:
-            path.unlink()
-
-
-class SocketInUse(OSError):
-    """Another process is already answering on the socket path."""
-
-
-def bind_unix_socket(
-    path: Path, mode: int = 0o660, group: str = "", create_directory: bool = True
-) -> socket.socket:
-    """A listening Unix socket at ``path`` with the given mode and group.
-
-    The socket is bound under a temporary name, given its mode and group, and
-    only then renamed into place, so no client ever sees it with the wrong
-    permissions.  An existing file at ``path`` is replaced only if it is a
-    socket nobody answers on (stale, left by a crash); a live socket or any
-    other kind of file is refused.
-    """
-    if create_directory:
-        # 0755: the postfix user must be able to reach the socket inside.
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    _refuse_live(path)
-    gid = grp.getgrnam(group).gr_gid if group else -1
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(temp))
-        os.chmod(temp, mode)
-        if gid != -1:
-            os.chown(temp, -1, gid)
-        sock.listen(1024)
-        os.replace(temp, path)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-def _refuse_live(path: Path) -> None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketInUse(errno.EEXIST, f"{path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.info("replacing stale socket %s", path)
-        return
-    except OSError as err:
-        raise SocketInUse(err.errno or errno.EADDRINUSE, f"{path}: cannot probe ({err})") from err
-    finally:
-        probe.close()
-    raise SocketInUse(errno.EADDRINUSE, f"{path} is in use by another running daemon")
 
 
 class _State(enum.Enum):
@@ -305,8 +235,10 @@ class MuxServer:
         self.loop = asyncio.get_running_loop()
         self.max_request = protocol.max_request_size(cfg.max_field_length)
         self.read_timeout = cfg.read_timeout
-        self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tracker = Tracker(cfg.max_connections)
+        # The tracker's own sets, named here for the per-request paths.
+        self.connections: set[_Connection] = self.tracker.connections
+        self.tasks: set[asyncio.Task[None]] = self.tracker.tasks
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._path: Path | None = None
@@ -364,9 +296,7 @@ class MuxServer:
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """Run a check, keeping a reference so it is not garbage-collected and can be awaited."""
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tracker.spawn(coro)
 
     def bad_request(self, what: str) -> None:
         """Log one line for a request that could not be answered normally."""
@@ -375,7 +305,7 @@ class MuxServer:
         log.warning("bad request: %s", what)
 
     # -- lifecycle ----------------------------------------------------------
-    def close_listener(self) -> None:
+    def close(self) -> None:
         """Stop accepting; connections already open carry on."""
         if self._server is not None:
             self._server.close()
@@ -383,14 +313,8 @@ class MuxServer:
 
     async def drain(self, deadline: float) -> None:
         """Wait up to ``deadline`` seconds for checks in progress, then drop what is left."""
-        self.close_listener()
-        if self.tasks:
-            log.info("draining %d check(s) in progress", len(self.tasks))
-            _, pending = await asyncio.wait(set(self.tasks), timeout=deadline or None)
-            if pending:
-                log.warning("drain deadline passed; abandoning %d check(s)", len(pending))
-                for task in pending:
-                    task.cancel()
+        self.close()
+        await self.tracker.finish_tasks(deadline, "check")
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):

@@ -44,7 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from saslimap import logs, protocol
+from mailgate import logs
+from mailgate.imap import BackendUnavailable, LoginResult
+from saslimap import protocol
 from saslimap.cache import (
     CredentialCache,
     Entry,
@@ -55,7 +57,6 @@ from saslimap.cache import (
     NegativeCache,
 )
 from saslimap.config import CacheConfig, LimitsConfig, UsersConfig
-from saslimap.imap import BackendUnavailable, LoginResult
 from saslimap.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from filter.spamd import Response, SpamdClient, SpamdError
 
 
 class FakeMailbox:
-    """The few IMAPClient calls learn makes: a spam folder of UID -> message, no ham."""
+    """The Mailbox calls learn makes: a spam folder of UID -> message, no ham."""
 
     def __init__(self, messages: dict[int, bytes]) -> None:
         self.messages = messages
@@ -27,13 +27,22 @@ class FakeMailbox:
         self.selected = self.messages if folder == "spam" else {}
         return {b"UIDVALIDITY": 7}
 
-    def search(self, criteria: list[str]) -> list[int]:
+    def search(self, criteria: Sequence[str]) -> list[int]:
         low = int(criteria[1].split(":")[0])
         return [uid for uid in self.selected if uid >= low]
 
-    def fetch(self, uids: list[int], items: list[bytes]) -> dict[int, dict[bytes, bytes]]:
+    def fetch(self, uids: Sequence[int], items: Sequence[bytes]) -> dict[int, dict[bytes, Any]]:
         self.fetched += uids
         return {u: {b"BODY[]": self.selected[u]} for u in uids if u in self.selected}
+
+    def add_flags(self, uids: Sequence[int], flags: Sequence[bytes]) -> None:
+        pass
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        pass
+
+    def delete_messages(self, uids: Sequence[int]) -> None:
+        pass
 
     def expunge(self) -> None:
         pass

@@ -22,6 +22,9 @@ from devstack.tls import TlsFiles
 pytestmark = pytest.mark.integration
 
 ADMIN, ADMIN_PW = "mailgateway@example.com", "admin pw 'quoted' {3}"
+# A second admin whose password LOGIN could only send as a literal: non-ASCII,
+# spaces, both kinds of quote, a backslash and IMAP literal syntax.
+HARD_ADMIN, HARD_PW = "learner@example.com", 'pässwörd "dq" \'sq\' back\\slash {3} 密码'
 
 
 @dataclass
@@ -60,7 +63,7 @@ def message(kind: str, n: int, lines: int = 1) -> bytes:
 def setup(workroot: Path, tls: TlsFiles) -> Iterator[LearnSetup]:
     """Module-private daemons (tests change the mailbox and stop Dovecot)."""
     root = workroot / "learn"
-    dovecot = Dovecot(root / "dovecot", {ADMIN: ADMIN_PW}, tls=tls)
+    dovecot = Dovecot(root / "dovecot", {ADMIN: ADMIN_PW, HARD_ADMIN: HARD_PW}, tls=tls)
     spamd = Spamd(root / "spamd", allow_tell=True)
     dovecot.start()
     spamd.start()
@@ -143,6 +146,66 @@ def test_uidvalidity_change_relearns_the_folder_safely(setup: LearnSetup) -> Non
     assert 0 == run.returncode, run.stderr
     assert "already=4" in run.stderr
     assert (7, 4) == setup.spamd.learned_counts()
+
+
+def test_admin_with_a_non_ascii_quoted_password_logs_in(setup: LearnSetup) -> None:
+    """learn logs in through the core IMAP session with a password LOGIN would mangle."""
+    config = setup.config.parent / "hard.toml"
+    (setup.config.parent / "hard-pw").write_text(HARD_PW + "\n")
+    config.write_text(
+        _toml(
+            {
+                "spamd": {"address": f"127.0.0.1:{setup.spamd.port}"},
+                "learn": {
+                    "imap_url": setup.dovecot.imap_url("imap"),
+                    "ca_file": str(setup.dovecot.ca_file),
+                    "username": HARD_ADMIN,
+                    "password_file": str(setup.config.parent / "hard-pw"),
+                    "state_file": str(setup.config.parent / "hard-state.json"),
+                },
+                "logging": {"level": "debug"},
+            },
+            ("spamd", "learn", "logging"),
+        )
+    )
+    setup.dovecot.append_message(HARD_ADMIN, "spam", message("spam", 900))
+    setup.dovecot.append_message(HARD_ADMIN, "ham", message("ham", 900))
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "mail-filter"), "learn", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert 0 == run.returncode, run.stderr
+    assert "learn: spam=1 ham=1" in run.stderr
+    assert HARD_PW not in run.stderr
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "login"])
+def test_core_mailbox_logs_in_by_either_mechanism(setup: LearnSetup, mechanism: str) -> None:
+    """AUTHENTICATE PLAIN and LOGIN (the password as a literal) both open the mailbox."""
+    from mailgate.imap import ImapSettings, open_mailbox
+
+    settings = ImapSettings.from_url(
+        setup.dovecot.imap_url("imaps"), setup.dovecot.ca_file, mechanism=mechanism
+    )
+    box = open_mailbox(settings, HARD_ADMIN, HARD_PW)
+    try:
+        assert b"UIDVALIDITY" in box.select_folder("spam")
+    finally:
+        box.logout()
+
+
+def test_wrong_admin_password_is_a_clear_error_without_the_password(
+    setup: LearnSetup,
+) -> None:
+    """A refused login is an 'auth' error whose text never carries the password."""
+    from mailgate.imap import BackendUnavailable, ImapSettings, open_mailbox
+
+    settings = ImapSettings.from_url(setup.dovecot.imap_url("imaps"), setup.dovecot.ca_file)
+    wrong = HARD_PW + "x"
+    with pytest.raises(BackendUnavailable) as caught:
+        open_mailbox(settings, HARD_ADMIN, wrong)
+    assert "auth" == caught.value.kind
+    assert wrong not in str(caught.value)
 
 
 def test_imap_down_is_a_clear_error_and_keeps_the_state(setup: LearnSetup) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from saslimap import logs
+from mailgate import logs
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from devstack.clamd import (
 )
 from devstack.ports import free_port
 from filter.clamd import FD_FAILURES_BEFORE_INSTREAM, ClamdClient, Outcome
-from tests.test_devstack_filter import mail_with_attachment, zipped
+from tests.devstack.test_devstack_filter import mail_with_attachment, zipped
 
 pytestmark = pytest.mark.integration
 

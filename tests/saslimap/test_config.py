@@ -11,7 +11,7 @@ import pytest
 from saslimap import cli
 from saslimap.config import Config, ConfigError, from_mapping, load, override, parse_imap_url
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "saslimap.toml"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "saslimap.toml"
 
 
 def test_shipped_config_loads() -> None:

@@ -1,8 +1,7 @@
-"""The IMAP check against scripted servers: timeouts, refusals, STARTTLS, secrecy."""
+"""The core IMAP wrapper against scripted servers: timeouts, refusals, STARTTLS, secrecy."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -10,10 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from saslimap.config import parse_imap_url
-from saslimap.imap import (
+from mailgate.config import parse_imap_url
+from mailgate.imap import (
     BackendUnavailable,
-    ImapBackend,
     ImapSettings,
     LoginResult,
     _quoted_or_literal,
@@ -164,20 +162,6 @@ def test_password_never_logged_even_at_debug(
     assert SECRET not in caplog.text
     assert token not in caplog.text
     assert "secret" not in caplog.text.lower()
-
-
-async def test_backend_deadline_bounds_the_wait(scripted: list[ScriptedImap]) -> None:
-    """The async wrapper answers 'timeout' even when every thread is stuck."""
-    srv = ScriptedImap(greeting=None)
-    scripted.append(srv)
-    backend = ImapBackend(settings(srv.port, timeout=0.2), max_concurrency=2)
-    try:
-        results = await asyncio.gather(
-            *(backend.login("alice", "pw") for _ in range(4)), return_exceptions=True
-        )
-    finally:
-        backend.close()
-    assert all(isinstance(r, BackendUnavailable) for r in results)
 
 
 def test_client_address_is_forwarded_with_id(scripted: list[ScriptedImap]) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.sockets import SocketInUse, bind_unix_socket
 from saslimap import protocol
 from saslimap.config import LimitsConfig, ServerConfig, UsersConfig
-from saslimap.server import MuxServer, SocketInUse, _Connection, bind_unix_socket
+from saslimap.server import MuxServer, _Connection
 from saslimap.service import Authenticator
 from tests.fakes import FakeBackend
 

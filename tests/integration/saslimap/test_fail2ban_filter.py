@@ -6,7 +6,7 @@ import configparser
 import re
 from pathlib import Path
 
-FILTER = Path(__file__).resolve().parents[2] / "conf/fail2ban/filter.d/postfix-sasl-imap.conf"
+FILTER = Path(__file__).resolve().parents[3] / "conf/fail2ban/filter.d/postfix-sasl-imap.conf"
 # What fail2ban's common.conf __prefix_line expands to, closely enough for syslog lines
 # and Postfix's maillog_file lines ("Nov 28 01:15:02 host postfix/smtpd[123]: ...").
 PREFIX = r"\S+\s+\d+\s+[\d:]+\s+\S+\s+postfix(-\w+)?/(?:[^/\[:]+/)*smtpd\[\d+\]:\s+"

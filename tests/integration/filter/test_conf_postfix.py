@@ -14,7 +14,7 @@ from devstack.postfix import Postfix
 
 pytestmark = pytest.mark.integration
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "postfix"
+CONF = Path(__file__).resolve().parents[3] / "conf" / "postfix"
 
 
 def parse_main_cf(text: str) -> dict[str, str]:

@@ -1,9 +1,8 @@
-"""What both daemons' command lines and composition roots share.
+"""The ``serve`` command's common steps, for both daemons' command lines.
 
-This module owns the ``serve`` command's common steps (config path default,
-flags as overrides, exit 78 on a bad configuration, logging set up from the
-config, exit 1 when the daemon cannot start) and the first half of a SIGHUP
-reload (validate the new file, or keep the old configuration and say so).
+This module owns: the config path default, flags as overrides, exit 78
+(EX_CONFIG, sysexits.h) on a bad configuration, logging set up from the
+config, and exit 1 when the daemon cannot start.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from saslimap import logs, sdnotify
-from saslimap.confkit import ConfigError
+from mailgate import logs
+from mailgate.errors import ConfigError
 
 EX_CONFIG = 78
 C = TypeVar("C")
@@ -46,16 +45,3 @@ def serve_command(
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1
-
-
-def reload_config(
-    load: Callable[[Path | None, dict[str, str]], C], path: Path | None, overrides: dict[str, str]
-) -> C | None:
-    """SIGHUP's first step: the new, validated config, or None (old one kept, error logged)."""
-    sdnotify.notify("RELOADING=1")
-    try:
-        return load(path, overrides)
-    except ConfigError as err:
-        log.error("reload failed, keeping the current configuration: %s", err)
-        sdnotify.notify("READY=1")
-        return None

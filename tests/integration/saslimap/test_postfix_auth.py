@@ -15,7 +15,7 @@ from devstack.postfix import Postfix
 from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
 from tests.integration.conftest import USERS, eventually
-from tests.integration.test_fail2ban_filter import failregex
+from tests.integration.saslimap.test_fail2ban_filter import failregex
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,332 @@
+"""TOML configuration for both daemons: validators, sections, addresses, shared tables.
+
+This module owns how a raw TOML value becomes a checked Python value and how a
+table becomes a frozen dataclass: each dataclass field is declared with
+:func:`opt` (its default and its validator), unknown keys are refused, and
+every error names its ``section.key``.  Both daemons (``saslimap`` and
+``mail-filter``) build their schemas from it.  It also owns the three things
+both schemas hold alike: the :class:`Address` syntax (``host:port``,
+``[v6]:port``, ``unix:/path``), the ``[logging]`` and ``[metrics]`` tables, and
+the IMAP server URL (:func:`parse_imap_url`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from mailgate.errors import ConfigError
+
+__all__ = ["Address", "ConfigError", "ImapTarget", "LoggingConfig", "MetricsConfig"]
+
+T = TypeVar("T")
+
+
+Check = Callable[[str, object], Any]
+
+
+def choice(*choices: str) -> Check:
+    def check(key: str, value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return check
+
+
+def number(low: float, high: float) -> Check:
+    def check(key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: must be a number; got {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: must be between {low:g} and {high:g}; got {value!r}")
+        return float(value)
+
+    return check
+
+
+def integer(low: int, high: int) -> Check:
+    def check(key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be a whole number; got {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: must be between {low} and {high}; got {value!r}")
+        return value
+
+    return check
+
+
+def boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false; got {value!r}")
+    return value
+
+
+def string(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string; got {value!r}")
+    return value
+
+
+def mode(key: str, value: object) -> int:
+    # TOML has no octal literal that reads naturally to an administrator, so modes are strings.
+    text = string(key, value)
+    try:
+        mode = int(text, 8)
+    except ValueError as err:
+        raise ConfigError(f'{key}: must be an octal mode such as "0660"; got {text!r}') from err
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"{key}: must be between 0000 and 0777; got {text!r}")
+    return mode
+
+
+def optional_path(key: str, value: object) -> Path | None:
+    text = string(key, value)
+    return Path(text) if text else None
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where to connect or listen: a TCP ``host:port`` or a Unix socket path.
+
+    Written ``host:port``, ``[v6]:port`` (a bare IPv6 address with a port needs
+    the brackets) or ``unix:/absolute/path``.  ``str()`` gives the written form
+    back.
+    """
+
+    host: str = ""  # "" for a Unix socket
+    port: int = 0
+    path: str = ""  # "" for TCP
+
+    @property
+    def is_unix(self) -> bool:
+        """Whether this names a Unix socket."""
+        return bool(self.path)
+
+    @classmethod
+    def parse(cls, text: str, key: str = "address", *, unix: bool = True) -> Address:
+        """Parse the written form; ``unix=False`` refuses ``unix:`` paths."""
+        if text.startswith("unix:"):
+            path = text[5:]
+            if not unix:
+                raise ConfigError(f"{key}: must be host:port; got {text!r}")
+            if not path.startswith("/"):
+                raise ConfigError(f"{key}: unix: needs an absolute path; got {text!r}")
+            return cls(path=path)
+        host, sep, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            bracketed = True
+        else:
+            bracketed = False
+        valid = bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+        if valid and (bracketed or ":" in host):
+            # "[::1]:25" as RFC 3986 writes it; "::1:25" (the last colon before the
+            # port) is accepted too, as it always was.
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                valid = False
+        if not valid:
+            form = "host:port, [v6]:port or unix:/path" if unix else "host:port or [v6]:port"
+            raise ConfigError(f"{key}: must be {form}; got {text!r}")
+        return cls(host=host, port=int(port))
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def address(key: str, value: object) -> str:
+    """A ``host:port``, ``[v6]:port`` or ``unix:/path`` string (kept as written)."""
+    text = string(key, value)
+    Address.parse(text, key)
+    return text
+
+
+def hostport(key: str, value: object) -> str:
+    """A ``host:port`` or ``[v6]:port`` string (kept as written)."""
+    text = string(key, value)
+    Address.parse(text, key, unix=False)
+    return text
+
+
+def listen(key: str, value: object) -> str:
+    """A ``host:port`` to listen on, or ``""`` for off."""
+    text = string(key, value)
+    if text:
+        try:
+            Address.parse(text, key, unix=False)
+        except ConfigError:
+            raise ConfigError(
+                f'{key}: must be "host:port" (or "" to turn it off); got {text!r}'
+            ) from None
+    return text
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9101"`` -> ``("127.0.0.1", 9101)``; ``[::1]:9101`` works too."""
+    parsed = Address.parse(text, unix=False)
+    return parsed.host, parsed.port
+
+
+def opt(default: Any, check: Check) -> Any:
+    """A config field with its default and the function that validates a raw TOML value."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("mutable defaults are not allowed")
+    return field(default=default, metadata={"check": check})
+
+
+def build_section(cls: type[Any], name: str, raw: object) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a table ([{name}])")
+    checks = {f.name: f.metadata["check"] for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in checks:
+            raise ConfigError(f"{name}.{key}: unknown key")
+        values[key] = checks[key](f"{name}.{key}", value)
+    return cls(**values)
+
+
+def from_mapping(cls: type[T], raw: Mapping[str, Any]) -> T:
+    """Build a config whose fields are all section dataclasses (``default_factory``)."""
+    sections = {f.name: f.default_factory for f in fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"{key}: unknown section (known: {', '.join(sections)})")
+    return cls(
+        **{
+            name: build_section(section_cls, name, raw.get(name, {}))  # type: ignore[arg-type]
+            for name, section_cls in sections.items()
+        }
+    )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+
+
+def load(cls: type[T], path: Path) -> T:
+    """Read, validate and build; errors are prefixed with the file name."""
+    raw = load_toml(path)
+    try:
+        return from_mapping(cls, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def override(cfg: T, key: str, value: object) -> T:
+    """Set ``section.key`` (a command-line flag) with the same checks as the file."""
+    section, _, name = key.partition(".")
+    current = getattr(cfg, section)
+    checks = {f.name: f.metadata["check"] for f in fields(current)}
+    return replace(cfg, **{section: replace(current, **{name: checks[name](key, value)})})  # type: ignore[type-var]
+
+
+# -- tables both daemons have -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint (``""`` turns it off)."""
+
+    listen: str = opt("127.0.0.1:9101", listen)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log verbosity."""
+
+    level: Literal["debug", "info", "warning", "error"] = opt(
+        "info", choice("debug", "info", "warning", "error")
+    )
+
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+EventLoop = Literal["auto", "asyncio", "uvloop"]
+event_loop = choice(*EVENT_LOOPS)
+
+
+def require_event_loop(key: str, value: str) -> None:
+    """``uvloop`` chosen explicitly must be importable (``auto`` falls back)."""
+    if value == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{key}: uvloop is not installed") from None
+
+
+# -- the IMAP server URL (saslimap's [imap] and the filter's [learn]) ----------
+
+Scheme = Literal["imaps", "imap", "imap+plaintext"]
+_DEFAULT_PORTS: dict[str, int] = {"imaps": 993, "imap": 143, "imap+plaintext": 143}
+
+
+@dataclass(frozen=True)
+class ImapTarget:
+    """Where and how to reach the IMAP server, parsed from a URL.
+
+    ``imaps://`` is implicit TLS, ``imap://`` requires STARTTLS, and
+    ``imap+plaintext://`` is the explicit opt-in to clear text.
+    """
+
+    scheme: Scheme
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the host is a loopback address or ``localhost``."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_imap_url(url: str, key: str = "imap.url") -> ImapTarget:
+    """Parse ``imaps://host[:993]``, ``imap://host[:143]`` or ``imap+plaintext://host[:143]``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise ConfigError(f"{key}: {url!r} is not a valid URL ({err})") from err
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ConfigError(
+            f"{key}: scheme must be imaps://, imap:// (STARTTLS) or imap+plaintext://, got {url!r}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{key}: {url!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"{key}: {url!r} must be scheme://host[:port] and nothing more")
+    checked: Scheme = scheme  # type: ignore[assignment]  # membership checked above
+    return ImapTarget(checked, parts.hostname, port or _DEFAULT_PORTS[scheme])
+
+
+def imap_url(key: str, value: object) -> str:
+    """An IMAP server URL, or ``""`` for none."""
+    text = string(key, value)
+    if text:
+        parse_imap_url(text, key)
+    return text

@@ -1,0 +1,145 @@
+"""One process lifecycle for both daemons: run, reload on SIGHUP, drain on SIGTERM.
+
+This module owns what a composition root does around its listeners, in a fixed
+order (as uvicorn and aiohttp's web_runner do it):
+
+1. readiness to systemd once every listener accepts;
+2. SIGHUP: the daemon's own reload (:func:`reload_config` validates first, and
+   an invalid file keeps the old configuration);
+3. SIGTERM or SIGINT: every listener stops accepting at once (``close``), then
+   all drain together under one deadline (``drain``): work in progress may
+   finish, what is left at the deadline is cancelled and its connections
+   dropped.
+
+A listener is anything with ``close()`` and ``drain(deadline)``; the
+:class:`Tracker` gives it the bookkeeping (connection cap, tasks in flight,
+the deadline) so that no listener drains differently from another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from mailgate import logs, sdnotify
+from mailgate.errors import ConfigError
+
+C = TypeVar("C")
+log = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """A server a daemon runs: it stops accepting, then drains."""
+
+    def close(self) -> None:
+        """Stop accepting new connections; those open carry on."""
+        ...
+
+    async def drain(self, deadline: float) -> None:
+        """Let work in progress finish within ``deadline`` seconds, cancel the rest, close."""
+        ...
+
+
+class Tracker:
+    """A listener's open connections (with a cap) and its tasks in flight.
+
+    ``connections`` is a plain set so a hot path may use it directly.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.connections: set[Any] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def admit(self, conn: object) -> bool:
+        """Count a new connection in, unless the cap is reached."""
+        if len(self.connections) >= self.max_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def forget(self, conn: object) -> None:
+        """A connection ended."""
+        self.connections.discard(conn)
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task held here (not garbage-collected; awaited by the drain)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def finish_tasks(self, deadline: float, what: str = "request") -> int:
+        """Wait up to ``deadline`` s for the tasks in flight; cancel the rest; how many were."""
+        if not self.tasks:
+            return 0
+        log.info("draining %d %s(s) in progress", len(self.tasks), what)
+        _, pending = await asyncio.wait(set(self.tasks), timeout=deadline or None)
+        if pending:
+            log.warning("drain deadline passed; abandoning %d %s(s)", len(pending), what)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
+        return len(pending)
+
+
+async def shutdown(listeners: Collection[Listener], deadline: float) -> None:
+    """Every listener stops accepting at once, then all drain under one deadline."""
+    for listener in listeners:
+        listener.close()
+    await asyncio.gather(*(listener.drain(deadline) for listener in listeners))
+
+
+async def serve_until_stopped(
+    name: str,
+    listeners: Collection[Listener],
+    *,
+    drain_timeout: float,
+    reload: Callable[[], None],
+    status: str,
+) -> None:
+    """Announce readiness, reload on SIGHUP, and on SIGTERM/SIGINT shut down in order."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    logs.keep_flushing(loop)
+    sdnotify.notify(f"READY=1\nSTATUS={status}")
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    sdnotify.notify("STOPPING=1")
+    log.info("%s stopping: no new connections; draining for up to %g s", name, drain_timeout)
+    await shutdown(listeners, drain_timeout)
+
+
+def reload_config(
+    load: Callable[[Path | None, dict[str, str]], C], path: Path | None, overrides: dict[str, str]
+) -> C | None:
+    """SIGHUP's first step: the new, validated config, or None (old one kept, error logged)."""
+    sdnotify.notify("RELOADING=1")
+    try:
+        return load(path, overrides)
+    except ConfigError as err:
+        log.error("reload failed, keeping the current configuration: %s", err)
+        sdnotify.notify("READY=1")
+        return None
+
+
+def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """asyncio.run, or uvloop's run when chosen (or installed, for ``auto``)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:  # "auto" without uvloop ("uvloop" was checked with the config)
+            pass
+        else:
+            return uvloop.run
+    return asyncio.run
