@@ -2,7 +2,7 @@
 
 Runs the scenarios of :mod:`devstack.faults` (the test suite runs them small)
 plus a brute-force scenario, against real daemons on loopback, and prints a
-Markdown table for the README's reliability section.  It asserts nothing.
+Markdown table for docs/benchmarks.md (the faults and floods table).  It asserts nothing.
 
     .venv/bin/python -m bench.reliability [--quick] [--out FILE]
 """
