@@ -79,10 +79,10 @@ from bench.mux_load import (
     PassResult,
     encode,
 )
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.proc import pids_matching, terminate
 from devstack.saslauthd import RimapSaslauthd
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles, make_tls
 
 SERVICE = b"smtp"

@@ -7,7 +7,7 @@ out with no Postfix in between::
 
     smtp-source -m N -s CONC -l SIZE  ->  filter  ->  smtp-sink -c (counting)
 
-Filters: ``mail-filter serve`` (devstack.saslimapd.FilterDaemon, logging at
+Filters: ``mail-filter serve`` (devstack.daemons.FilterDaemon, logging at
 the production level ``info``) and fuglu 1.7 from PyPI in a venv of its own
 (``--fuglu-venv``, default /tmp/fuglu-venv; created with pip if missing),
 configured minimally by this script under its /tmp work directory: listen
@@ -58,9 +58,9 @@ from typing import TypeVar
 from bench.auth_bench import _loadavg, _source_state, machine_busy_cpu, percentile, process_cpu
 from bench.common import no_interrupts, ratio, run_main, say
 from devstack.clamd import Clamd
+from devstack.daemons import FilterDaemon
 from devstack.ports import LOOPBACK, free_port, wait_for_greeting
 from devstack.proc import child_pids, stop_pid, tail, terminate
-from devstack.saslimapd import FilterDaemon
 from devstack.spamd import Spamd
 from filter.spamd import encode_request, parse_report, parse_response
 

@@ -62,9 +62,9 @@ from imapclient import IMAPClient
 from bench.auth_bench import _loadavg, _source_state
 from bench.common import no_interrupts, run_main, say
 from bench.filter_bench import _table, _version
+from devstack.daemons import _toml
 from devstack.dovecot import Dovecot
 from devstack.proc import run_checked
-from devstack.saslimapd import _toml
 from devstack.spamd import Spamd
 from devstack.tls import make_tls
 

@@ -16,10 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.faults import auth_flood, mail_survives
 from devstack.gateway import MailChain
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import make_tls
 from saslimap import client, protocol
 

@@ -17,10 +17,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from devstack.clamd import Clamd
+from devstack.daemons import FilterDaemon
 from devstack.ports import free_port
 from devstack.postfix import Postfix
 from devstack.proc import Launcher
-from devstack.saslimapd import FilterDaemon
 from devstack.sink import SmtpSink
 from devstack.spamd import Spamd
 

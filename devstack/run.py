@@ -28,9 +28,9 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.gateway import MailChain
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import make_tls
 
 DEMO_USERS = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles, make_tls
 
 # Users with the passwords the issue names as hard: spaces, quotes, backslashes,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.daemons import SaslimapDaemon
 from devstack.faults import auth_flood, mail_survives
 from devstack.gateway import MailChain
-from devstack.saslimapd import SaslimapDaemon
 from tests.integration.conftest import HARD, USERS
 
 pytestmark = pytest.mark.integration

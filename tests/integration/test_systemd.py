@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.daemons import _toml
 from devstack.dovecot import Dovecot
-from devstack.saslimapd import _toml
 from devstack.tls import TlsFiles
 from saslimap import client
 from tests.fakes import StallingProxy

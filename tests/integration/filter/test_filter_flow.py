@@ -25,10 +25,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.clamd import EICAR, EICAR_SIGNATURE_PREFIX, TEST_MARKER, Clamd
+from devstack.daemons import FilterDaemon
 from devstack.gateway import MailChain
 from devstack.ports import free_port
 from devstack.postfix import Postfix
-from devstack.saslimapd import FilterDaemon
 from devstack.sink import SmtpSink
 from devstack.spamd import Spamd
 from filter import headers

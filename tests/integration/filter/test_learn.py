@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.daemons import _toml
 from devstack.dovecot import Dovecot
-from devstack.saslimapd import _toml
 from devstack.spamd import Spamd
 from devstack.tls import TlsFiles
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 ADMIN, ADMIN_PW = "mailgateway@example.com", "admin pw 'quoted' {3}"
 # A second admin whose password LOGIN could only send as a literal: non-ASCII,
 # spaces, both kinds of quote, a backslash and IMAP literal syntax.
-HARD_ADMIN, HARD_PW = "learner@example.com", 'pässwörd "dq" \'sq\' back\\slash {3} 密码'
+HARD_ADMIN, HARD_PW = "learner@example.com", "pässwörd \"dq\" 'sq' back\\slash {3} 密码"
 
 
 @dataclass

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
 from saslimap import client, protocol
 from saslimap.config import CacheConfig, ImapConfig, UsersConfig

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
 from saslimap import client, protocol
 from tests.fakes import StallingProxy

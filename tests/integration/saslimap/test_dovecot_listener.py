@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.postfix import Postfix
-from devstack.saslimapd import SaslimapDaemon
 from devstack.tls import TlsFiles
 from tests.integration.conftest import USERS, eventually
 
