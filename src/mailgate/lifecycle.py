@@ -110,11 +110,9 @@ async def serve_until_stopped(
     loop.add_signal_handler(signal.SIGHUP, reload)
     logs.keep_flushing(loop)
     sdnotify.notify(f"READY=1\nSTATUS={status}")
-    try:
-        await stopping.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+    # The handlers stay for the drain: a second SIGTERM or a SIGHUP meanwhile must
+    # not fall back to the default action, which would kill the process mid-drain.
+    await stopping.wait()
     sdnotify.notify("STOPPING=1")
     log.info("%s stopping: no new connections; draining for up to %g s", name, drain_timeout)
     await shutdown(listeners, drain_timeout)
