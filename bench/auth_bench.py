@@ -44,8 +44,8 @@ from devstack.ports import free_port
 from devstack.proc import pids_matching, terminate
 from devstack.saslauthd import RimapSaslauthd
 from devstack.tls import make_tls
-from saslimap import client
 from saslimap import config as saslimap_config_mod
+from saslimap import saslauthd_client
 
 DOMAIN = "example.com"
 SERVICE = b"smtp"
@@ -107,8 +107,10 @@ def _one_request(socket_path: str, cred: Credential) -> str | None:
     """Send one request on a fresh connection; None if OK, else a short error text."""
     login, realm, password = cred
     try:
-        reply = client.query(socket_path, login, password, SERVICE, realm, timeout=REQUEST_TIMEOUT)
-    except (OSError, client.NoReply) as err:
+        reply = saslauthd_client.query(
+            socket_path, login, password, SERVICE, realm, timeout=REQUEST_TIMEOUT
+        )
+    except (OSError, saslauthd_client.NoReply) as err:
         return f"{type(err).__name__}: {err}"
     if reply.startswith(b"OK"):
         return None

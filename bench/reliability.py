@@ -21,7 +21,7 @@ from devstack.dovecot import Dovecot
 from devstack.faults import auth_flood, mail_survives
 from devstack.gateway import MailChain
 from devstack.tls import make_tls
-from saslimap import client, protocol
+from saslimap import protocol, saslauthd_client
 
 USERS = {f"user{n}@example.com": f"password {n}" for n in range(600)}
 
@@ -39,16 +39,19 @@ def _brute_force(root: Path, dictionary: int, spray: int) -> list[tuple[str, str
         )  # fmt: skip
         with d:
             victim = "user0@example.com"
-            assert client.query(d.socket_path, victim.encode(), b"password 0", b"smtp") == b"OK"
+            assert (
+                saslauthd_client.query(d.socket_path, victim.encode(), b"password 0", b"smtp")
+                == b"OK"
+            )
             before = dovecot.auth_attempts()
             started = time.monotonic()
 
             def guess(n: int) -> str:
                 try:
-                    reply = client.query(
+                    reply = saslauthd_client.query(
                         d.socket_path, victim.encode(), f"guess {n}".encode(), b"smtp", timeout=60
                     )
-                except client.NoReply:
+                except saslauthd_client.NoReply:
                     return "tempfail"  # Dovecot's penalty outlasted the IMAP deadline
                 return "ok" if protocol.reply_is_ok(reply) else "no"
 
@@ -59,15 +62,19 @@ def _brute_force(root: Path, dictionary: int, spray: int) -> list[tuple[str, str
             seconds = time.monotonic() - started
             reached = dovecot.auth_attempts() - before
             begin = time.monotonic()
-            still_ok = client.query(d.socket_path, victim.encode(), b"password 0", b"smtp")
+            still_ok = saslauthd_client.query(
+                d.socket_path, victim.encode(), b"password 0", b"smtp"
+            )
             victim_ms = (time.monotonic() - begin) * 1000
             before = dovecot.auth_attempts()
 
             def spray_one(n: int) -> bool:
                 try:
                     user = f"user{n + 1}@example.com".encode()
-                    reply = client.query(d.socket_path, user, b"Summer2026!", b"smtp", timeout=60)
-                except client.NoReply:
+                    reply = saslauthd_client.query(
+                        d.socket_path, user, b"Summer2026!", b"smtp", timeout=60
+                    )
+                except saslauthd_client.NoReply:
                     return False
                 return protocol.reply_is_ok(reply)
 

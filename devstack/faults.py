@@ -30,7 +30,7 @@ from pathlib import Path
 
 from devstack.gateway import MailChain
 from devstack.ports import free_port
-from saslimap import client, protocol
+from saslimap import protocol, saslauthd_client
 
 
 @dataclass
@@ -240,9 +240,11 @@ def auth_flood(
         user, password, good = item
         begin = time.monotonic()
         try:
-            reply = client.query(mux, user.encode(), password.encode(), b"smtp", timeout=30)
+            reply = saslauthd_client.query(
+                mux, user.encode(), password.encode(), b"smtp", timeout=30
+            )
             ok = protocol.reply_is_ok(reply)
-        except (client.NoReply, OSError):
+        except (saslauthd_client.NoReply, OSError):
             ok = False
         with lock:
             latencies.append(time.monotonic() - begin)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mailgate import command
-from saslimap import app, client
+from saslimap import app, saslauthd_client
 from saslimap.config import ConfigError, ServerConfig
 
 EX_CONFIG = command.EX_CONFIG
@@ -86,7 +86,7 @@ def _read_password() -> str:
 def _test(args: argparse.Namespace) -> int:
     password = args.password if args.password is not None else _read_password()
     try:
-        reply = client.query(
+        reply = saslauthd_client.query(
             args.socket,
             args.user.encode(),
             password.encode(),
@@ -94,7 +94,7 @@ def _test(args: argparse.Namespace) -> int:
             args.realm.encode(),
             timeout=args.timeout,
         )
-    except client.NoReply:
+    except saslauthd_client.NoReply:
         print('0: NO "connection closed without a reply (temporary failure)"')
         return 2
     except OSError as err:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.tls import TlsFiles
-from saslimap import client, protocol
+from saslimap import protocol, saslauthd_client
 from saslimap.config import CacheConfig, ImapConfig, UsersConfig
 from saslimap.imap import ImapBackend
 from saslimap.service import Authenticator, Verdict
@@ -129,19 +129,21 @@ def test_dictionary_attack_reaches_imap_at_most_budget_times(
     victim = "alice@example.com"
     mux = d.socket_path
     try:
-        assert b"OK" == client.query(mux, victim.encode(), b"alice pw", b"smtp")
+        assert b"OK" == saslauthd_client.query(mux, victim.encode(), b"alice pw", b"smtp")
         before = dovecot.auth_attempts()
 
         def guess(n: int) -> bytes:
             try:
-                return client.query(mux, victim.encode(), f"guess-{n:05d}".encode(), b"smtp")
-            except client.NoReply:  # "try later": the budget is full of checks in flight
+                return saslauthd_client.query(
+                    mux, victim.encode(), f"guess-{n:05d}".encode(), b"smtp"
+                )
+            except saslauthd_client.NoReply:  # "try later": the budget is full of checks in flight
                 return b""
 
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(guess, range(2000)))
         assert not any(protocol.reply_is_ok(r) for r in replies)
-        assert b"OK" == client.query(mux, victim.encode(), b"alice pw", b"smtp")
+        assert b"OK" == saslauthd_client.query(mux, victim.encode(), b"alice pw", b"smtp")
         time.sleep(0.2)  # Dovecot writes its log line just after answering
         reached = dovecot.auth_attempts() - before
         assert reached <= 10
@@ -165,7 +167,9 @@ def test_sighup_flushes_caches(workroot: Path, dovecot: Dovecot, tls: TlsFiles) 
     )
     d.start()
     try:
-        assert b"OK" == client.query(d.socket_path, b"bob@example.com", b"bob-secret", b"smtp")
+        assert b"OK" == saslauthd_client.query(
+            d.socket_path, b"bob@example.com", b"bob-secret", b"smtp"
+        )
         assert 1.0 == scrape(d)[0]["saslimap_cache_entries{cache=positive}"]
         d.signal(signal.SIGHUP)
         deadline = time.monotonic() + 5

@@ -18,7 +18,7 @@ import pytest
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.tls import TlsFiles
-from saslimap import client, protocol
+from saslimap import protocol, saslauthd_client
 from tests.fakes import StallingProxy
 from tests.integration.conftest import HARD, USERS, eventually
 
@@ -116,7 +116,9 @@ def test_hostile_flood_interleaved_with_real_checks(daemon: SaslimapDaemon) -> N
 
     def real_job(item: tuple[str, str, bool]) -> None:
         user, password, good = item
-        reply = client.query(daemon.socket_path, user.encode(), password.encode(), b"smtp", b"")
+        reply = saslauthd_client.query(
+            daemon.socket_path, user.encode(), password.encode(), b"smtp", b""
+        )
         if protocol.reply_is_ok(reply) != good:
             with lock:
                 wrong_real.append(user)
@@ -128,13 +130,15 @@ def test_hostile_flood_interleaved_with_real_checks(daemon: SaslimapDaemon) -> N
             f.result()
     assert (0, []) == (hostile_ok, wrong_real)
     assert daemon.alive()
-    assert b"OK" == client.query(daemon.socket_path, b"alice@example.com", b"alice pw", b"smtp")
+    assert b"OK" == saslauthd_client.query(
+        daemon.socket_path, b"alice@example.com", b"alice pw", b"smtp"
+    )
 
 
 def test_no_password_in_daemon_log(daemon: SaslimapDaemon) -> None:
     """Even at debug level, no password of any user appears in the daemon's log."""
-    client.query(daemon.socket_path, b"alice@example.com", b"alice pw", b"smtp")
-    client.query(daemon.socket_path, b"alice@example.com", b"wrong-Pw-123", b"smtp")
+    saslauthd_client.query(daemon.socket_path, b"alice@example.com", b"alice pw", b"smtp")
+    saslauthd_client.query(daemon.socket_path, b"alice@example.com", b"wrong-Pw-123", b"smtp")
     text = eventually(daemon.log_text, "result=no")
     leaked = [p for p in [*USERS.values(), "wrong-Pw-123"] if p in text]
     assert [] == leaked
@@ -165,9 +169,11 @@ def test_stalled_imap_server_is_bounded(workroot: Path, dovecot: Dovecot, tls: T
             user = HARD[n % len(HARD)]
             begin = time.monotonic()
             try:
-                reply = client.query(d.socket_path, user.encode(), USERS[user].encode(), b"smtp")
+                reply = saslauthd_client.query(
+                    d.socket_path, user.encode(), USERS[user].encode(), b"smtp"
+                )
                 outcome = reply.decode()
-            except client.NoReply:
+            except saslauthd_client.NoReply:
                 outcome = "tempfail"
             return outcome, time.monotonic() - begin
 
@@ -201,7 +207,9 @@ def test_sighup_reload_keeps_old_config_on_error(
         while "reload failed" not in d.log_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "reload failed" in d.log_text()
-        assert b"OK" == client.query(d.socket_path, b"alice@example.com", b"alice pw", b"smtp")
+        assert b"OK" == saslauthd_client.query(
+            d.socket_path, b"alice@example.com", b"alice pw", b"smtp"
+        )
     finally:
         assert 0 == d.stop()
     assert not d.socket_path.exists()
