@@ -26,7 +26,7 @@ from saslimap import config as config_mod
 from saslimap.config import Config
 from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
-from saslimap.iplimits import IpLimiter
+from saslimap.limits import IpLimiter
 from saslimap.metrics import Metrics
 from saslimap.server import MuxServer
 from saslimap.service import Authenticator

@@ -3,7 +3,7 @@
 This module owns the connections on the second socket: the handshake, one
 line at a time with a length limit, the PLAIN and LOGIN exchanges, and the
 answers.  Unlike the saslauthd protocol, each request carries the SMTP client's
-address, so the per-IP limits of :mod:`saslimap.iplimits` apply here, and an
+address, so the per-IP limits of :mod:`saslimap.limits` apply here, and an
 outage is answered ``FAIL ... temp`` (Postfix: 454) rather than by hanging up.
 The check itself is the same authenticator (caches, budgets, IMAP) as the mux
 socket's.
@@ -19,7 +19,7 @@ from typing import Protocol, cast
 from mailgate.lifecycle import Tracker
 from saslimap import dovecot_proto as proto
 from saslimap.cache import Hasher
-from saslimap.iplimits import IpLimiter
+from saslimap.limits import IpLimiter
 from saslimap.metrics import Metrics
 from saslimap.service import Result, Verdict, shown
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saslimap import dovecot_proto as proto
-from saslimap.iplimits import IpLimiter, network_key
+from saslimap.limits import IpLimiter, network_key
 from tests.clock import FakeClock
 
 
