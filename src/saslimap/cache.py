@@ -1,7 +1,7 @@
-"""What saslimap remembers between checks: verified passwords, recent wrong ones, budgets.
+"""What saslimap remembers between checks: verified passwords and recent wrong ones.
 
-This module owns three small, socket-free stores, each on an injected clock so
-expiry is tested without sleeping:
+This module owns the keyed hash (:class:`Hasher`) and two small, socket-free
+stores, each on an injected clock so expiry is tested without sleeping:
 
 - :class:`CredentialCache` — successes only.  It keeps an HMAC-SHA256 of the
   password under a random per-process key (never the password, never a plain
@@ -11,8 +11,8 @@ expiry is tested without sleeping:
   ``ttl + stale_if_error``.
 - :class:`NegativeCache` — a wrong password remembered briefly, so a phone that
   retries the same wrong password does not reach IMAP (or the budget) again.
-- :class:`FailureBudget` — distinct wrong passwords per user in a sliding
-  window; over budget, only the cached verified password is still accepted.
+
+The brute-force budgets are limits, not caches: :mod:`saslimap.limits`.
 """
 
 from __future__ import annotations
@@ -196,86 +196,3 @@ class NegativeCache:
         """Remember that the IMAP server rejected this password for this user."""
         if self._store.maxsize > 0:
             self._store[self._key(key, password)] = self.clock()
-
-
-class FailureBudget:
-    """Distinct wrong passwords per user within a sliding window."""
-
-    def __init__(
-        self,
-        hasher: Hasher,
-        clock: Clock,
-        *,
-        limit: int = 10,
-        window: float = 900.0,
-        max_users: int = 100_000,
-    ) -> None:
-        self.hasher = hasher
-        self.clock = clock
-        self.limit = limit
-        self.window = window
-        # user -> {password HMAC: last time it failed}
-        self._users: TTLCache[str, dict[bytes, float]] = TTLCache(
-            maxsize=max_users, ttl=window, timer=clock
-        )
-        # user -> {password HMAC: checks of it in flight}; identical checks share one
-        # IMAP login, so they count once.
-        self._in_flight: dict[str, dict[bytes, int]] = {}
-
-    def _recent(self, user: str) -> dict[bytes, float]:
-        seen = self._users.get(user)
-        if seen is None:
-            return {}
-        cutoff = self.clock() - self.window
-        for digest in [d for d, t in seen.items() if t <= cutoff]:
-            del seen[digest]
-        return seen
-
-    def exhausted(self, user: str) -> bool:
-        """Whether the user's failures, plus checks of theirs still in flight, use up the budget.
-
-        Counting checks in flight keeps a burst of concurrent guesses from all
-        slipping past a budget that has one unit left.
-        """
-        if self.limit <= 0:
-            return False
-        recent = self._recent(user)
-        flying = self._in_flight.get(user, {})
-        return len(recent) + sum(1 for d in flying if d not in recent) >= self.limit
-
-    def spent(self, user: str) -> bool:
-        """Whether the user's failures alone, without checks in flight, use up the budget."""
-        return 0 < self.limit <= len(self._recent(user))
-
-    def begin(self, user: str, digest: bytes) -> None:
-        """A check of the password with this HMAC (:attr:`hasher`), which may spend budget,
-        has started."""
-        flying = self._in_flight.setdefault(user, {})
-        flying[digest] = flying.get(digest, 0) + 1
-
-    def end(self, user: str, digest: bytes) -> None:
-        """That check has finished (call after :meth:`spend`, if it failed)."""
-        flying = self._in_flight.get(user)
-        if flying is None or digest not in flying:
-            return
-        if flying[digest] > 1:
-            flying[digest] -= 1
-            return
-        del flying[digest]
-        if not flying:
-            del self._in_flight[user]
-
-    def spend(self, user: str, password: str) -> None:
-        """Count a wrong password (a repeat of one already counted is free)."""
-        seen = self._recent(user)
-        seen[self.hasher.digest(user, password)] = self.clock()
-        # Re-inserting restarts the store's TTL: the user stays tracked while failing.
-        self._users[user] = seen
-
-    def failures(self, user: str) -> int:
-        """Distinct wrong passwords within the window."""
-        return len(self._recent(user))
-
-    def forget(self, user: str) -> None:
-        """Clear the user's count (used when a verdict arrives for the undecided budget)."""
-        self._users.pop(user, None)

@@ -128,7 +128,7 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Brute-force limits."""
+    """Brute-force limits per user (see saslimap.limits)."""
 
     failure_budget: int = opt(10, integer(0, 1_000_000))
     failure_window: float = opt(900.0, number(1, 30 * 86400))

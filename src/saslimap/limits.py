@@ -1,28 +1,38 @@
-"""Per-client-address brute-force limits, possible only where Postfix tells us the address.
+"""Brute-force limits: distinct wrong passwords counted in a sliding window.
 
-This module owns the per-IP policy of the Dovecot-protocol listener (the
-saslauthd protocol carries no client address):
+This module owns one counter and the two limits built on it, all pure and
+driven by an injected clock (no sockets, no sleeping):
 
-- failures are counted per address (IPv6 per /64), as distinct wrong passwords
-  (HMACs): a phone retrying the same wrong password does not make it worse;
-- each counted failure raises a penalty, a delay before the FAIL answer
-  (``base_delay`` doubling up to ``max_delay``), as Dovecot does;
-- at ``budget`` failures within ``window`` the address gets FAIL at once,
-  without asking IMAP, until the window slides on;
-- a successful login exempts the address for ``exempt_after_success`` seconds
-  (an office NAT with one user's typo does not punish the others);
-- addresses in ``trusted_networks`` are never limited.
+- :class:`WindowCounter` — distinct failures (password HMACs) per key within a
+  sliding window: a phone retrying the same wrong password counts once.
+- :class:`FailureBudget` — per user.  Over budget, only the user's cached
+  verified password is still accepted; checks still in flight count from the
+  moment they are decided (identical ones once), so a burst of guesses cannot
+  all slip past a budget with one unit left.
+- :class:`IpLimiter` — per client address (IPv6 per /64), where the client's
+  address is known (the Dovecot protocol carries it, saslauthd's does not):
 
-Pure and clock-driven: no sockets, no sleeping.
+  - each counted failure raises a penalty, a delay before the failure answer
+    (``base_delay`` doubling up to ``max_delay``), as Dovecot does;
+  - at ``budget`` failures within ``window`` the address is refused at once,
+    without asking IMAP, until the window slides on;
+  - a successful login exempts the address for ``exempt_after_success`` seconds
+    (an office NAT with one user's typo does not punish the others);
+  - addresses in ``trusted_networks`` are never limited.
+
+The authenticator (:mod:`saslimap.service`) decides with both; the listeners
+only pass the client's address on and carry out the answer.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cachetools import TTLCache
+
+Clock = Callable[[], float]
 
 
 def network_key(address: str) -> str:
@@ -38,6 +48,107 @@ def network_key(address: str) -> str:
     return str(ip)
 
 
+class WindowCounter:
+    """Distinct failures (password HMACs) per key within a sliding window.
+
+    A failure counts from when it last happened until ``window`` seconds later;
+    the same HMAC again only moves that time on.  At most ``max_keys`` keys are
+    tracked (the least recently failing go first), so a flood of keys is bounded.
+    """
+
+    def __init__(self, clock: Clock, window: float, max_keys: int = 100_000) -> None:
+        self.clock = clock
+        self.window = window
+        # key -> {HMAC: when it last failed}; the store drops a key a window after its
+        # last failure (re-inserting restarts its TTL: a key stays tracked while failing).
+        self._keys: TTLCache[str, dict[bytes, float]] = TTLCache(max_keys, window, timer=clock)
+
+    def _pruned(self, key: str) -> dict[bytes, float] | None:
+        seen = self._keys.get(key)
+        if seen is not None:
+            cutoff = self.clock() - self.window
+            for digest in [d for d, t in seen.items() if t <= cutoff]:
+                del seen[digest]
+        return seen
+
+    def recent(self, key: str) -> Mapping[bytes, float]:
+        """The key's failures within the window, by HMAC (older ones are dropped)."""
+        return self._pruned(key) or {}
+
+    def count(self, key: str) -> int:
+        """Distinct failures of the key within the window."""
+        seen = self._pruned(key)
+        return 0 if seen is None else len(seen)
+
+    def add(self, key: str, digest: bytes) -> None:
+        """Count a failure (a repeat of one already counted only moves its time on)."""
+        seen = self._pruned(key) or {}
+        seen[digest] = self.clock()
+        self._keys[key] = seen
+
+    def forget(self, key: str) -> None:
+        """Clear the key's failures."""
+        self._keys.pop(key, None)
+
+
+class FailureBudget:
+    """Distinct wrong passwords per user within a sliding window, and checks in flight."""
+
+    def __init__(
+        self, clock: Clock, *, limit: int = 10, window: float = 900.0, max_users: int = 100_000
+    ) -> None:
+        self.limit = limit
+        self._failed = WindowCounter(clock, window, max_users)
+        # user -> {password HMAC: checks of it in flight}; identical checks share one
+        # IMAP login, so they count once.
+        self._in_flight: dict[str, dict[bytes, int]] = {}
+
+    def exhausted(self, user: str) -> bool:
+        """Whether the user's failures, plus checks of theirs still in flight, use up the budget.
+
+        Counting checks in flight keeps a burst of concurrent guesses from all
+        slipping past a budget that has one unit left.
+        """
+        if self.limit <= 0:
+            return False
+        recent = self._failed.recent(user)
+        flying = self._in_flight.get(user, {})
+        return len(recent) + sum(1 for d in flying if d not in recent) >= self.limit
+
+    def spent(self, user: str) -> bool:
+        """Whether the user's failures alone, without checks in flight, use up the budget."""
+        return 0 < self.limit <= self._failed.count(user)
+
+    def begin(self, user: str, digest: bytes) -> None:
+        """A check of the password with this HMAC, which may spend budget, has started."""
+        flying = self._in_flight.setdefault(user, {})
+        flying[digest] = flying.get(digest, 0) + 1
+
+    def end(self, user: str, digest: bytes) -> None:
+        """That check has finished (call after :meth:`spend`, if it failed)."""
+        flying = self._in_flight.get(user)
+        if flying is None or digest not in flying:
+            return
+        if flying[digest] > 1:
+            flying[digest] -= 1
+            return
+        del flying[digest]
+        if not flying:
+            del self._in_flight[user]
+
+    def spend(self, user: str, digest: bytes) -> None:
+        """Count the wrong password with this HMAC (a repeat of one already counted is free)."""
+        self._failed.add(user, digest)
+
+    def failures(self, user: str) -> int:
+        """Distinct wrong passwords within the window."""
+        return self._failed.count(user)
+
+    def forget(self, user: str) -> None:
+        """Clear the user's count (used when a verdict arrives for the undecided budget)."""
+        self._failed.forget(user)
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do with a request from an address."""
@@ -51,7 +162,7 @@ class IpLimiter:
 
     def __init__(
         self,
-        clock: Callable[[], float],
+        clock: Clock,
         *,
         budget: int = 30,
         window: float = 900.0,
@@ -61,15 +172,11 @@ class IpLimiter:
         trusted_networks: Sequence[str] = (),
         max_tracked: int = 100_000,
     ) -> None:
-        self.clock = clock
         self.budget = budget
-        self.window = window
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
-        self._failures: TTLCache[str, dict[bytes, float]] = TTLCache(
-            max_tracked, window, timer=clock
-        )
+        self._failed = WindowCounter(clock, window, max_tracked)
         self._exempt: TTLCache[str, bool] = TTLCache(
             max_tracked, exempt_after_success or 1e-9, timer=clock
         )
@@ -82,13 +189,6 @@ class IpLimiter:
             return False
         return any(ip in net for net in self.trusted)
 
-    def _count(self, key: str) -> int:
-        seen = self._failures.get(key)
-        if not seen:
-            return 0
-        cutoff = self.clock() - self.window
-        return sum(1 for t in seen.values() if t > cutoff)
-
     def decide(self, address: str) -> Decision:
         """Whether to ask IMAP for this address, and the penalty if the answer is FAIL."""
         if not address or self._trusted(address):
@@ -96,7 +196,7 @@ class IpLimiter:
         key = network_key(address)
         if key in self._exempt:
             return Decision(True, 0.0)
-        failures = self._count(key)
+        failures = self._failed.count(key)
         if self.budget and failures >= self.budget:
             return Decision(False, self.max_delay)
         return Decision(True, self.penalty(failures))
@@ -114,15 +214,13 @@ class IpLimiter:
         key = network_key(address)
         if key in self._exempt:
             return
-        seen = self._failures.get(key) or {}
-        seen[password_digest] = self.clock()
-        self._failures[key] = seen
+        self._failed.add(key, password_digest)
 
     def succeeded(self, address: str) -> None:
         """A right password from this address: forgive and exempt it for a while."""
         if not address:
             return
         key = network_key(address)
-        self._failures.pop(key, None)
+        self._failed.forget(key)
         if self._exempt_enabled:
             self._exempt[key] = True

@@ -47,16 +47,9 @@ from typing import Literal, Protocol
 from mailgate import logs
 from mailgate.imap import BackendUnavailable, LoginResult
 from saslimap import protocol
-from saslimap.cache import (
-    CredentialCache,
-    Entry,
-    FailureBudget,
-    Freshness,
-    Hasher,
-    Key,
-    NegativeCache,
-)
+from saslimap.cache import CredentialCache, Entry, Freshness, Hasher, Key, NegativeCache
 from saslimap.config import CacheConfig, LimitsConfig, UsersConfig
+from saslimap.limits import FailureBudget
 from saslimap.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -234,13 +227,13 @@ class Authenticator:
             hasher, clock, ttl=cache.negative_ttl, max_entries=cache.max_entries
         )
         self.budget = FailureBudget(
-            hasher, clock, limit=self.limits.failure_budget, window=self.limits.failure_window
+            clock, limit=self.limits.failure_budget, window=self.limits.failure_window
         )
         # Distinct passwords whose check ended without a verdict (IMAP slow or down). Under
         # Dovecot's per-IP penalty a guess can outlast the response deadline; without this
         # such guesses would reach IMAP forever without ever filling the budget above.
         self.undecided = FailureBudget(
-            hasher, clock, limit=self.limits.failure_budget, window=self.limits.failure_window
+            clock, limit=self.limits.failure_budget, window=self.limits.failure_window
         )
         self._allowed = frozenset(users.allowed_domains)
         self._pending: dict[tuple[Key, bytes], asyncio.Future[LoginResult]] = {}
@@ -369,9 +362,7 @@ class Authenticator:
         """Ask the IMAP server for a check :meth:`decide` could not answer; logs it."""
         user = pending.key[0]
         try:
-            result = await self._ask_imap(
-                pending.key, pending.password, pending.freshness, pending.client_addr
-            )
+            result = await self._ask_imap(pending)
         finally:
             self.budget.end(user, pending.digest)  # begun by decide()
             self.undecided.end(user, pending.digest)
@@ -464,16 +455,17 @@ class Authenticator:
         self.undecided.begin(user, digest)
         return Pending(key, password_s, freshness, client_addr, digest)
 
-    async def _ask_imap(
-        self, key: Key, password_s: str, freshness: Freshness | None, client_addr: str = ""
-    ) -> Result:
+    async def _ask_imap(self, pending: Pending) -> Result:
+        key, password_s, freshness, digest = (
+            pending.key, pending.password, pending.freshness, pending.digest,
+        )  # fmt: skip
         user = key[0]
         start = self.clock()
         try:
-            answer = await self._login_once(key, password_s, client_addr)
+            answer = await self._login_once(key, password_s, pending.client_addr)
         except BackendUnavailable as err:
             elapsed = self.clock() - start
-            self.undecided.spend(user, password_s)
+            self.undecided.spend(user, digest)
             if freshness is Freshness.STALE:
                 self.metrics.count_hit("stale")
                 return Result(
@@ -497,7 +489,7 @@ class Authenticator:
         if freshness is Freshness.STALE:
             self.cache.drop(key)  # the IMAP server now rejects what it once accepted
         self.negative.add(key, password_s)
-        self.budget.spend(user, password_s)
+        self.budget.spend(user, digest)
         return Result(Verdict.NO, "authentication failed", user, elapsed, source="imap")
 
     async def _login_once(self, key: Key, password: str, client_addr: str = "") -> LoginResult:
