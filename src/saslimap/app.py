@@ -1,12 +1,13 @@
 """The daemon's composition root: build, listen, notify, wait, reload, drain.
 
 This is the only place that knows how the pieces fit: config -> IMAP backend
--> authenticator (caches, limits) -> mux server, plus the metrics endpoint.  It
-owns the process lifecycle: readiness to systemd, SIGTERM/SIGINT (stop
-accepting, let checks in progress finish within ``drain_timeout``, then exit),
-and SIGHUP (re-read and validate the config file; on error keep the old one and
-say so; on success rebuild the backend and authenticator, which flushes every
-cache).  Metrics live for the whole process, across reloads.
+-> authenticator (caches, budgets, per-IP limits) -> mux server and Dovecot
+listener, plus the metrics endpoint.  It owns the process lifecycle: readiness
+to systemd, SIGTERM/SIGINT (stop accepting, let checks in progress finish
+within ``drain_timeout``, then exit), and SIGHUP (re-read and validate the
+config file; on error keep the old one and say so; on success rebuild the
+backend and authenticator, which flushes every cache and limit).  Metrics live
+for the whole process, across reloads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +26,6 @@ from saslimap import config as config_mod
 from saslimap.config import Config
 from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
-from saslimap.limits import IpLimiter
 from saslimap.metrics import Metrics
 from saslimap.server import MuxServer
 from saslimap.service import Authenticator
@@ -44,7 +43,10 @@ def _warn_about(cfg: Config) -> None:
 
 def build_authenticator(cfg: Config, backend: ImapBackend, metrics: Metrics) -> Authenticator:
     """The policy object for a config (fresh caches every time)."""
-    return Authenticator(cfg.users, backend, cache=cfg.cache, limits=cfg.limits, metrics=metrics)
+    return Authenticator(
+        cfg.users, backend, cache=cfg.cache, limits=cfg.limits, metrics=metrics,
+        iplimits=cfg.iplimits,
+    )  # fmt: skip
 
 
 class Daemon:
@@ -79,7 +81,7 @@ class Daemon:
             sock = bind_unix_socket(d.socket, d.socket_mode, d.socket_group)
             self.dovecot_socket = (d.socket, os.stat(d.socket).st_ino)
             self.dovecot = DovecotAuthServer(
-                self.auth, make_limiter(self.cfg), self.metrics, self.cfg.server.max_connections
+                self.auth, self.metrics, self.cfg.server.max_connections
             )
             await self.dovecot.start(sock)
             listeners.append(self.dovecot)
@@ -114,8 +116,7 @@ class Daemon:
         if self.server is not None:
             self.server.checker = self.auth
         if self.dovecot is not None:
-            self.dovecot.checker = self.auth
-            self.dovecot.limiter = make_limiter(new)
+            self.dovecot.checker = self.auth  # with fresh per-IP limits, as caches are fresh
         # Listeners and the metrics endpoint stay as they are until a restart.
         old = self.cfg
         self.cfg = replace(new, server=old.server, metrics=old.metrics, dovecot=old.dovecot)
@@ -127,16 +128,6 @@ class Daemon:
         _warn_about(self.cfg)
         log.info("reloaded configuration from %s; caches flushed", self.config_path or "flags")
         sdnotify.notify("READY=1")
-
-
-def make_limiter(cfg: Config) -> IpLimiter:
-    """The per-IP limits of the Dovecot listener."""
-    c = cfg.iplimits
-    return IpLimiter(
-        time.monotonic, budget=c.budget, window=c.window, base_delay=c.base_delay,
-        max_delay=c.max_delay, exempt_after_success=c.exempt_after_success,
-        trusted_networks=c.trusted_networks,
-    )  # fmt: skip
 
 
 def load_config(path: Path | None, overrides: dict[str, str]) -> Config:

@@ -3,10 +3,10 @@
 This module owns the connections on the second socket: the handshake, one
 line at a time with a length limit, the PLAIN and LOGIN exchanges, and the
 answers.  Unlike the saslauthd protocol, each request carries the SMTP client's
-address, so the per-IP limits of :mod:`saslimap.limits` apply here, and an
-outage is answered ``FAIL ... temp`` (Postfix: 454) rather than by hanging up.
-The check itself is the same authenticator (caches, budgets, IMAP) as the mux
-socket's.
+address, which goes to the authenticator with the credentials: it decides the
+per-IP limits (:meth:`saslimap.service.Authenticator.verify_client`) as it
+decides everything else for the mux socket (caches, budgets, IMAP), and this
+listener carries out its answer, including the penalty delay before a FAIL.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Protocol, cast
 
 from mailgate.lifecycle import Tracker
 from saslimap import dovecot_proto as proto
-from saslimap.cache import Hasher
-from saslimap.limits import IpLimiter
 from saslimap.metrics import Metrics
 from saslimap.service import Result, Verdict, shown
 
@@ -27,27 +25,25 @@ log = logging.getLogger(__name__)
 _CUIDS = itertools.count(1)
 
 
-class Verifier(Protocol):
+class ClientChecker(Protocol):
     """The authenticator as this listener uses it."""
 
-    async def verify(
-        self, login: str, password: str, service: str, realm: str, client_addr: str = ""
-    ) -> Result:
-        """Check credentials; never raises for bad input."""
+    async def verify_client(
+        self, login: str, password: str, service: str, client_addr: str
+    ) -> tuple[Result, float]:
+        """Check credentials from this address; the result and the delay before answering."""
         ...
 
 
 class DovecotAuthServer:
-    """Shared state of the listener: the checker, the IP limits, the open connections."""
+    """Shared state of the listener: the checker and the open connections."""
 
     def __init__(
-        self, checker: Verifier, limiter: IpLimiter, metrics: Metrics, max_connections: int = 512
+        self, checker: ClientChecker, metrics: Metrics, max_connections: int = 512
     ) -> None:
         self.checker = checker
-        self.limiter = limiter
         self.metrics = metrics
         self.max_connections = max_connections
-        self.hasher = Hasher()
         self.tracker = Tracker(max_connections)
         self._server: asyncio.AbstractServer | None = None
 
@@ -134,28 +130,17 @@ class _Connection(asyncio.Protocol):
         self.server.tracker.spawn(self._check(auth, outcome))
 
     async def _check(self, auth: proto.Auth, creds: proto.Credentials) -> None:
-        server = self.server
-        ip = auth.client_ip
-        decision = server.limiter.decide(ip)
-        if not decision.allowed:
-            server.metrics.count_request("ratelimited")
-            log.info(
-                'auth user="%s" rip=%s result=ratelimited source=ip-limit', shown(creds.user), ip
-            )
-            await asyncio.sleep(decision.penalty)
-            self._write(proto.fail(auth.id, "authentication failed", user=creds.user))
-            return
         try:
-            result = await server.checker.verify(creds.user, creds.password, auth.service, "", ip)
+            result, delay = await self.server.checker.verify_client(
+                creds.user, creds.password, auth.service, auth.client_ip
+            )
         except Exception:
             log.exception("internal error while checking a request; answering temp")
-            result = Result(Verdict.TEMPFAIL, "internal error")
+            result, delay = Result(Verdict.TEMPFAIL, "internal error"), 0.0
         if result.verdict is Verdict.OK:
-            server.limiter.succeeded(ip)
             self._write(proto.ok(auth.id, result.user or creds.user))
         elif result.verdict is Verdict.NO:
-            server.limiter.failed(ip, server.hasher.digest(ip, creds.password))
-            await asyncio.sleep(server.limiter.decide(ip).penalty)
+            await asyncio.sleep(delay)  # the address's penalty, as Dovecot delays a failure
             self._write(proto.fail(auth.id, "authentication failed", user=creds.user))
         else:
             # Dovecot's protocol has "FAIL ... temp", but Postfix 3.7's xsasl_dovecot client

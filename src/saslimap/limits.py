@@ -32,6 +32,10 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
+from saslimap.cache import Hasher
+from saslimap.config import IpLimitsConfig
+from saslimap.results import Verdict
+
 Clock = Callable[[], float]
 
 
@@ -181,6 +185,16 @@ class IpLimiter:
             max_tracked, exempt_after_success or 1e-9, timer=clock
         )
         self._exempt_enabled = exempt_after_success > 0
+        self._hasher = Hasher()
+
+    @classmethod
+    def from_config(cls, cfg: IpLimitsConfig, clock: Clock) -> IpLimiter:
+        """The limits an ``[iplimits]`` section sets."""
+        return cls(
+            clock, budget=cfg.budget, window=cfg.window, base_delay=cfg.base_delay,
+            max_delay=cfg.max_delay, exempt_after_success=cfg.exempt_after_success,
+            trusted_networks=cfg.trusted_networks,
+        )  # fmt: skip
 
     def _trusted(self, address: str) -> bool:
         try:
@@ -200,6 +214,22 @@ class IpLimiter:
         if self.budget and failures >= self.budget:
             return Decision(False, self.max_delay)
         return Decision(True, self.penalty(failures))
+
+    def refused(self, address: str) -> float | None:
+        """``None`` if IMAP may be asked for this address, else the delay before refusing."""
+        decision = self.decide(address)
+        return None if decision.allowed else decision.penalty
+
+    def answered(self, address: str, verdict: Verdict, password: str) -> float:
+        """Learn from a check's verdict; the delay before answering it (the penalty after NO)."""
+        if verdict is Verdict.OK:
+            self.succeeded(address)
+        elif verdict is Verdict.NO:
+            # Bound to the network, not the address: one password from two addresses of
+            # one IPv6 /64 is one failure, as their limit is one.
+            self.failed(address, self._hasher.digest(network_key(address), password))
+            return self.decide(address).penalty
+        return 0.0
 
     def penalty(self, failures: int) -> float:
         """Delay for an address with ``failures`` counted failures: 0, then doubling."""

@@ -1,0 +1,236 @@
+"""Checks in flight: what a request that needs the IMAP server goes through.
+
+This module owns the last step of the decision order (:mod:`saslimap.service`)
+and the work behind it:
+
+- a check is refused while the user's budgets are used up (by wrong passwords,
+  by checks still in flight, or by checks that ended without a verdict), and is
+  otherwise counted against them from the moment it is decided
+  (:meth:`SharedLogins.admit`), not from when its task first runs: the mux
+  server decides every request of one event-loop turn before any task starts,
+  and a burst of guesses would all pass a budget with one unit left;
+- identical checks in flight (same user, realm, service and password) share one
+  IMAP login and count once;
+- the answer teaches the caches and budgets: accepted -> cached; rejected ->
+  remembered by the negative cache, budget spent; unavailable -> OK only from a
+  stale cached success, else TEMPFAIL, and counted as undecided;
+- cached successes due for re-verification are re-checked in the background
+  (at most one per user at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mailgate.imap import BackendUnavailable, LoginResult
+from saslimap.cache import CredentialCache, Freshness, Hasher, Key, NegativeCache
+from saslimap.config import CacheConfig, LimitsConfig
+from saslimap.limits import FailureBudget
+from saslimap.metrics import Metrics
+from saslimap.results import Result, Verdict, log, shown
+
+
+class LoginBackend(Protocol):
+    """Something that can check a user name and password (the IMAP server)."""
+
+    async def login(self, user: str, password: str, client_addr: str = "") -> LoginResult:
+        """Return the verdict, or raise BackendUnavailable when there is none."""
+        ...
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A check that needs the IMAP server (from :meth:`Authenticator.decide`)."""
+
+    key: Key
+    password: str = field(repr=False)
+    freshness: Freshness | None
+    client_addr: str = ""
+    digest: bytes = field(default=b"", repr=False)  # the password's HMAC, as counted in flight
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What an IMAP answer updates: the caches and the two per-user budgets."""
+
+    cache: CredentialCache
+    negative: NegativeCache
+    budget: FailureBudget  # wrong passwords
+    # Distinct passwords whose check ended without a verdict (IMAP slow or down). Under
+    # Dovecot's per-IP penalty a guess can outlast the response deadline; without this
+    # such guesses would reach IMAP forever without ever filling the budget above.
+    undecided: FailureBudget
+
+    @classmethod
+    def build(
+        cls, cache: CacheConfig, limits: LimitsConfig, hasher: Hasher, clock: Callable[[], float]
+    ) -> Stores:
+        """Empty stores as the ``[cache]`` and ``[limits]`` sections set them."""
+        limit, window = limits.failure_budget, limits.failure_window
+        return cls(
+            CredentialCache(
+                hasher, clock, ttl=cache.ttl, refresh_after=cache.refresh_after,
+                stale_if_error=cache.stale_if_error, max_entries=cache.max_entries,
+            ),
+            NegativeCache(hasher, clock, ttl=cache.negative_ttl, max_entries=cache.max_entries),
+            FailureBudget(clock, limit=limit, window=window),
+            FailureBudget(clock, limit=limit, window=window),
+        )  # fmt: skip
+
+
+class SharedLogins:
+    """IMAP logins for checks in flight: counted, shared when identical, learned from."""
+
+    def __init__(
+        self,
+        backend: LoginBackend,
+        stores: Stores,
+        hasher: Hasher,
+        clock: Callable[[], float],
+        metrics: Metrics,
+    ) -> None:
+        self.backend = backend
+        self.stores = stores
+        self.clock = clock
+        self.metrics = metrics
+        self._hasher = hasher
+        self._pending: dict[tuple[Key, bytes], asyncio.Future[LoginResult]] = {}
+        self.background: set[asyncio.Task[None]] = set()
+        self._refreshing: set[Key] = set()
+
+    def admit(
+        self, key: Key, password: str, freshness: Freshness | None, client_addr: str
+    ) -> Result | Pending:
+        """A refusal if the user's budgets are used up, else a check counted in flight from now.
+
+        A password that was once verified (``freshness`` not ``None``) is never
+        refused here: over budget, only the cached verified password still works.
+        """
+        user = key[0]
+        budget, undecided = self.stores.budget, self.stores.undecided
+        if freshness is None and budget.exhausted(user):
+            if budget.spent(user):
+                return Result(
+                    Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
+                )
+            # Only checks still in flight fill the budget: they may yet be right, so this
+            # is "try later", not a wrong password.
+            return Result(
+                Verdict.TEMPFAIL, "too many checks in progress, try later", user,
+                kind="ratelimited", source="budget",
+            )  # fmt: skip
+        if freshness is None and undecided.exhausted(user):
+            # Still "try later", never NO: an outage must not look like a wrong password.
+            return Result(
+                Verdict.TEMPFAIL, "too many checks without a verdict, try later", user,
+                kind="ratelimited", source="budget",
+            )  # fmt: skip
+        self.metrics.cache_misses.inc()
+        digest = self._hasher.digest(user, password)
+        budget.begin(user, digest)
+        undecided.begin(user, digest)
+        return Pending(key, password, freshness, client_addr, digest)
+
+    async def complete(self, pending: Pending) -> Result:
+        """Ask the IMAP server (sharing an identical check in flight); not logged."""
+        user = pending.key[0]
+        try:
+            return await self._ask(pending)
+        finally:
+            self.stores.budget.end(user, pending.digest)  # begun by admit()
+            self.stores.undecided.end(user, pending.digest)
+
+    async def _ask(self, pending: Pending) -> Result:
+        key, password, freshness, digest = (
+            pending.key, pending.password, pending.freshness, pending.digest,
+        )  # fmt: skip
+        s = self.stores
+        user = key[0]
+        start = self.clock()
+        try:
+            answer = await self._login_once(key, password, digest, pending.client_addr)
+        except BackendUnavailable as err:
+            elapsed = self.clock() - start
+            s.undecided.spend(user, digest)
+            if freshness is Freshness.STALE:
+                self.metrics.count_hit("stale")
+                return Result(
+                    Verdict.OK, "authenticated", user, elapsed, err.kind, err.detail,
+                    source="stale-cache",
+                )  # fmt: skip
+            return Result(
+                Verdict.TEMPFAIL, f"IMAP server unavailable ({err.kind})", user, elapsed,
+                err.kind, err.detail, source="imap",
+            )  # fmt: skip
+        elapsed = self.clock() - start
+        s.undecided.forget(user)
+        if answer is LoginResult.ACCEPTED:
+            s.cache.store(key, password)
+            return Result(Verdict.OK, "authenticated", user, elapsed, source="imap")
+        if freshness is Freshness.STALE:
+            s.cache.drop(key)  # the IMAP server now rejects what it once accepted
+        s.negative.add(key, password)
+        s.budget.spend(user, digest)
+        return Result(Verdict.NO, "authentication failed", user, elapsed, source="imap")
+
+    async def _login_once(
+        self, key: Key, password: str, digest: bytes, client_addr: str = ""
+    ) -> LoginResult:
+        """Ask the backend; identical checks already in flight share that one answer."""
+        flight = (key, digest)
+        pending = self._pending.get(flight)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[LoginResult] = asyncio.get_running_loop().create_future()
+        self._pending[flight] = future
+        self.metrics.in_flight.inc()
+        try:
+            started = time.monotonic()
+            answer = await self.backend.login(key[0], password, client_addr)
+            self.metrics.imap_login_seconds.observe(time.monotonic() - started)
+            future.set_result(answer)
+            return answer
+        except BaseException as err:
+            if isinstance(err, BackendUnavailable):
+                self.metrics.imap_errors.labels(err.kind).inc()
+                future.set_exception(err)
+            else:  # cancelled (shutdown) or a bug: sharers get an outage, not a verdict
+                future.set_exception(BackendUnavailable("protocol", "check abandoned"))
+            future.exception()  # mark retrieved: there may be no sharer to read it
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            del self._pending[flight]
+
+    def refresh_later(self, key: Key, password: str) -> None:
+        """Re-verify a cached success in the background (at most one per user at a time)."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        task = asyncio.get_running_loop().create_task(self._refresh(key, password))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        task.add_done_callback(lambda _t: self._refreshing.discard(key))
+
+    async def _refresh(self, key: Key, password: str) -> None:
+        digest = self._hasher.digest(key[0], password)
+        try:
+            answer = await self._login_once(key, password, digest)
+        except BackendUnavailable as err:
+            log.info('refresh user="%s" kept: IMAP unavailable (%s)', shown(key[0]), err.kind)
+            return
+        if answer is LoginResult.ACCEPTED:
+            self.stores.cache.store(key, password)
+            log.debug('refresh user="%s" still valid', shown(key[0]))
+        else:
+            self.stores.cache.drop(key)
+            log.info('refresh user="%s" dropped: the IMAP server now rejects it', shown(key[0]))
+
+    def close(self) -> None:
+        """Cancel background refreshes (on shutdown or reload)."""
+        for task in list(self.background):
+            task.cancel()
