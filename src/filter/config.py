@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES
+from filter.verdicts import Category, Destiny
 from mailgate import config as confkit
 from mailgate.config import (
     ConfigError,
@@ -87,7 +88,7 @@ class SpamdConfig:
     user: str = opt("", string)
 
 
-DESTINIES = ("pass", "discard", "reject", "bounce")
+DESTINIES = tuple(destiny.value for destiny in Destiny)
 CATEGORIES = ("virus", "banned", "spam", "bad_header")
 
 
@@ -132,6 +133,15 @@ def _categories(key: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _destiny(key: str, value: object) -> Destiny:
+    """The written destiny (``"pass"``, ...) as the enum the pipeline compares."""
+    return Destiny(choice(*DESTINIES)(key, value))
+
+
+def _quarantined(key: str, value: object) -> tuple[Category, ...]:
+    return tuple(Category(name) for name in _categories(key, value))
+
+
 def _strings(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{key}: must be a list of strings")
@@ -147,18 +157,19 @@ class PolicyConfig:
     kill_level: float = opt(6.31, number(-100_000, 100_000))
     dsn_cutoff_level: float = opt(10.0, number(-100_000, 100_000))
     per_recipient: LevelOverrides = opt((), _per_recipient_levels)  # noqa: RUF009 - a field
-    virus_destiny: str = opt("discard", choice(*DESTINIES))
-    banned_destiny: str = opt("discard", choice(*DESTINIES))
-    spam_destiny: str = opt("pass", choice(*DESTINIES))
-    bad_header_destiny: str = opt("pass", choice(*DESTINIES))
-    quarantine: tuple[str, ...] = opt(("virus", "banned"), _categories)
+    virus_destiny: Destiny = opt(Destiny.DISCARD, _destiny)  # noqa: RUF009 - a field
+    banned_destiny: Destiny = opt(Destiny.DISCARD, _destiny)  # noqa: RUF009 - a field
+    spam_destiny: Destiny = opt(Destiny.PASS, _destiny)  # noqa: RUF009 - a field
+    bad_header_destiny: Destiny = opt(Destiny.PASS, _destiny)  # noqa: RUF009 - a field
+    quarantine: tuple[Category, ...] = opt((Category.VIRUS, Category.BANNED), _quarantined)
     subject_prefix: str = opt("***SPAM*** ", string)
     remove_existing_spam_headers: bool = opt(True, boolean)
     scanner_name: str = opt("mail-filter", string)
 
-    def destiny(self, category: str) -> str:
-        """The configured destiny of a category."""
-        return str(getattr(self, f"{category}_destiny"))
+    def destiny(self, category: Category) -> Destiny:
+        """The configured destiny of a category (virus, banned, spam or bad_header)."""
+        destiny: Destiny = getattr(self, f"{category.value}_destiny")
+        return destiny
 
     def levels_for(self, keys: Sequence[str]) -> Levels:
         """The levels for a recipient: global ones, overridden by its most specific entry.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("clean", "spam", "virus", "banned", "tempfail", "rejected")  # service.Label
+OUTCOMES = ("clean", "spam", "virus", "banned", "tempfail", "rejected")  # verdicts.Result
 SCANNERS = ("clamd", "spamd")
 ERROR_KINDS = ("connect", "timeout", "protocol", "error")
 

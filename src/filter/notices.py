@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from filter.config import NoticesConfig
+from filter.delivery import Forwarder
 from filter.quarantine import Entry
-from filter.service import Forwarder
 
 log = logging.getLogger(__name__)
 

@@ -17,29 +17,18 @@ cutoff (forged senders must not get backscatter): those are discarded.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from filter.config import PolicyConfig
 from filter.lookup import AddressList, lookup_keys
+from filter.marks import Fields, spam_headers
 from filter.spamd import SpamReport
+from filter.verdicts import Category, Destiny
 
-Fields = tuple[tuple[str, str], ...]
 WHITELIST_ADJUST = -10.0
 BLACKLIST_ADJUST = 10.0
-
-
-class Category(enum.Enum):
-    """Most severe first, as amavisd-new ranks them."""
-
-    VIRUS = "virus"
-    BANNED = "banned"
-    SPAM = "spam"
-    SPAMMY = "spammy"
-    BAD_HEADER = "bad_header"
-    CLEAN = "clean"
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,7 @@ class Treatment:
     """What happens to the message for one recipient."""
 
     category: Category
-    destiny: str
+    destiny: Destiny
     quarantine: bool
     headers: Fields = ()
     subject_prefix: str = ""
@@ -78,29 +67,6 @@ class Treatment:
 
 def _listed(lst: AddressList | None, senders: Sequence[str], rcpt: str) -> bool:
     return lst is not None and any(lst.contains(s, rcpt) for s in senders if s)
-
-
-def spam_headers(
-    score: float, rules: Sequence[str], spam_at: float, tag2: float, note: str = ""
-) -> Fields:
-    """X-Spam-Flag, -Score, -Level and -Status in amavisd-new's formats.
-
-    ``spam_at`` is the score from which the flag says YES (tag2, or +-inf for
-    black- and whitelisted senders); ``tag2`` is what ``required=`` shows.
-    """
-    is_spam = score >= spam_at
-    stars = "*" * max(0, min(64, int(score)))
-    tests = ", ".join(rules)
-    status = (
-        f"{'Yes' if is_spam else 'No'}, score={score:.3f} tagged_above=2 required={tag2:g}"
-        f" tests=[{tests}]{' ' + note if note else ''}"
-    )
-    return (
-        ("X-Spam-Flag", "YES" if is_spam else "NO"),
-        ("X-Spam-Score", f"{score:.3f}"),
-        ("X-Spam-Level", stars),
-        ("X-Spam-Status", status),
-    )
 
 
 def decide(
@@ -130,7 +96,7 @@ def decide(
         # A whitelisted sender is never spam, whatever the score; a blacklisted one always is.
         spam_at = math.inf if whitelisted else -math.inf if blacklisted else levels.tag2
         if score >= levels.tag or blacklisted:
-            headers = spam_headers(score, report.rules, spam_at, levels.tag2, note)
+            headers = spam_headers(score, report.rules, spam_at, levels.tag, levels.tag2, note)
         if blacklisted or (not whitelisted and score >= levels.kill):
             category, reason = Category.SPAM, f"score {score:.3f}{' ' + note if note else ''}"
         elif score >= spam_at:
@@ -149,19 +115,19 @@ def decide(
         category is Category.SPAM and score is not None and score >= levels.dsn_cutoff
     )
     destiny = _destiny(policy, category, lists, recipient, no_dsn)
-    quarantine = category.value in policy.quarantine
+    quarantine = category in policy.quarantine
     return Treatment(category, destiny, quarantine, headers, prefix, score, reason, no_dsn)
 
 
 def _destiny(
     policy: PolicyConfig, category: Category, lists: Lists, recipient: str, no_dsn: bool
-) -> str:
+) -> Destiny:
     if category in (Category.CLEAN, Category.SPAMMY):
-        return "pass"
-    destiny = policy.destiny(category.value)
+        return Destiny.PASS
+    destiny = policy.destiny(category)
     lover = lists.spam_lovers is not None and lists.spam_lovers.lists_recipient(recipient)
     if category is Category.SPAM and lover:
-        return "pass"
-    if destiny == "bounce" and no_dsn:
-        return "discard"  # no backscatter to forged senders
+        return Destiny.PASS
+    if destiny is Destiny.BOUNCE and no_dsn:
+        return Destiny.DISCARD  # no backscatter to forged senders
     return destiny

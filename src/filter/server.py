@@ -41,7 +41,8 @@ import aiosmtpd
 from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from filter.service import Filter, Message
+from filter.message import Message
+from filter.service import Filter
 from filter.smtp_in import DataDecoder, DataState, parse_path
 from mailgate.lifecycle import Tracker
 

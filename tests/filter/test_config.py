@@ -10,6 +10,7 @@ import pytest
 
 from filter import app, cli
 from filter.config import Config, ConfigError, from_mapping, load
+from filter.verdicts import Category, Destiny
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter.toml"
 
@@ -60,3 +61,20 @@ def test_message_size_above_what_clamd_takes_is_refused(tmp_path: Path) -> None:
     bad.write_text("[server]\nmax_message_size = 2000\n[clamd]\nmax_stream = 1000\n")
     with pytest.raises(ConfigError, match=r"server.max_message_size .* clamd.max_stream"):
         app.load_config(bad, {})
+
+
+def test_destinies_and_quarantine_are_read_into_enums() -> None:
+    """The strings on disk stay as they were; the loaded values are the enums policy compares."""
+    policy = from_mapping(
+        {"policy": {"spam_destiny": "reject", "quarantine": ["spam", "bad_header"]}}
+    ).policy
+    assert Destiny.REJECT is policy.spam_destiny
+    assert (Category.SPAM, Category.BAD_HEADER) == policy.quarantine
+    assert Destiny.DISCARD is policy.destiny(Category.VIRUS)
+    assert "reject" == str(policy.spam_destiny)
+
+
+def test_a_bad_destiny_names_the_key() -> None:
+    """An unknown destiny is a ConfigError naming policy.<category>_destiny and the choices."""
+    with pytest.raises(ConfigError, match=r"policy.spam_destiny: must be one of pass, discard"):
+        from_mapping({"policy": {"spam_destiny": "drop"}})

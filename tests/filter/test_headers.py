@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filter import headers
-from filter.service import bad_header
+from filter.scanning import bad_header
 
 MSG = b"Received: from x\r\nSubject: Hello\r\n world\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n.dot\r\n"
 

@@ -15,9 +15,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from filter.config import Config, PolicyConfig, ServerConfig, SpamdConfig
+from filter.message import Message
 from filter.quarantine import Store
-from filter.service import Filter, Message
+from filter.service import Filter
 from filter.smtp_out import Reply
+from filter.verdicts import Destiny
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
 
 BODY = b"\r\nHello,\r\n.this line starts with a dot\r\n\xc3\xa9 8-bit\r\n"
@@ -89,7 +91,7 @@ async def test_virus_is_discarded_and_quarantined_by_default() -> None:
 
 async def test_virus_can_be_rejected_with_its_name() -> None:
     """virus_destiny = reject answers 554 naming the virus."""
-    f, _, _, fwd = make(Config(policy=PolicyConfig(virus_destiny="reject")))
+    f, _, _, fwd = make(Config(policy=PolicyConfig(virus_destiny=Destiny.REJECT)))
     reply = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
     assert reply.startswith("554 5.7.1 Rejected")
     assert "INFECTED: Fake.Virus" in reply
@@ -288,7 +290,7 @@ async def test_banned_attachments_are_found_small_or_large_zipped_or_not(
 
 def test_log_text_is_cleaned_of_quotes_and_controls() -> None:
     """Quotes and unprintable characters become "?" in log fields; plain text is unchanged."""
-    from filter.service import _clean
+    from filter.message import _clean
 
     assert "a?b?c" == _clean('a"b\x00c')
     assert "a@example.test" == _clean("a@example.test")
@@ -299,7 +301,7 @@ def test_received_date_is_formatdate_of_this_second() -> None:
     import email.utils
     import time
 
-    from filter.service import _date_now
+    from filter.marks import _date_now
 
     for _ in range(3):  # a second may tick between the two calls
         second = int(time.time())

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from filter.config import Config, NoticesConfig, PolicyConfig, ServerConfig
+from filter.config import Config, NoticesConfig, PolicyConfig, ServerConfig, from_mapping
 from filter.lookup import AddressList
+from filter.message import Message
 from filter.notices import Notices
 from filter.policy import Lists
 from filter.quarantine import Entry, QuarantineError, Store, new_id
-from filter.service import Filter, Message
+from filter.service import Filter
 from filter.smtp_out import Reply
+from filter.verdicts import Destiny
 from tests.clock import FakeClock
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
 
@@ -42,7 +44,7 @@ def lst(*lines: str) -> AddressList:
 
 async def test_spam_at_kill_level_with_discard() -> None:
     """spam_destiny = discard drops spam (250 2.7.0) and delivers nothing."""
-    f, fwd = make(PolicyConfig(spam_destiny="discard"))
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.DISCARD))
     reply = await f.handle(msg(GTUBE))
     assert reply.startswith("250 2.7.0 Ok, discarded")
     assert "SPAM" in reply
@@ -51,13 +53,13 @@ async def test_spam_at_kill_level_with_discard() -> None:
 
 async def test_spam_reject() -> None:
     """spam_destiny = reject answers 554."""
-    f, _ = make(PolicyConfig(spam_destiny="reject"))
+    f, _ = make(PolicyConfig(spam_destiny=Destiny.REJECT))
     assert (await f.handle(msg(GTUBE))).startswith("554 5.7.1 Rejected")
 
 
 async def test_bounce_below_cutoff_sends_dsn() -> None:
     """spam_destiny = bounce sends our DSN when the score is below the DSN cutoff."""
-    f, fwd = make(PolicyConfig(spam_destiny="bounce", kill_level=0.4, dsn_cutoff_level=10))
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.BOUNCE, kill_level=0.4, dsn_cutoff_level=10))
     reply = await f.handle(msg(RAW))
     assert reply.startswith("250 2.7.0")
     assert [("", ["news@shop.test"])] == [(s.mail_from, s.recipients) for s in fwd.sent]
@@ -65,7 +67,7 @@ async def test_bounce_below_cutoff_sends_dsn() -> None:
 
 async def test_no_bounce_above_cutoff_or_for_viruses() -> None:
     """Spam above the cutoff and viruses are discarded, never bounced (no backscatter)."""
-    f, fwd = make(PolicyConfig(spam_destiny="bounce", virus_destiny="bounce"))
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.BOUNCE, virus_destiny=Destiny.BOUNCE))
     assert (await f.handle(msg(GTUBE))).startswith("250 2.7.0")
     assert (await f.handle(msg(RAW + b"VIRUS-MARKER"))).startswith("250 2.7.0")
     assert [] == fwd.sent
@@ -92,13 +94,13 @@ async def test_bad_header_is_passed_by_default_and_can_be_rejected() -> None:
     data = b"Subject: caf\xe9\r\n\r\nbody\r\n"
     f, _ = make()
     assert (await f.handle(msg(data))).startswith("250 2.0.0")
-    f, _ = make(PolicyConfig(bad_header_destiny="reject"))
+    f, _ = make(PolicyConfig(bad_header_destiny=Destiny.REJECT))
     assert (await f.handle(msg(data))).startswith("554")
 
 
 async def test_whitelisted_sender_is_never_spam() -> None:
     """A whitelisted sender's GTUBE is delivered untagged, score shown lowered by 10."""
-    f, fwd = make(PolicyConfig(spam_destiny="discard"), Lists(whitelist=lst("shop.test")))
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.DISCARD), Lists(whitelist=lst("shop.test")))
     assert (await f.handle(msg(GTUBE))).startswith("250 2.0.0")
     out = fwd.sent[0].data
     assert b"X-Spam-Flag: NO" in out
@@ -108,13 +110,13 @@ async def test_whitelisted_sender_is_never_spam() -> None:
 
 async def test_whitelist_matches_from_address_too() -> None:
     """The From address counts like the envelope sender."""
-    f, _ = make(PolicyConfig(spam_destiny="discard"), Lists(whitelist=lst("news@shop.test")))
+    f, _ = make(PolicyConfig(spam_destiny=Destiny.DISCARD), Lists(whitelist=lst("news@shop.test")))
     assert (await f.handle(msg(GTUBE, sender="bounces-123@mailer.test"))).startswith("250 2.0.0")
 
 
 async def test_blacklisted_sender_is_always_spam() -> None:
     """A blacklisted sender's harmless mail is spam."""
-    f, fwd = make(PolicyConfig(spam_destiny="discard"), Lists(blacklist=lst(".shop.test")))
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.DISCARD), Lists(blacklist=lst(".shop.test")))
     assert (await f.handle(msg(RAW))).startswith("250 2.7.0")
     assert [] == fwd.sent
 
@@ -122,7 +124,7 @@ async def test_blacklisted_sender_is_always_spam() -> None:
 async def test_spam_lover_gets_spam_others_do_not() -> None:
     """For a spam lover a blocking spam destiny becomes pass; others still lose it."""
     lovers = Lists(spam_lovers=lst("carol@example.com"))
-    f, fwd = make(PolicyConfig(spam_destiny="discard"), lovers)
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.DISCARD), lovers)
     reply = await f.handle(msg(GTUBE, "bob@example.com", "carol@example.com"))
     assert reply.startswith("250 2.0.0")
     assert [["carol@example.com"]] == [s.recipients for s in fwd.sent]
@@ -188,7 +190,7 @@ async def test_single_transaction_refusal_goes_back_to_postfix() -> None:
 async def test_per_recipient_levels() -> None:
     """A recipient's own kill level overrides the global one (most specific entry wins)."""
     policy = PolicyConfig(
-        spam_destiny="discard",
+        spam_destiny=Destiny.DISCARD,
         per_recipient=(
             ("boss@example.com", (("kill", 2000.0), ("tag2", 2000.0))),
             (".example.com", (("kill", 0.1),)),
@@ -198,6 +200,23 @@ async def test_per_recipient_levels() -> None:
     await f.handle(msg(GTUBE, "boss@example.com", "bob@example.com"))
     assert [["boss@example.com"]] == [s.recipients for s in fwd.sent]
     assert b"X-Spam-Flag: NO" in fwd.sent[0].data
+
+
+async def test_x_spam_status_shows_the_configured_tag_level() -> None:
+    """tagged_above= is the recipient's tag level from the configuration, not a fixed 2."""
+    policy = from_mapping({"policy": {"tag_level": 0.25, "tag2_level": 4.5}}).policy
+    f, fwd = make(policy)
+    await f.handle(msg(RAW))
+    status = [line for line in fwd.sent[0].data.split(b"\r\n") if b"X-Spam-Status" in line]
+    assert [b"X-Spam-Status: No, score=0.500 tagged_above=0.25 required=4.5"] == status
+
+
+async def test_tagged_above_follows_a_per_recipient_tag_level() -> None:
+    """A recipient's own tag level is the one its copy's X-Spam-Status shows."""
+    policy = PolicyConfig(per_recipient=(("bob@example.com", (("tag", -3.0),)),))
+    f, fwd = make(policy)
+    await f.handle(msg(RAW))
+    assert b"tagged_above=-3 required=6.31" in fwd.sent[0].data
 
 
 def test_quarantine_store_round_trip(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from filter import server
+from filter.message import Message
 from filter.server import FilterSMTP, Handler, start_server
-from filter.service import Filter, Message
+from filter.service import Filter
 
 from .test_smtp_in import HOSTILE, PLAIN
 

@@ -1,0 +1,94 @@
+"""One message on its way through the filter: what Postfix handed us, and what happened to it.
+
+This module owns :class:`Message` (the envelope and bytes as received on
+127.0.0.1:10024), :class:`Trace` (what each step found and how long it took)
+and the one summary log line made from both, which operators and fail2ban
+read: its format does not change.  It also reads the two things the pipeline
+needs from the header: the front Postfix's queue id and the From addresses.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from filter import headers
+from filter.verdicts import Category, Result
+
+_QUEUE_ID = re.compile(rb"\bid\s+([0-9A-Za-z]{6,})\b")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message as Postfix handed it to us."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    mail_options: tuple[str, ...] = ()
+    smtputf8: bool = False
+    helo: str = ""
+    peer: str = ""
+    xforward: Mapping[str, str] = field(default_factory=dict)
+    dot_lines: bool = field(default=True, compare=False)  # a hint, not the message
+    """False when no line of ``data`` starts with a dot (as the DATA decoder saw it); our
+    marks never start one, so the re-injection need not look for them."""
+
+
+@dataclass
+class Trace:
+    """What happened to one message, for the summary log line."""
+
+    queue_id: str = "-"
+    filter_id: str = ""
+    virus: str = ""
+    score: float | None = None
+    spam_note: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    downstream: str = ""
+    quarantine_id: str = ""
+    category: Category = Category.CLEAN
+
+
+def queue_id_of(data: bytes) -> str:
+    """The front Postfix's queue id, from the topmost Received field (``... id 4Xyz...``)."""
+    received = headers.first_field(data, b"received")
+    if received:
+        match = _QUEUE_ID.search(received)
+        if match:
+            return match.group(1).decode("ascii")
+    return "-"
+
+
+def from_addresses(data: bytes) -> list[str]:
+    """Addresses in the From field(s), for list lookups (never raises)."""
+    field = headers.first_field(data, b"from")
+    if field is None:
+        return []
+    value = field.split(b":", 1)[1].decode("latin-1")
+    return [addr for _, addr in email.utils.getaddresses([value]) if "@" in addr]
+
+
+def summary(msg: Message, trace: Trace, result: Result, reply: str) -> str:
+    """The one log line per message (``queue_id=... result=... reply="..."``)."""
+    ms = {k: f"{v * 1000:.1f}" for k, v in trace.timings.items()}
+    rcpts = ",".join(f"<{_clean(r)}>" for r in msg.rcpt_tos)
+    virus = f' virus="{_clean(trace.virus)}"' if trace.virus else ""
+    held = f" quarantine={trace.quarantine_id}" if trace.quarantine_id else ""
+    score = f" score={trace.score:.3f}" if trace.score is not None else ""
+    spam = f' spam="{trace.spam_note}"' if trace.spam_note else ""
+    return (
+        f"queue_id={trace.queue_id} id={trace.filter_id} from=<{_clean(msg.mail_from)}>"
+        f" to={rcpts} size={len(msg.data)} result={result.value}{virus}{held}{score}{spam}"
+        f" clamd_ms={ms.get('clamd', '-')} spamd_ms={ms.get('spamd', '-')}"
+        f" reinject_ms={ms.get('reinject', '-')} total_ms={ms.get('total', '-')}"
+        f' reply="{_clean(reply)}"'
+    )
+
+
+def _clean(text: str) -> str:
+    if text.isprintable() and '"' not in text:
+        return text  # the usual case, without a loop over the characters
+    return "".join(c if c.isprintable() and c != '"' else "?" for c in text)
