@@ -1,13 +1,15 @@
-"""Authentication policy without sockets: validation, realms, domains, outcomes."""
+"""Authentication policy without sockets: validation, realms, domains, outcomes, per-IP limits."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
-from saslimap.config import UsersConfig
+from saslimap.config import IpLimitsConfig, UsersConfig
 from saslimap.service import Authenticator, Verdict, shown
+from tests.clock import FakeClock
 from tests.fakes import FakeBackend
 
 
@@ -130,3 +132,99 @@ async def test_hostile_user_name_is_escaped_in_the_log(caplog: pytest.LogCapture
 def test_shown_keeps_unicode_letters() -> None:
     """Non-ASCII letters stay readable; invisible characters are escaped."""
     assert "ünï\\u200b" == shown("ünï\u200b")
+
+
+# -- per-IP limits, decided here for the Dovecot listener ----------------------------------
+
+
+def make_ip(**limits: object) -> tuple[Authenticator, FakeBackend, FakeClock]:
+    clock = FakeClock()
+    backend = FakeBackend({"alice@example.com": "right pw"})
+    cfg = replace(IpLimitsConfig(), **limits)  # type: ignore[arg-type]
+    return Authenticator(UsersConfig(), backend, clock, iplimits=cfg), backend, clock
+
+
+async def test_address_over_its_budget_is_refused_without_imap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At the budget an address gets NO (ratelimited, logged with rip=) and the longest delay,
+    even with the right password; another address is not affected."""
+    auth, backend, _ = make_ip(budget=3, base_delay=1.0, max_delay=8.0)
+    for n in range(3):
+        result, _ = await auth.verify_client("alice@example.com", f"guess {n}", "smtp", "192.0.2.7")
+        assert Verdict.NO == result.verdict
+    calls = len(backend.calls)
+    with caplog.at_level(logging.INFO, logger="saslimap.service"):
+        result, delay = await auth.verify_client(
+            "alice@example.com", "right pw", "smtp", "192.0.2.7"
+        )
+    assert (Verdict.NO, "ratelimited", "ip-limit", 8.0) == (
+        result.verdict, result.label, result.source, delay,
+    )  # fmt: skip
+    assert calls == len(backend.calls)
+    assert 'auth user="alice@example.com" rip=192.0.2.7 result=ratelimited' in caplog.text
+    assert "right pw" not in caplog.text
+    assert 1.0 == auth.metrics.registry.get_sample_value(
+        "saslimap_requests_total", {"result": "ratelimited"}
+    )
+    result, delay = await auth.verify_client("alice@example.com", "right pw", "smtp", "192.0.2.8")
+    assert (Verdict.OK, 0.0) == (result.verdict, delay)
+
+
+async def test_penalty_grows_with_each_distinct_wrong_password() -> None:
+    """The delay before a NO doubles with each new wrong password; the same one again
+    (answered by the negative cache) leaves it where it is."""
+    auth, _, _ = make_ip(base_delay=1.0, max_delay=15.0, budget=0)
+    delays = []
+    for password in ("a", "b", "b", "c"):
+        _, delay = await auth.verify_client("alice@example.com", password, "smtp", "192.0.2.7")
+        delays.append(delay)
+    assert [1.0, 2.0, 2.0, 4.0] == delays
+
+
+async def test_ipv6_addresses_of_one_64_share_one_budget() -> None:
+    """Guesses spread over one IPv6 /64 fill one budget, and one password from two of its
+    addresses counts once; the next /64 is not affected."""
+    auth, backend, _ = make_ip(budget=2, base_delay=1.0)
+    _, first = await auth.verify_client("alice@example.com", "a", "smtp", "2001:db8::1")
+    _, again = await auth.verify_client("bob", "a", "smtp", "2001:db8::2")
+    assert (1.0, 1.0) == (first, again)
+    await auth.verify_client("alice@example.com", "b", "smtp", "2001:db8::3")
+    calls = len(backend.calls)
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "2001:db8::4")
+    assert "ratelimited" == result.label
+    assert calls == len(backend.calls)
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "2001:db8:0:1::4")
+    assert Verdict.OK == result.verdict
+
+
+async def test_success_exempts_the_address_for_a_while() -> None:
+    """After a right password the address's failures are forgiven and not counted until the
+    exemption ends."""
+    auth, _, clock = make_ip(budget=2, exempt_after_success=100.0)
+    await auth.verify_client("alice@example.com", "a", "smtp", "192.0.2.7")
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "192.0.2.7")
+    assert Verdict.OK == result.verdict
+    for password in ("b", "c", "d"):
+        _, delay = await auth.verify_client("alice@example.com", password, "smtp", "192.0.2.7")
+        assert 0.0 == delay
+    clock.advance(101)
+    for password in ("e", "f"):
+        await auth.verify_client("bob", password, "smtp", "192.0.2.7")
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "192.0.2.7")
+    assert "ratelimited" == result.label
+
+
+async def test_trusted_networks_and_outages_are_never_counted() -> None:
+    """A trusted address is never limited; a check without a verdict adds no penalty."""
+    auth, backend, _ = make_ip(budget=1, trusted_networks=("10.0.0.0/8",))
+    for password in ("a", "b", "c"):
+        _, delay = await auth.verify_client("alice@example.com", password, "smtp", "10.1.2.3")
+        assert 0.0 == delay
+    backend.down = "timeout"
+    for password in ("d", "e"):
+        result, delay = await auth.verify_client("bob", password, "smtp", "192.0.2.7")
+        assert (Verdict.TEMPFAIL, 0.0) == (result.verdict, delay)
+    backend.down = None
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "192.0.2.7")
+    assert Verdict.OK == result.verdict
