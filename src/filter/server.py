@@ -11,15 +11,10 @@ This module owns what aiosmtpd needs to behave as an after-queue filter:
   after every read of the message acknowledges at once (a command's ACK rides
   on our reply, so commands are spared the two system calls it costs);
 - a cap on open connections (``421`` beyond it) and the server lifecycle;
-- per-connection cost: Postfix (and smtp-source) opens a connection per
-  message, and aiosmtpd's constructor rebuilds its command, hook and AUTH
-  tables with ``dir()``/``inspect.getmembers()`` every time.  The tables depend
-  only on the classes, so :class:`FilterSMTP` builds them once and binds them
-  per connection; plain ``<local@domain>`` paths skip the ``email`` package's
-  parser and the message after DATA is taken many lines at a time
-  (:mod:`filter.smtp_in`); the EHLO reply goes out in one write.  Each
-  shortcut is taken only for the aiosmtpd series it was checked against and
-  gives aiosmtpd's own result (``tests/filter/test_server.py`` compares).
+- per-connection and per-message cost: the shortcuts of
+  :mod:`filter.aiosmtpd_shortcuts`, the one module that touches aiosmtpd's
+  (and asyncio's) private names; this one uses only aiosmtpd's public API
+  (handler hooks, ``smtp_*`` commands, ``push``, ``transport``).
 
 The decisions themselves are :mod:`filter.service`'s.
 """
@@ -28,185 +23,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import socket
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, AnyStr, cast
-from warnings import warn
+from typing import Any, cast
 
-import aiosmtpd
-from aiosmtpd import smtp as aiosmtpd_smtp
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import Envelope, Session, syntax
 
+from filter import replies
+from filter.aiosmtpd_shortcuts import ShortcutSMTP
 from filter.message import Message
 from filter.service import Filter
-from filter.smtp_in import DataDecoder, DataState, parse_path
 from mailgate.lifecycle import Tracker
 
 log = logging.getLogger(__name__)
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT")
 
-# The shortcuts below mirror aiosmtpd 1.4's SMTP.__init__ and SMTP._getaddr;
-# with any other series aiosmtpd's own code runs.
-SHORTCUTS = aiosmtpd.__version__.startswith("1.4.")
-# Constructor arguments the quick constructor handles: everything else (TLS,
-# AUTH, PROXY, call limits) takes aiosmtpd's constructor.
-_QUICK_KWARGS = frozenset(
-    {"data_size_limit", "enable_SMTPUTF8", "decode_data", "hostname", "ident", "timeout", "loop"}
-)
 
-
-@dataclass(frozen=True)
-class _Tables:
-    """What aiosmtpd's constructor finds by introspection, by attribute name."""
-
-    smtp: tuple[tuple[str, str], ...]
-    """(command, method name on the connection), in dir() order."""
-    auth: tuple[tuple[str, bool, str], ...]
-    """(mechanism, whether it is the connection's own method, method name), in the order
-    aiosmtpd's dict comprehension met them (a handler's mechanism replaces a built-in one)."""
-    hooks: dict[str, Callable[..., Any]]
-    """The handler's bound ``handle_*`` hooks (the handler is the same for every connection)."""
-    ehlo_hook_ver: str | None
-    """aiosmtpd's classification of the handler's ``handle_EHLO`` signature."""
-
-
-# handler -> {connection class -> tables}; weak, so a dropped handler is forgotten.
-_TABLES: weakref.WeakKeyDictionary[Any, dict[type[SMTP], _Tables]] = weakref.WeakKeyDictionary()
-
-
-def _tables(conn: SMTP, handler: Any) -> _Tables:
-    """The tables for this connection class and handler, built on first use like aiosmtpd does."""
-    per_class = _TABLES.get(handler)
-    if per_class is None:
-        per_class = _TABLES[handler] = {}
-    tables = per_class.get(type(conn))
-    if tables is not None:
-        return tables
-    auth = tuple(
-        (
-            getattr(mfunc, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-")),
-            obj is conn,
-            name,
-        )
-        for obj in (conn, handler)
-        for name, mfunc in inspect.getmembers(obj)
-        if name.startswith("auth_")
-    )
-    hooks = {
-        name.replace("handle_", ""): getattr(handler, name)
-        for name in dir(handler)
-        if name.startswith("handle_")
-    }
-    ehlo_hook = hooks.get("EHLO")
-    ver: str | None = None
-    if ehlo_hook is not None:
-        ver = {4: "old", 5: "new"}.get(len(inspect.signature(ehlo_hook).parameters), "unsupported")
-    smtp = tuple((m.replace("smtp_", ""), m) for m in dir(conn) if m.startswith("smtp_"))
-    tables = per_class[type(conn)] = _Tables(smtp, auth, hooks, ver)
-    return tables
-
-
-class FilterSMTP(SMTP):
-    """aiosmtpd's SMTP with XFORWARD and quick ACKs."""
+class FilterSMTP(ShortcutSMTP):
+    """aiosmtpd's SMTP with XFORWARD, the connection cap and quick ACKs."""
 
     def __init__(self, handler: Handler, **kwargs: Any) -> None:
-        if SHORTCUTS and kwargs.keys() <= _QUICK_KWARGS and kwargs.get("loop") is not None:
-            self._quick_init(handler, **kwargs)
-        else:
-            super().__init__(handler, **kwargs)
+        super().__init__(handler, **kwargs)
         self.xforward: dict[str, str] = {}
         self._handler = handler
         self._sock: Any = None
         self._in_data = False  # reading the message after DATA: acknowledge every read
-        self.dot_lines = True  # whether the last message had a dot-stuffed line (if unknown: yes)
-        self._corked: list[bytes] | None = None
-
-    def _quick_init(
-        self,
-        handler: Handler,
-        *,
-        loop: asyncio.AbstractEventLoop,
-        data_size_limit: int | None = aiosmtpd_smtp.DATA_SIZE_DEFAULT,
-        enable_SMTPUTF8: bool = False,
-        decode_data: bool = False,
-        hostname: str | None = None,
-        ident: str | None = None,
-        timeout: float = 300,
-    ) -> None:
-        """SMTP.__init__ of aiosmtpd 1.4 without TLS, AUTH, PROXY or call limits.
-
-        Sets the same attributes to the same values; only the introspection is
-        done once per class (``_tables``) instead of once per connection.
-        """
-        self.__ident__ = ident or aiosmtpd_smtp.__ident__
-        self.loop = loop
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected,
-            loop=loop,
-        )
-        self.event_handler = handler
-        assert data_size_limit is None or isinstance(data_size_limit, int)
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
-        self.command_size_limits.clear()
-        self.hostname = hostname or socket.getfqdn()
-        self.tls_context = None
-        self.require_starttls = None  # aiosmtpd: ``tls_context and require_starttls``
-        self._timeout_duration = timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = True
-        self._proxy_timeout = None
-        self._auth_callback = aiosmtpd_smtp.login_always_fail
-        self._authenticator = None
-        self._auth_required = False
-        tables = _tables(self, handler)
-        self._auth_methods = {
-            mech: aiosmtpd_smtp._AuthMechAttr(getattr(self if own else handler, name), own)
-            for mech, own, name in tables.auth
-        }
-        if aiosmtpd_smtp.log.isEnabledFor(logging.INFO):
-            aiosmtpd_smtp.log.info(
-                "Available AUTH mechanisms: "
-                + " ".join(
-                    m + "(builtin)" if impl.is_builtin else m
-                    for m, impl in sorted(self._auth_methods.items())
-                )
-            )
-        self._handle_hooks = tables.hooks
-        if tables.ehlo_hook_ver == "old":
-            warn(
-                "Use the 5-argument handle_EHLO() hook instead of the 4-argument handle_EHLO()"
-                " hook; support for the 4-argument handle_EHLO() hook will be removed in"
-                " version 2.0",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        elif tables.ehlo_hook_ver == "unsupported":
-            raise RuntimeError("Unsupported EHLO Hook")
-        self._ehlo_hook_ver = tables.ehlo_hook_ver
-        self._smtp_methods = {command: getattr(self, name) for command, name in tables.smtp}
-        self._enforce_call_limit = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._handler.admit(self):
-            cast(asyncio.Transport, transport).write(
-                b"421 4.3.2 Too many connections, try again later\r\n"
-            )
+            cast(asyncio.Transport, transport).write(replies.TOO_MANY_CONNECTIONS)
             transport.close()
             return
         super().connection_made(transport)
@@ -225,130 +71,27 @@ class FilterSMTP(SMTP):
             with contextlib.suppress(OSError, AttributeError):
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's path parser, skipped for a plain ``<local@domain>`` (same result)."""
-        found = parse_path(arg) if SHORTCUTS else None
-        if found is None:
-            return super()._getaddr(arg)
-        address, rest = found
-        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return address, rest
-
-    async def push(self, status: AnyStr) -> None:
-        """aiosmtpd's push, or, while the EHLO reply is being built, collect the line."""
-        if self._corked is None:
-            await super().push(status)
-            return
-        if isinstance(status, str):
-            response = bytes(status, "utf-8" if self.enable_SMTPUTF8 else "ascii")
-        else:
-            response = status
-        self._corked.append(response + b"\r\n")
-        assert self.session is not None
-        aiosmtpd_smtp.log.debug("%r << %r", self.session.peer, response)
-
-    @syntax("EHLO hostname")
-    async def smtp_EHLO(self, hostname: str) -> None:
-        """aiosmtpd's EHLO, its lines sent in one write rather than one each."""
-        if not SHORTCUTS:
-            await super().smtp_EHLO(hostname)
-            return
-        self._corked = []
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            lines, self._corked = self._corked, None
-            if lines:
-                self._writer.write(b"".join(lines))
-                await self._writer.drain()
-
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Record forwarded client attributes (only from our trusted loopback peer)."""
         for item in (arg or "").split():
             name, eq, value = item.partition("=")
             if not eq or name.upper() not in XFORWARD_ATTRS:
-                await self.push("501 5.5.4 Bad XFORWARD attribute")
+                await self.push(replies.XFORWARD_BAD)
                 return
             self.xforward[name.upper()] = _unxtext(value)
-        await self.push("250 2.0.0 Ok")
+        await self.push(replies.XFORWARD_OK)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reads of the message acknowledged at once."""
-        self.dot_lines = True  # until our decoder says otherwise
+        """DATA (quick or aiosmtpd's), reads of the message acknowledged at once."""
         self._in_data = True
         try:
-            await self._data(arg)
+            await super().smtp_DATA(arg)
         finally:
             self._in_data = False
 
-    async def _data(self, arg: str) -> None:
-        """aiosmtpd 1.4's DATA, taking all complete lines in the buffer at once.
-
-        The replies, the limits and the content handed to ``handle_DATA`` are
-        aiosmtpd's (:class:`filter.smtp_in.DataDecoder` applies its rules);
-        only the number of reads differs.
-        """
-        reader = self._reader
-        buffer = getattr(reader, "_buffer", None)  # peeked at, never changed
-        if (
-            not SHORTCUTS
-            or self._decode_data
-            or "DATA" not in self._handle_hooks
-            or not isinstance(buffer, bytearray)
-        ):
-            await super().smtp_DATA(arg)
-            return
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        decoder = DataDecoder(self.data_size_limit, self.line_length_limit)
-        while self.transport is not None and not decoder.done:
-            if decoder.at_line_start:
-                complete, dotted = decoder.scan(buffer)
-                if complete:
-                    # Already buffered: readexactly() returns without waiting.
-                    decoder.feed_lines(await reader.readexactly(complete), dotted=dotted)
-                    continue
-            # No complete line yet: aiosmtpd's own read, which waits for one.
-            try:
-                piece = await reader.readuntil(b"\r\n")
-            except asyncio.CancelledError:
-                aiosmtpd_smtp.log.info("Connection lost during DATA")
-                self._writer.close()
-                raise
-            except asyncio.LimitOverrunError as err:
-                decoder.feed_piece(await reader.read(err.consumed), overrun=True)
-                continue
-            decoder.feed_piece(piece)
-        if decoder.state is DataState.TOO_LONG:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-        elif decoder.state is DataState.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
-        if decoder.state is not DataState.NOMINAL:
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        content = decoder.content()
-        self.dot_lines = decoder.dotted
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is aiosmtpd_smtp.MISSING else status)
-
-    def _set_rset_state(self) -> None:
-        super()._set_rset_state()  # type: ignore[no-untyped-call]
+    def reset_transaction(self) -> None:
         # XFORWARD applies to the next transaction only (Postfix resends it each time).
         self.xforward = {}
 
@@ -432,7 +175,7 @@ class Handler:
     async def handle_exception(self, error: Exception) -> str:
         """Our own failure must never bounce mail: Postfix keeps it and retries."""
         log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
-        return "451 4.3.0 Internal error in the content filter, try again later"
+        return replies.INTERNAL_ERROR
 
 
 class SmtpListener:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import inspect
 import logging
 import random
+import re
+import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
+import aiosmtpd
 import pytest
+from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from filter import server
+from filter import aiosmtpd_shortcuts
+from filter.aiosmtpd_shortcuts import SHORTCUT_VERSIONS, ShortcutSMTP, shortcuts_for
 from filter.message import Message
 from filter.server import FilterSMTP, Handler, start_server
 from filter.service import Filter
@@ -39,8 +46,8 @@ class FakeService:
 
 async def _session(chunks: Sequence[bytes], *, shortcuts: bool) -> tuple[bytes, list[Message]]:
     """Send ``chunks`` (pipelined, as they come) to a fresh server; everything it answered."""
-    saved = server.SHORTCUTS
-    server.SHORTCUTS = shortcuts
+    saved = ShortcutSMTP.shortcuts
+    ShortcutSMTP.shortcuts = shortcuts  # the class attribute FilterSMTP inherits
     service = FakeService()
     handler = Handler(cast(Filter, service), max_connections=10)
     srv = await start_server(
@@ -60,7 +67,7 @@ async def _session(chunks: Sequence[bytes], *, shortcuts: bool) -> tuple[bytes, 
         writer.close()
     finally:
         srv.close()
-        server.SHORTCUTS = saved
+        ShortcutSMTP.shortcuts = saved
     return answer, service.messages
 
 
@@ -223,7 +230,7 @@ def test_quick_constructor_sets_what_aiosmtpds_sets() -> None:
         full = FilterSMTP(handler, **kwargs, auth_required=False)
         return described(quick), described(full)
 
-    assert server.SHORTCUTS, "the installed aiosmtpd is not the series the shortcuts mirror"
+    assert FilterSMTP.shortcuts, "the installed aiosmtpd is not a version the shortcuts mirror"
     quick, full = asyncio.run(build())
     assert full.keys() == quick.keys()
     assert full == quick
@@ -264,3 +271,94 @@ async def test_connection_over_the_cap_gets_421_without_an_error(
     finally:
         srv.close()
     assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- the switch, the pin and the one module of private names ----------------------------------
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "filter"
+
+
+def test_shortcuts_are_on_only_for_the_exact_versions_checked() -> None:
+    """An exact-version set: a patch release or series the tests never saw runs aiosmtpd's code."""
+    assert aiosmtpd.__version__ in SHORTCUT_VERSIONS
+    assert shortcuts_for(aiosmtpd.__version__)
+    for other in ("1.4.5", "1.4.7", "1.4", "1.5.0", "2.0.0", "1.4.6.post1"):
+        assert not shortcuts_for(other), other
+
+
+def test_pyproject_pins_aiosmtpd_to_the_versions_checked() -> None:
+    """pyproject.toml allows exactly the aiosmtpd versions the shortcuts were compared against."""
+    with (SRC.parents[1] / "pyproject.toml").open("rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    pins = [d for d in deps if d.startswith("aiosmtpd")]
+    assert [f"aiosmtpd=={v}" for v in sorted(SHORTCUT_VERSIONS)] == pins
+
+
+def test_with_the_switch_off_aiosmtpds_own_code_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shortcuts off by the class attribute: no shortcut is called, and the session still works."""
+
+    def broken(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a shortcut ran with the switch off")
+
+    monkeypatch.setattr(aiosmtpd_shortcuts, "parse_path", broken)
+    monkeypatch.setattr(aiosmtpd_shortcuts, "DataDecoder", broken)
+    monkeypatch.setattr(aiosmtpd_shortcuts, "_tables", broken)
+    monkeypatch.setattr(ShortcutSMTP, "_quick_init", broken)
+    script = (
+        b"EHLO client.test\r\nXFORWARD NAME=mx.test ADDR=192.0.2.1\r\n"
+        b"MAIL FROM:<a@example.test> SIZE=100\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
+        + _body([b"Subject: x", b"", b"..dot"]) + b"RSET\r\nQUIT\r\n"
+    )  # fmt: skip
+    answer, messages = asyncio.run(_session([script], shortcuts=False))
+    assert b"250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n" in answer
+    assert b"250 2.0.0 Ok, got 20 bytes\r\n" in answer
+    assert [b"Subject: x\r\n\r\n.dot\r\n"] == [m.data for m in messages]
+    assert {"NAME": "mx.test", "ADDR": "192.0.2.1"} == messages[0].xforward
+    assert messages[0].dot_lines  # aiosmtpd's loop cannot tell: the re-injection looks
+    assert answer.endswith(b"250 OK\r\n221 Bye\r\n")
+
+
+def _private_names() -> set[str]:
+    """Every private name aiosmtpd.smtp and asyncio's streams define or set on their objects."""
+    names: set[str] = set()
+    for module in (aiosmtpd_smtp, asyncio.streams):
+        source = inspect.getsource(module)
+        names |= set(re.findall(r"\.(_[A-Za-z]\w*)", source))
+        names |= {n for n in vars(module) if n.startswith("_")}
+    for cls in (SMTP, asyncio.StreamReader, asyncio.StreamReaderProtocol, asyncio.StreamWriter):
+        names |= {n for n in dir(cls) if n.startswith("_")}
+    return {n for n in names if not (n.startswith("__") and n.endswith("__"))}
+
+
+def _attributes(path: Path) -> set[str]:
+    """Names a module uses as attributes (``x.name``, ``getattr(x, "name")``, overrides)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+    return names
+
+
+def test_no_other_filter_module_touches_aiosmtpd_or_asyncio_private_names() -> None:
+    """Only filter/aiosmtpd_shortcuts.py uses a private name of aiosmtpd or asyncio's streams."""
+    private = _private_names()
+    assert {"_getaddr", "_buffer", "_reader", "_set_rset_state"} <= private
+    used = {
+        path.name: sorted(_attributes(path) & private)
+        for path in sorted(SRC.glob("*.py"))
+        if path.name != "aiosmtpd_shortcuts.py"
+    }
+    assert {} == {name: names for name, names in used.items() if names}
+
+
+def test_the_shortcuts_docstring_lists_every_private_name_it_touches() -> None:
+    """Each private aiosmtpd or asyncio name the shortcuts module uses is named in its docstring."""
+    doc = aiosmtpd_shortcuts.__doc__ or ""
+    listed = set(re.findall(r"``(?:\w+\.)?(_\w+)``", doc))
+    used = _attributes(SRC / "aiosmtpd_shortcuts.py") & _private_names()
+    assert {"_buffer", "_AuthMechAttr", "_set_rset_state"} <= used
+    assert set() == used - listed
