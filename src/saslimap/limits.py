@@ -220,14 +220,17 @@ class IpLimiter:
         decision = self.decide(address)
         return None if decision.allowed else decision.penalty
 
-    def answered(self, address: str, verdict: Verdict, password: str) -> float:
+    def answered(self, address: str, verdict: Verdict, user: str, password: str) -> float:
         """Learn from a check's verdict; the delay before answering it (the penalty after NO)."""
         if verdict is Verdict.OK:
             self.succeeded(address)
         elif verdict is Verdict.NO:
-            # Bound to the network, not the address: one password from two addresses of
-            # one IPv6 /64 is one failure, as their limit is one.
-            self.failed(address, self._hasher.digest(network_key(address), password))
+            # A failure is a distinct (user, password) pair: a mail client retrying one
+            # wrong password is one failure, but one password sprayed over many users
+            # is one failure per user.  Bound to the network, not the address: the
+            # same pair from two addresses of one IPv6 /64 is one failure, as their
+            # limit is one.
+            self.failed(address, self._hasher.digest(f"{network_key(address)}\0{user}", password))
             return self.decide(address).penalty
         return 0.0
 

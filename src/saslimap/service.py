@@ -130,7 +130,7 @@ class Authenticator:
             )
             return refused, penalty
         result = await self.verify(login, password, service, "", client_addr)
-        return result, self.iplimits.answered(client_addr, result.verdict, password)
+        return result, self.iplimits.answered(client_addr, result.verdict, login, password)
 
     async def finish(self, decided: Result | Pending) -> Result:
         """What :meth:`decide` left: the IMAP login if needed, and any failure delay."""

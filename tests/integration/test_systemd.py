@@ -21,7 +21,7 @@ import pytest
 from devstack.daemons import _toml
 from devstack.dovecot import Dovecot
 from devstack.tls import TlsFiles
-from saslimap import client
+from saslimap import saslauthd_client
 from tests.fakes import StallingProxy
 
 pytestmark = pytest.mark.integration
@@ -134,7 +134,7 @@ def test_saslimap_socket_activation_notify_reload_and_drain(
         replies: list[bytes] = []
         worker = threading.Thread(
             target=lambda: replies.append(
-                client.query(mux, b"alice@example.com", b"alice pw", b"smtp", timeout=20)
+                saslauthd_client.query(mux, b"alice@example.com", b"alice pw", b"smtp", timeout=20)
             )
         )
         worker.start()

@@ -183,11 +183,11 @@ async def test_penalty_grows_with_each_distinct_wrong_password() -> None:
 
 
 async def test_ipv6_addresses_of_one_64_share_one_budget() -> None:
-    """Guesses spread over one IPv6 /64 fill one budget, and one password from two of its
-    addresses counts once; the next /64 is not affected."""
+    """Guesses spread over one IPv6 /64 fill one budget, and one user's password from two of
+    its addresses counts once; the next /64 is not affected."""
     auth, backend, _ = make_ip(budget=2, base_delay=1.0)
     _, first = await auth.verify_client("alice@example.com", "a", "smtp", "2001:db8::1")
-    _, again = await auth.verify_client("bob", "a", "smtp", "2001:db8::2")
+    _, again = await auth.verify_client("alice@example.com", "a", "smtp", "2001:db8::2")
     assert (1.0, 1.0) == (first, again)
     await auth.verify_client("alice@example.com", "b", "smtp", "2001:db8::3")
     calls = len(backend.calls)
@@ -196,6 +196,21 @@ async def test_ipv6_addresses_of_one_64_share_one_budget() -> None:
     assert calls == len(backend.calls)
     result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "2001:db8:0:1::4")
     assert Verdict.OK == result.verdict
+
+
+async def test_one_password_sprayed_over_many_users_fills_the_budget() -> None:
+    """Password spraying (one password, many user names) counts one failure per user, so the
+    address reaches its budget and the next guess never reaches IMAP."""
+    auth, backend, _ = make_ip(budget=5, base_delay=0.0)
+    for n in range(5):
+        result, _ = await auth.verify_client(
+            f"user{n}@example.com", "Summer2026!", "smtp", "192.0.2.9"
+        )
+        assert "no" == result.label
+    calls = len(backend.calls)
+    result, _ = await auth.verify_client("user9@example.com", "Summer2026!", "smtp", "192.0.2.9")
+    assert "ratelimited" == result.label
+    assert calls == len(backend.calls)
 
 
 async def test_success_exempts_the_address_for_a_while() -> None:
