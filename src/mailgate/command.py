@@ -2,12 +2,13 @@
 
 This module owns: the config path default, flags as overrides, exit 78
 (EX_CONFIG, sysexits.h) on a bad configuration, logging set up from the
-config, and exit 1 when the daemon cannot start.
+config, and exit 1 when the daemon cannot start; and ``check-config``.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -45,3 +46,19 @@ def serve_command(
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1
+
+
+def check_config_command(
+    prog: str,
+    path: Path,
+    load: Callable[[Path | None, dict[str, str]], C],
+    describe: Callable[[C], str],
+) -> int:
+    """``check-config FILE``: OK and a one-line summary, or the error and exit 78."""
+    try:
+        cfg = load(path, {})
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{path}: OK ({describe(cfg)})")
+    return 0

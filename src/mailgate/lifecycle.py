@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from mailgate import logs, sdnotify
 from mailgate.errors import ConfigError
+from mailgate.metrics_http import MetricsServer
 
 C = TypeVar("C")
 log = logging.getLogger(__name__)
@@ -118,6 +119,15 @@ async def serve_until_stopped(
     await shutdown(listeners, drain_timeout)
 
 
+def finished(metrics_server: MetricsServer | None) -> int:
+    """A daemon's last step after its drain: stop the metrics endpoint, log, flush; exit 0."""
+    if metrics_server is not None:
+        metrics_server.close()
+    log.info("stopped")
+    logs.flush_all()
+    return 0
+
+
 def reload_config(
     load: Callable[[Path | None, dict[str, str]], C], path: Path | None, overrides: dict[str, str]
 ) -> C | None:
@@ -129,6 +139,23 @@ def reload_config(
         log.error("reload failed, keeping the current configuration: %s", err)
         sdnotify.notify("READY=1")
         return None
+
+
+def reload_or_keep(
+    load: Callable[[Path | None, dict[str, str]], C],
+    path: Path | None,
+    overrides: dict[str, str],
+    current: C,
+    restart_only: tuple[str, ...] = ("server", "metrics"),
+) -> C | None:
+    """:func:`reload_config`, warning about sections that only a restart applies."""
+    new = reload_config(load, path, overrides)
+    if new is not None:
+        changed = [name for name in restart_only if getattr(new, name) != getattr(current, name)]
+        if changed:
+            sections = " and ".join(f"[{name}]" for name in changed)
+            log.warning("reload: %s changes take effect only after a restart", sections)
+    return new
 
 
 def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:

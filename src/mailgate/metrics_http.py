@@ -29,3 +29,13 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+def start(listen: str, registry: CollectorRegistry) -> MetricsServer | None:
+    """Serve ``registry`` on ``host:port`` (``[v6]:port``), or nothing for ``""``."""
+    if not listen:
+        return None
+    from mailgate.config import split_listen
+
+    host, port = split_listen(listen)
+    return MetricsServer(registry, host, port)

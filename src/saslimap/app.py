@@ -18,8 +18,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from mailgate import lifecycle, logs, sdnotify
-from mailgate.lifecycle import Listener, reload_config
+from mailgate import lifecycle, metrics_http, sdnotify
+from mailgate.lifecycle import Listener, reload_or_keep
 from mailgate.metrics_http import MetricsServer
 from mailgate.sockets import bind_unix_socket, unlink_if_ours
 from saslimap import config as config_mod
@@ -68,9 +68,7 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
         _warn_about(self.cfg)
-        if self.cfg.metrics.listen:
-            host, port = config_mod.split_listen(self.cfg.metrics.listen)
-            self.metrics_server = MetricsServer(self.metrics.registry, host, port)
+        self.metrics_server = metrics_http.start(self.cfg.metrics.listen, self.metrics.registry)
         inherited = sdnotify.listen_sockets()
         self.server = MuxServer(self.cfg.server, self.auth, self.metrics)
         await self.server.start(inherited[0] if inherited else None)
@@ -97,19 +95,13 @@ class Daemon:
             unlink_if_ours(*self.dovecot_socket)
         self.auth.close()
         self.backend.close()
-        if self.metrics_server is not None:
-            self.metrics_server.close()
-        log.info("stopped")
-        logs.flush_all()
-        return 0
+        return lifecycle.finished(self.metrics_server)
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""
-        new = reload_config(load_config, self.config_path, self.overrides)
+        new = reload_or_keep(load_config, self.config_path, self.overrides, self.cfg)
         if new is None:
             return
-        if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
-            log.warning("reload: [server] and [metrics] changes take effect only after a restart")
         old_backend, old_auth = self.backend, self.auth
         self.backend = ImapBackend.from_config(new.imap)
         self.auth = build_authenticator(new, self.backend, self.metrics)

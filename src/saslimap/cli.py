@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mailgate import command
 from saslimap import app, saslauthd_client
-from saslimap.config import ConfigError, ServerConfig
+from saslimap.config import ServerConfig
 
 EX_CONFIG = command.EX_CONFIG
 DEFAULT_CONFIG = Path("/etc/saslimap/saslimap.toml")
@@ -67,13 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        cfg = app.load_config(args.file, {})
-    except ConfigError as err:
-        print(f"saslimap: {err}", file=sys.stderr)
-        return EX_CONFIG
-    print(f"{args.file}: OK (IMAP server {cfg.imap.target}, socket {cfg.server.socket})")
-    return 0
+    return command.check_config_command(
+        "saslimap", args.file, app.load_config,
+        lambda cfg: f"IMAP server {cfg.imap.target}, socket {cfg.server.socket}",
+    )  # fmt: skip
 
 
 def _read_password() -> str:
