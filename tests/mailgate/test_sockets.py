@@ -69,7 +69,8 @@ def test_unlink_only_while_the_socket_is_ours(sockdir: Path) -> None:
     sock = bind_unix_socket(sockdir / "mux")
     ours = os.stat(sockdir / "mux").st_ino
     sock.close()
-    (sockdir / "mux").unlink()
+    # Moved aside, not removed, so the successor cannot be given the same inode number.
+    (sockdir / "mux").rename(sockdir / "old")
     successor = bind_unix_socket(sockdir / "mux")
     try:
         unlink_if_ours(sockdir / "mux", ours)
