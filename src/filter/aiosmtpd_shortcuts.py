@@ -141,87 +141,11 @@ class ShortcutSMTP(SMTP):
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
         if self.shortcuts and kwargs.keys() <= _QUICK_KWARGS and kwargs.get("loop") is not None:
-            self._quick_init(handler, **kwargs)
+            _quick_init(self, handler, **kwargs)
         else:
             super().__init__(handler, **kwargs)
         self.dot_lines = True  # whether the last message had a dot-stuffed line (if unknown: yes)
         self._corked: list[bytes] | None = None
-
-    def _quick_init(
-        self,
-        handler: Any,
-        *,
-        loop: asyncio.AbstractEventLoop,
-        data_size_limit: int | None = aiosmtpd_smtp.DATA_SIZE_DEFAULT,
-        enable_SMTPUTF8: bool = False,
-        decode_data: bool = False,
-        hostname: str | None = None,
-        ident: str | None = None,
-        timeout: float = 300,
-    ) -> None:
-        """SMTP.__init__ of aiosmtpd 1.4 without TLS, AUTH, PROXY or call limits.
-
-        Sets the same attributes to the same values; only the introspection is
-        done once per class (``_tables``) instead of once per connection.
-        """
-        self.__ident__ = ident or aiosmtpd_smtp.__ident__
-        self.loop = loop
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected,
-            loop=loop,
-        )
-        self.event_handler = handler
-        assert data_size_limit is None or isinstance(data_size_limit, int)
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
-        self.command_size_limits.clear()
-        self.hostname = hostname or socket.getfqdn()
-        self.tls_context = None
-        self.require_starttls = None  # aiosmtpd: ``tls_context and require_starttls``
-        self._timeout_duration = timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = True
-        self._proxy_timeout = None
-        self._auth_callback = aiosmtpd_smtp.login_always_fail
-        self._authenticator = None
-        self._auth_required = False
-        tables = _tables(self, handler)
-        self._auth_methods = {
-            mech: aiosmtpd_smtp._AuthMechAttr(getattr(self if own else handler, name), own)
-            for mech, own, name in tables.auth
-        }
-        if aiosmtpd_smtp.log.isEnabledFor(logging.INFO):
-            aiosmtpd_smtp.log.info(
-                "Available AUTH mechanisms: "
-                + " ".join(
-                    m + "(builtin)" if impl.is_builtin else m
-                    for m, impl in sorted(self._auth_methods.items())
-                )
-            )
-        self._handle_hooks = tables.hooks
-        if tables.ehlo_hook_ver == "old":
-            warn(
-                "Use the 5-argument handle_EHLO() hook instead of the 4-argument handle_EHLO()"
-                " hook; support for the 4-argument handle_EHLO() hook will be removed in"
-                " version 2.0",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        elif tables.ehlo_hook_ver == "unsupported":
-            raise RuntimeError("Unsupported EHLO Hook")
-        self._ehlo_hook_ver = tables.ehlo_hook_ver
-        self._smtp_methods = {command: getattr(self, name) for command, name in tables.smtp}
-        self._enforce_call_limit = False
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's path parser, skipped for a plain ``<local@domain>`` (same result)."""
@@ -332,3 +256,81 @@ class ShortcutSMTP(SMTP):
 
     def reset_transaction(self) -> None:
         """Called whenever aiosmtpd resets the session state (connection start, HELO/EHLO, RSET)."""
+
+
+def _quick_init(
+    self: SMTP,
+    handler: Any,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    data_size_limit: int | None = aiosmtpd_smtp.DATA_SIZE_DEFAULT,
+    enable_SMTPUTF8: bool = False,
+    decode_data: bool = False,
+    hostname: str | None = None,
+    ident: str | None = None,
+    timeout: float = 300,
+) -> None:
+    """SMTP.__init__ of aiosmtpd 1.4 without TLS, AUTH, PROXY or call limits.
+
+    Sets the same attributes of the connection ``self`` to the same values; only
+    the introspection is done once per class (``_tables``) instead of once per
+    connection.
+    """
+    self.__ident__ = ident or aiosmtpd_smtp.__ident__
+    self.loop = loop
+    asyncio.StreamReaderProtocol.__init__(
+        self,
+        asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+        client_connected_cb=self._cb_client_connected,
+        loop=loop,
+    )
+    self.event_handler = handler
+    assert data_size_limit is None or isinstance(data_size_limit, int)
+    self.data_size_limit = data_size_limit
+    self.enable_SMTPUTF8 = enable_SMTPUTF8
+    self._decode_data = decode_data
+    self.command_size_limits.clear()
+    self.hostname = hostname or socket.getfqdn()
+    self.tls_context = None
+    self.require_starttls = None  # aiosmtpd: ``tls_context and require_starttls``
+    self._timeout_duration = timeout
+    self._timeout_handle = None
+    self._tls_handshake_okay = True
+    self._tls_protocol = None
+    self._original_transport = None
+    self.session = None
+    self.envelope = None
+    self.transport = None
+    self._handler_coroutine = None
+    self._auth_require_tls = True
+    self._proxy_timeout = None
+    self._auth_callback = aiosmtpd_smtp.login_always_fail
+    self._authenticator = None
+    self._auth_required = False
+    tables = _tables(self, handler)
+    self._auth_methods = {
+        mech: aiosmtpd_smtp._AuthMechAttr(getattr(self if own else handler, name), own)
+        for mech, own, name in tables.auth
+    }
+    if aiosmtpd_smtp.log.isEnabledFor(logging.INFO):
+        aiosmtpd_smtp.log.info(
+            "Available AUTH mechanisms: "
+            + " ".join(
+                m + "(builtin)" if impl.is_builtin else m
+                for m, impl in sorted(self._auth_methods.items())
+            )
+        )
+    self._handle_hooks = tables.hooks
+    if tables.ehlo_hook_ver == "old":
+        warn(
+            "Use the 5-argument handle_EHLO() hook instead of the 4-argument handle_EHLO()"
+            " hook; support for the 4-argument handle_EHLO() hook will be removed in"
+            " version 2.0",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    elif tables.ehlo_hook_ver == "unsupported":
+        raise RuntimeError("Unsupported EHLO Hook")
+    self._ehlo_hook_ver = tables.ehlo_hook_ver
+    self._smtp_methods = {command: getattr(self, name) for command, name in tables.smtp}
+    self._enforce_call_limit = False

@@ -303,7 +303,7 @@ def test_with_the_switch_off_aiosmtpds_own_code_runs(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(aiosmtpd_shortcuts, "parse_path", broken)
     monkeypatch.setattr(aiosmtpd_shortcuts, "DataDecoder", broken)
     monkeypatch.setattr(aiosmtpd_shortcuts, "_tables", broken)
-    monkeypatch.setattr(ShortcutSMTP, "_quick_init", broken)
+    monkeypatch.setattr(aiosmtpd_shortcuts, "_quick_init", broken)
     script = (
         b"EHLO client.test\r\nXFORWARD NAME=mx.test ADDR=192.0.2.1\r\n"
         b"MAIL FROM:<a@example.test> SIZE=100\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
