@@ -16,7 +16,7 @@ aiosmtpd does both correctly but slowly for a filter that sees every message:
   RFC 5321 4.5.2; a line over ``line_length_limit`` or data over the size
   limit is reported only at the end, 4.5.3.1) to many complete lines at once.
 
-Pure: no asyncio, no sockets; :mod:`filter.server` feeds them.
+Pure: no asyncio, no sockets; :mod:`filter.aiosmtpd_shortcuts` feeds them.
 """
 
 from __future__ import annotations

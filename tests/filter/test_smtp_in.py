@@ -224,7 +224,7 @@ def aiosmtpd_data(
 
 
 def decode(stream: bytes, size_limit: int | None, chunks: list[int]) -> tuple[str, bytes, int]:
-    """Our decoder over the same stream arriving in the same chunks, as server.py drives it.
+    """Our decoder over the same stream arriving in the same chunks, as the shortcuts drive it.
 
     Returns (state name, content, bytes left after the end line).
     """
