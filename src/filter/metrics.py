@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("clean", "spam", "virus", "banned", "tempfail", "rejected")  # verdicts.Result
+from filter.verdicts import Result
+
+OUTCOMES = tuple(result.value for result in Result)
 SCANNERS = ("clamd", "spamd")
 ERROR_KINDS = ("connect", "timeout", "protocol", "error")
 
