@@ -27,9 +27,8 @@ from filter.service import Filter
 from filter.smtp_out import Reinjector
 from filter.spamd import SpamdClient
 from mailgate import config as confkit
-from mailgate import lifecycle, logs, sdnotify
-from mailgate.lifecycle import reload_config
-from mailgate.metrics_http import MetricsServer
+from mailgate import lifecycle, metrics_http, sdnotify
+from mailgate.lifecycle import ConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +71,9 @@ def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
 class Daemon:
     """The running filter."""
 
-    def __init__(self, cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> None:
+    def __init__(self, cfg: Config, source: ConfigSource[Config]) -> None:
         self.cfg = cfg
-        self.config_path = config_path
-        self.overrides = overrides
+        self.source = source
         self.metrics = Metrics()
         self.service, self.reinjector = build_filter(cfg, self.metrics)
         self.handler = Handler(self.service, cfg.server.max_connections)
@@ -83,10 +81,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT."""
-        metrics_server = None
-        if self.cfg.metrics.listen:
-            mhost, mport = config_mod.split_listen(self.cfg.metrics.listen)
-            metrics_server = MetricsServer(self.metrics.registry, mhost, mport)
+        metrics_server = metrics_http.start(self.cfg.metrics.listen, self.metrics.registry)
         inherited = sdnotify.listen_sockets()
         host, port = config_mod.split_listen(self.cfg.server.listen)
         server = await start_server(
@@ -106,19 +101,13 @@ class Daemon:
             drain_timeout=self.cfg.server.drain_timeout, reload=self.reload, status="filtering",
         )  # fmt: skip
         await self.reinjector.close()
-        if metrics_server is not None:
-            metrics_server.close()
-        log.info("stopped")
-        logs.flush_all()
-        return 0
+        return lifecycle.finished(metrics_server)
 
     def reload(self) -> None:
         """SIGHUP: rebuild the pipeline from a freshly validated config, or keep the old one."""
-        new = reload_config(load_config, self.config_path, self.overrides)
+        new = self.source.reload(self.cfg)
         if new is None:
             return
-        if new.server != self.cfg.server or new.metrics != self.cfg.metrics:
-            log.warning("reload: [server] and [metrics] changes take effect only after a restart")
         old = self.reinjector
         try:
             # Reads the list files again: one may have changed since load_config checked it.
@@ -134,15 +123,13 @@ class Daemon:
         closing = asyncio.get_running_loop().create_task(old.close())
         self._closing.add(closing)  # a task nobody references may be collected mid-way
         closing.add_done_callback(self._closing.discard)
-        log.info("reloaded configuration from %s", self.config_path or "flags")
+        log.info("reloaded configuration from %s", self.source)
         sdnotify.notify("READY=1")
 
 
 def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     """The file (or defaults), then command-line flags on top."""
-    cfg = config_mod.load(path)
-    for key, value in overrides.items():
-        cfg = config_mod.override(cfg, key, value)
+    cfg = config_mod.SCHEMA.load_with_flags(path, overrides)
     confkit.require_event_loop("server.event_loop", cfg.server.event_loop)
     if cfg.server.max_message_size > cfg.clamd.max_stream:
         # Such a message could never be scanned: it would be deferred (451) on every
@@ -161,4 +148,4 @@ def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> i
     # aiosmtpd logs every SMTP command at INFO; our summary line per message says enough.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     run = lifecycle.runner(cfg.server.event_loop)
-    return run(Daemon(cfg, config_path, overrides).run())
+    return run(Daemon(cfg, ConfigSource(load_config, config_path, overrides)).run())

@@ -36,6 +36,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from mailgate.config import Address
+from mailgate.errors import BackendError
+
 log = logging.getLogger(__name__)
 
 COMMAND = b"zINSTREAM\0"
@@ -65,13 +68,8 @@ class ScanResult:
     name: str = ""
 
 
-class ClamdError(Exception):
+class ClamdError(BackendError):
     """clamd could not be asked or gave no usable answer; ``kind`` labels a metric."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 def frames(data: bytes, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -108,13 +106,8 @@ def fildes_request(fd: int) -> tuple[bytes, list[bytes], list[tuple[int, int, by
 
 
 def parse_address(address: str) -> tuple[str, str | int]:
-    """``unix:/path`` -> ("unix", path); ``host:port`` -> (host, port)."""
-    if address.startswith("unix:"):
-        return "unix", address[len("unix:") :]
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"clamd address must be unix:/path or host:port, got {address!r}")
-    return host.strip("[]"), int(port)
+    """``unix:/path`` -> ("unix", path); ``host:port`` -> (host, port); ValueError if neither."""
+    return Address.parse(address, "clamd address").where()
 
 
 class ClamdClient:

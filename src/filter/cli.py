@@ -55,18 +55,15 @@ def _serve(args: argparse.Namespace) -> int:
     }
     return command.serve_command(
         "mail-filter", args.config, DEFAULT_CONFIG, flags, app.load_config,
-        lambda cfg: cfg.logging.level, app.serve,
+        app.serve,
     )  # fmt: skip
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        cfg = app.load_config(args.file, {})
-    except ConfigError as err:
-        print(f"mail-filter: {err}", file=sys.stderr)
-        return EX_CONFIG
-    print(f"{args.file}: OK (listen {cfg.server.listen}, re-inject {cfg.reinject.address})")
-    return 0
+    return command.check_config_command(
+        "mail-filter", args.file, app.load_config,
+        lambda cfg: f"listen {cfg.server.listen}, re-inject {cfg.reinject.address}",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

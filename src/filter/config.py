@@ -8,10 +8,10 @@ is :mod:`mailgate.config`, shared with saslimap.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES
 from filter.verdicts import Category, Destiny
@@ -266,16 +266,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-def from_mapping(raw: Mapping[str, Any]) -> Config:
-    """Validate a parsed TOML document and build the configuration."""
-    return confkit.from_mapping(Config, raw)
-
-
-def load(path: Path | None) -> Config:
-    """Read and validate a TOML file (defaults when ``path`` is None)."""
-    return confkit.load(Config, path) if path is not None else Config()
-
-
-def override(cfg: Config, key: str, value: object) -> Config:
-    """Set ``section.key`` (a command-line flag) with the same checks as the file."""
-    return confkit.override(cfg, key, value)
+SCHEMA = confkit.Schema(Config)
+from_mapping = SCHEMA.from_mapping
+load = SCHEMA.load
+override = SCHEMA.override

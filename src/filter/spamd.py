@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from mailgate.config import Address
+from mailgate.errors import BackendError
+
 MAX_RESPONSE = 256 * 1024
 
 
-class SpamdError(Exception):
+class SpamdError(BackendError):
     """spamd could not be asked or gave no usable answer; ``kind`` labels a metric."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -111,13 +109,7 @@ class SpamdClient:
         self.timeout = timeout
         self.user = user
         self._slots = asyncio.Semaphore(concurrency)
-        if address.startswith("unix:"):
-            self._where: tuple[str, str | int] = ("unix", address[len("unix:") :])
-        else:
-            host, sep, port = address.rpartition(":")
-            if not sep or not port.isdigit():
-                raise ValueError(f"spamd address must be host:port or unix:/path, got {address!r}")
-            self._where = (host.strip("[]"), int(port))
+        self._where = Address.parse(address, "spamd address").where()  # ValueError if bad
 
     async def exchange(self, request: bytes) -> Response:
         """Send one request and read the whole response."""

@@ -11,13 +11,23 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from mailgate import logs
+from mailgate.config import LoggingConfig
 from mailgate.errors import ConfigError
+
+
+class _Logged(Protocol):
+    """A whole daemon configuration: it has the shared ``[logging]`` table."""
+
+    @property
+    def logging(self) -> LoggingConfig: ...
+
 
 EX_CONFIG = 78
 C = TypeVar("C")
+L = TypeVar("L", bound=_Logged)
 log = logging.getLogger(__name__)
 
 
@@ -26,9 +36,8 @@ def serve_command(
     path: Path | None,
     default: Path,
     flags: Mapping[str, str | None],
-    load: Callable[[Path | None, dict[str, str]], C],
-    level: Callable[[C], str],
-    serve: Callable[[C, Path | None, dict[str, str]], int],
+    load: Callable[[Path | None, dict[str, str]], L],
+    serve: Callable[[L, Path | None, dict[str, str]], int],
 ) -> int:
     """Load the config (file, then flags), set up logging, run; the exit code."""
     if path is None and default.exists():
@@ -40,7 +49,7 @@ def serve_command(
         logs.setup(prog)
         log.error("configuration error: %s", err)
         return EX_CONFIG
-    logs.setup(prog, level(cfg))
+    logs.setup(prog, cfg.logging.level)
     try:
         return serve(cfg, path, overrides)
     except OSError as err:

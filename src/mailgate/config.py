@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from mailgate.errors import ConfigError
@@ -137,6 +137,10 @@ class Address:
             raise ConfigError(f"{key}: must be {form}; got {text!r}")
         return cls(host=host, port=int(port))
 
+    def where(self) -> tuple[str, str | int]:
+        """``("unix", path)`` or ``(host, port)``: what a client connects to."""
+        return ("unix", self.path) if self.path else (self.host, self.port)
+
     def __str__(self) -> str:
         if self.path:
             return f"unix:{self.path}"
@@ -236,6 +240,32 @@ def override(cfg: T, key: str, value: object) -> T:
     current = getattr(cfg, section)
     checks = {f.name: f.metadata["check"] for f in fields(current)}
     return replace(cfg, **{section: replace(current, **{name: checks[name](key, value)})})  # type: ignore[type-var]
+
+
+class Schema(Generic[T]):
+    """A daemon's whole configuration class with its readers: file, table, flags."""
+
+    def __init__(self, cls: type[T]) -> None:
+        self.cls = cls
+
+    def from_mapping(self, raw: Mapping[str, Any]) -> T:
+        """Validate a parsed TOML document and build the configuration."""
+        return from_mapping(self.cls, raw)
+
+    def load(self, path: Path | None) -> T:
+        """Read and validate a TOML file (the defaults when ``path`` is None)."""
+        return load(self.cls, path) if path is not None else self.cls()
+
+    def override(self, cfg: T, key: str, value: object) -> T:
+        """Set ``section.key`` (a command-line flag) with the same checks as the file."""
+        return override(cfg, key, value)
+
+    def load_with_flags(self, path: Path | None, flags: Mapping[str, str]) -> T:
+        """The file (or the defaults), then command-line flags on top."""
+        cfg = self.load(path)
+        for key, value in flags.items():
+            cfg = override(cfg, key, value)
+        return cfg
 
 
 # -- tables both daemons have -------------------------------------------------

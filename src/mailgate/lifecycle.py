@@ -22,8 +22,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Collection, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from mailgate import logs, sdnotify
 from mailgate.errors import ConfigError
@@ -156,6 +157,22 @@ def reload_or_keep(
             sections = " and ".join(f"[{name}]" for name in changed)
             log.warning("reload: %s changes take effect only after a restart", sections)
     return new
+
+
+@dataclass(frozen=True)
+class ConfigSource(Generic[C]):
+    """Where a daemon's configuration came from (file and flags), to read it again on SIGHUP."""
+
+    load: Callable[[Path | None, dict[str, str]], C]
+    path: Path | None
+    overrides: dict[str, str]
+
+    def reload(self, current: C) -> C | None:
+        """The new, validated config, or None (the current one kept; see :func:`reload_or_keep`)."""
+        return reload_or_keep(self.load, self.path, self.overrides, current)
+
+    def __str__(self) -> str:
+        return str(self.path or "flags")
 
 
 def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:

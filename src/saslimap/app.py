@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mailgate import lifecycle, metrics_http, sdnotify
-from mailgate.lifecycle import Listener, reload_or_keep
+from mailgate.lifecycle import ConfigSource, Listener
 from mailgate.metrics_http import MetricsServer
 from mailgate.sockets import bind_unix_socket, unlink_if_ours
 from saslimap import config as config_mod
@@ -52,10 +52,9 @@ def build_authenticator(cfg: Config, backend: ImapBackend, metrics: Metrics) -> 
 class Daemon:
     """The running daemon: one server, and the current authenticator behind it."""
 
-    def __init__(self, cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> None:
+    def __init__(self, cfg: Config, source: ConfigSource[Config]) -> None:
         self.cfg = cfg
-        self.config_path = config_path
-        self.overrides = overrides
+        self.source = source
         self.metrics = Metrics()
         self.backend = ImapBackend.from_config(cfg.imap)
         self.auth = build_authenticator(cfg, self.backend, self.metrics)
@@ -99,7 +98,7 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""
-        new = reload_or_keep(load_config, self.config_path, self.overrides, self.cfg)
+        new = self.source.reload(self.cfg)
         if new is None:
             return
         old_backend, old_auth = self.backend, self.auth
@@ -118,15 +117,13 @@ class Daemon:
         # Checks already waiting on the old backend finish within its deadline; then it goes.
         loop.call_later(old_backend.deadline + 1, old_backend.close)
         _warn_about(self.cfg)
-        log.info("reloaded configuration from %s; caches flushed", self.config_path or "flags")
+        log.info("reloaded configuration from %s; caches flushed", self.source)
         sdnotify.notify("READY=1")
 
 
 def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
     """The file (or defaults), then command-line flags on top, then whole-config checks."""
-    cfg = config_mod.load(path) if path is not None else Config()
-    for key, value in overrides.items():
-        cfg = config_mod.override(cfg, key, value)
+    cfg = config_mod.SCHEMA.load_with_flags(path, overrides)
     config_mod.require_complete(cfg)
     return cfg
 
@@ -134,4 +131,4 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
 def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
     """Run the daemon in a fresh event loop."""
     run = lifecycle.runner(cfg.server.event_loop)
-    return run(Daemon(cfg, config_path, overrides).run())
+    return run(Daemon(cfg, ConfigSource(load_config, config_path, overrides)).run())

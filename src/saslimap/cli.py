@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {"server.socket": args.socket, "imap.url": args.imap, "imap.ca_file": args.ca_file}
     return command.serve_command(
         "saslimap", args.config, DEFAULT_CONFIG, flags, app.load_config,
-        lambda cfg: cfg.logging.level, app.serve,
+        app.serve,
     )  # fmt: skip
 
 

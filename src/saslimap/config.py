@@ -10,10 +10,9 @@ keys; a test keeps the two in step.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from mailgate import config as confkit
 from mailgate.config import (
@@ -188,19 +187,10 @@ class Config:
     iplimits: IpLimitsConfig = field(default_factory=IpLimitsConfig)
 
 
-def from_mapping(raw: Mapping[str, Any]) -> Config:
-    """Validate a parsed TOML document and build the configuration."""
-    return confkit.from_mapping(Config, raw)
-
-
-def load(path: Path) -> Config:
-    """Read and validate a TOML file."""
-    return confkit.load(Config, path)
-
-
-def override(cfg: Config, key: str, value: object) -> Config:
-    """Set ``section.key`` (a command-line flag) with the same checks as the file."""
-    return confkit.override(cfg, key, value)
+SCHEMA = confkit.Schema(Config)
+from_mapping = SCHEMA.from_mapping
+load = SCHEMA.load
+override = SCHEMA.override
 
 
 def require_complete(cfg: Config) -> None:
