@@ -71,8 +71,9 @@ class BackendUnavailable(BackendError):
     """The IMAP server gave no verdict: unreachable, slow, TLS failure, or an unexpected reply.
 
     ``kind`` is one of a small fixed set (``connect``, ``timeout``, ``tls``,
-    ``starttls``, ``protocol``, ``closed``, ``busy``) so it can label a metric.
-    The message never contains the password.
+    ``starttls``, ``protocol``, ``closed``, ``busy``) so it can label a metric;
+    :meth:`Session.login` (a mailbox session, never a password check) adds
+    ``auth`` for refused credentials.  The message never contains the password.
     """
 
     KINDS = ("connect", "timeout", "tls", "starttls", "protocol", "closed", "busy")
@@ -217,7 +218,7 @@ class Session:
         if "SASL-IR" in self.capabilities:
             typ, data = self.imap._simple_command("AUTHENTICATE", "PLAIN", token.decode("ascii"))
         else:
-            self.imap.literal = lambda _challenge: token
+            self.imap.literal = _Continuation(token).answer
             typ, data = self.imap._simple_command("AUTHENTICATE", "PLAIN")
         return self._verdict(typ, data)
 
@@ -260,6 +261,22 @@ class Session:
             self.imap.send(b"Z LOGOUT\r\n")
         with contextlib.suppress(OSError):
             self.imap.shutdown()
+
+
+class _Continuation:
+    """The answer to AUTHENTICATE's ``+`` without SASL-IR: the token once, then cancel.
+
+    imaplib calls ``literal`` back for each continuation only when it is a bound
+    method (anything else it sends as a literal of its ``len()``), hence a class.
+    A second ``+`` gets ``*``, which cancels the exchange (RFC 3501 6.2.2).
+    """
+
+    def __init__(self, token: bytes) -> None:
+        self._token = token
+
+    def answer(self, _challenge: bytes) -> bytes:
+        token, self._token = self._token, b"*"
+        return token
 
 
 def open_session(settings: ImapSettings) -> Session:
@@ -312,6 +329,13 @@ def check_login(
 
 
 def _unavailable(err: BaseException, password: str) -> BackendUnavailable:
+    """Our error for a library one; during a login (``password`` given) without server text.
+
+    imaplib puts the server's reply in its exceptions, and a server may echo the
+    command it refuses: the AUTHENTICATE token or the LOGIN arguments, in forms
+    no scrubbing can list.  So while credentials are on the wire, only the
+    exception's type says what happened.
+    """
     if isinstance(err, TimeoutError | socket.timeout):
         kind = "timeout"
     elif isinstance(err, ssl.SSLError | ssl.CertificateError):
@@ -324,6 +348,8 @@ def _unavailable(err: BaseException, password: str) -> BackendUnavailable:
         kind = "connect"
     else:
         kind = "protocol"
+    if password and isinstance(err, imaplib.IMAP4.error | IMAPClientError):
+        return BackendUnavailable(kind, f"{type(err).__name__} during login (server text withheld)")
     return BackendUnavailable(kind, scrub(f"{type(err).__name__}: {err}", password)[:300])
 
 
@@ -332,7 +358,7 @@ def scrub(text: str, password: str) -> str:
 
     A library error may quote the command it failed on: the password as typed,
     or quoted and escaped as LOGIN sends it.  (Server text from the login
-    exchange, which may echo the AUTHENTICATE token, is never put in an error.)
+    exchange, which may echo the AUTHENTICATE token, is withheld altogether.)
     """
     if not password:
         return text

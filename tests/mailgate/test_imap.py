@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import time
@@ -186,3 +187,45 @@ def test_no_id_without_the_option_or_with_garbage(scripted: list[ScriptedImap]) 
     forwarding = ImapSettings(s.target, None, 0.5, 0.5, "auto", send_client_address=True)
     check_login(forwarding, "alice", "pw", '1.2.3.4" "x')
     assert not [line for line in srv.received if b" ID " in line]
+
+
+def test_plain_without_sasl_ir_answers_the_continuation(scripted: list[ScriptedImap]) -> None:
+    """Without SASL-IR the token goes after the server's "+", and the login succeeds."""
+    tags: list[bytes] = []
+
+    def answer(line: bytes) -> bytes | None:
+        if line.upper().endswith(b" CAPABILITY"):
+            return b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n{tag} OK done\r\n"
+        if b" AUTHENTICATE PLAIN" in line:
+            tags.append(line.split(b" ", 1)[0])
+            return b"+ \r\n"
+        if tags and line == base64.b64encode(b"\0alice\0" + SECRET.encode()):
+            return tags[-1] + b" OK Logged in\r\n"
+        return None
+
+    srv = ScriptedImap(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n", answer)
+    scripted.append(srv)
+    assert LoginResult.ACCEPTED == check_login(settings(srv.port), "alice", SECRET)
+
+
+def test_server_echoing_the_login_never_puts_it_in_an_error(
+    scripted: list[ScriptedImap], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BAD that echoes AUTHENTICATE or LOGIN leaves neither token nor password in the error."""
+    password = 'pa"ss\\word'
+    token = base64.b64encode(b"\0alice\0" + password.encode()).decode()
+    for caps in (b"IMAP4rev1 SASL-IR AUTH=PLAIN", b"IMAP4rev1 LITERAL+"):  # AUTHENTICATE, LOGIN
+
+        def echoing(line: bytes, caps: bytes = caps) -> bytes:
+            if line.upper().endswith(b" CAPABILITY"):
+                return b"* CAPABILITY " + caps + b"\r\n{tag} OK done\r\n"
+            return b"{tag} BAD Invalid request: " + line + b"\r\n"
+
+        srv = ScriptedImap(b"* OK ready\r\n", echoing)
+        scripted.append(srv)
+        with caplog.at_level(logging.DEBUG), pytest.raises(BackendUnavailable) as caught:
+            check_login(settings(srv.port), "alice", password)
+        assert "during login" in str(caught.value)
+        for secret in (token, password, 'pa\\"ss\\\\word'):
+            assert secret not in str(caught.value)
+            assert secret not in caplog.text
