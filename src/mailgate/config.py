@@ -125,13 +125,16 @@ class Address:
         else:
             bracketed = False
         valid = bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
-        if valid and (bracketed or ":" in host):
+        if valid and ":" in host:
             # "[::1]:25" as RFC 3986 writes it; "::1:25" (the last colon before the
-            # port) is accepted too, as it always was.
+            # port) is accepted too, as it always was.  Brackets around a name or an
+            # IPv4 address ("[127.0.0.1]:10025", Postfix's habit) are accepted as well.
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
                 valid = False
+        if valid and bracketed and ("[" in host or "]" in host):
+            valid = False
         if not valid:
             form = "host:port, [v6]:port or unix:/path" if unix else "host:port or [v6]:port"
             raise ConfigError(f"{key}: must be {form}; got {text!r}")

@@ -17,6 +17,9 @@ from mailgate.errors import MailgateError
         ("[::1]:10025", Address(host="::1", port=10025)),
         ("::1:10025", Address(host="::1", port=10025)),  # accepted before the core; still is
         ("unix:/run/clamav/clamd.ctl", Address(path="/run/clamav/clamd.ctl")),
+        # Postfix writes relay hosts in brackets; configs written that way always worked.
+        ("[127.0.0.1]:10025", Address(host="127.0.0.1", port=10025)),
+        ("[mail.example.com]:25", Address(host="mail.example.com", port=25)),
     ],
 )
 def test_address_forms(text: str, expected: Address) -> None:
@@ -26,7 +29,18 @@ def test_address_forms(text: str, expected: Address) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "127.0.0.1", "host:0", "host:65536", "host:x", ":25", "unix:relative", "[nothost]:25"],
+    [
+        "",
+        "127.0.0.1",
+        "host:0",
+        "host:65536",
+        "host:x",
+        ":25",
+        "unix:relative",
+        "[]:25",
+        "[[::1]]:25",
+        "[:1]:25",
+    ],
 )
 def test_bad_addresses_name_the_key(text: str) -> None:
     """A bad address is a ConfigError that names the key it came from."""
@@ -38,6 +52,12 @@ def test_unix_paths_refused_where_only_tcp_makes_sense() -> None:
     """hostport refuses unix: paths (a listener that must be TCP)."""
     with pytest.raises(ConfigError, match="must be host:port"):
         confkit.hostport("server.listen", "unix:/tmp/x")
+
+
+def test_listen_keys_take_bracketed_hosts() -> None:
+    """[metrics] listen = "[127.0.0.1]:9101" loads, as it did before the core."""
+    assert "[127.0.0.1]:9101" == confkit.listen("metrics.listen", "[127.0.0.1]:9101")
+    assert ("127.0.0.1", 9101) == confkit.split_listen("[127.0.0.1]:9101")
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:10024", "[::1]:25", "unix:/tmp/s"])
