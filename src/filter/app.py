@@ -97,11 +97,11 @@ class Daemon:
             self.cfg.spamd.address if self.cfg.spamd.enabled else "off", self.cfg.reinject.address,
         )  # fmt: skip
         await lifecycle.serve_until_stopped(
-            "mail-filter", [SmtpListener(server, self.handler)],
+            log, [SmtpListener(server, self.handler)],
             drain_timeout=self.cfg.server.drain_timeout, reload=self.reload, status="filtering",
         )  # fmt: skip
         await self.reinjector.close()
-        return lifecycle.finished(metrics_server)
+        return lifecycle.finished(log, metrics_server)
 
     def reload(self) -> None:
         """SIGHUP: rebuild the pipeline from a freshly validated config, or keep the old one."""

@@ -76,11 +76,19 @@ class Tracker:
         return task
 
     async def finish_tasks(self, deadline: float, what: str = "request") -> int:
-        """Wait up to ``deadline`` s for the tasks in flight; cancel the rest; how many were."""
+        """Wait up to ``deadline`` s (0: no limit) for the tasks in flight, including any
+        started meanwhile; cancel the rest; how many were cancelled."""
         if not self.tasks:
             return 0
         log.info("draining %d %s(s) in progress", len(self.tasks), what)
-        _, pending = await asyncio.wait(set(self.tasks), timeout=deadline or None)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline if deadline else None
+        while self.tasks:
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(set(self.tasks), timeout=left)
+        pending = set(self.tasks)
         if pending:
             log.warning("drain deadline passed; abandoning %d %s(s)", len(pending), what)
             for task in pending:
@@ -97,14 +105,17 @@ async def shutdown(listeners: Collection[Listener], deadline: float) -> None:
 
 
 async def serve_until_stopped(
-    name: str,
+    logger: logging.Logger,
     listeners: Collection[Listener],
     *,
     drain_timeout: float,
     reload: Callable[[], None],
     status: str,
 ) -> None:
-    """Announce readiness, reload on SIGHUP, and on SIGTERM/SIGINT shut down in order."""
+    """Announce readiness, reload on SIGHUP, and on SIGTERM/SIGINT shut down in order.
+
+    ``logger`` is the daemon's own, so its stop lines read as they always did.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,16 +126,19 @@ async def serve_until_stopped(
     # The handlers stay for the drain: a second SIGTERM or a SIGHUP meanwhile must
     # not fall back to the default action, which would kill the process mid-drain.
     await stopping.wait()
+    # A reload now would build what the drain is taking down (a new backend, warm
+    # connections nobody closes): say so and ignore it.
+    loop.add_signal_handler(signal.SIGHUP, logger.warning, "SIGHUP ignored: stopping")
     sdnotify.notify("STOPPING=1")
-    log.info("%s stopping: no new connections; draining for up to %g s", name, drain_timeout)
+    logger.info("stopping: no new connections; draining for up to %g s", drain_timeout)
     await shutdown(listeners, drain_timeout)
 
 
-def finished(metrics_server: MetricsServer | None) -> int:
+def finished(logger: logging.Logger, metrics_server: MetricsServer | None) -> int:
     """A daemon's last step after its drain: stop the metrics endpoint, log, flush; exit 0."""
     if metrics_server is not None:
         metrics_server.close()
-    log.info("stopped")
+    logger.info("stopped")
     logs.flush_all()
     return 0
 

@@ -87,14 +87,14 @@ class Daemon:
         log.info("saslimap ready: IMAP server %s", self.cfg.imap.target)
         # Both listeners stop accepting at once and share one drain deadline.
         await lifecycle.serve_until_stopped(
-            "saslimap", listeners, drain_timeout=self.cfg.server.drain_timeout,
+            log, listeners, drain_timeout=self.cfg.server.drain_timeout,
             reload=self.reload, status="answering on the mux socket",
         )  # fmt: skip
         if self.dovecot_socket is not None:
             unlink_if_ours(*self.dovecot_socket)
         self.auth.close()
         self.backend.close()
-        return lifecycle.finished(self.metrics_server)
+        return lifecycle.finished(log, self.metrics_server)
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""

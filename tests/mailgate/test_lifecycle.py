@@ -87,3 +87,17 @@ def test_runner_honours_the_event_loop_choice(choice: str) -> None:
 
     expected = 0 if choice == "asyncio" else 1
     assert expected == lifecycle.runner(choice)(which())
+
+
+async def test_drain_also_waits_for_work_started_during_it() -> None:
+    """A check that starts while the drain waits is waited for (or cancelled) too."""
+    tracker = Tracker(1)
+    late: list[asyncio.Task[object]] = []
+
+    async def first() -> None:
+        await asyncio.sleep(0.02)
+        late.append(tracker.spawn(asyncio.sleep(60)))
+
+    tracker.spawn(first())
+    assert 1 == await tracker.finish_tasks(0.2)
+    assert late[0].cancelled()
