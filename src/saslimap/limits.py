@@ -201,6 +201,8 @@ class IpLimiter:
             ip = ipaddress.ip_address(address.strip("[]"))
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # "::ffff:10.1.2.3" from a dual-stack listener is 10.1.2.3
         return any(ip in net for net in self.trusted)
 
     def decide(self, address: str) -> Decision:

@@ -174,6 +174,14 @@ def test_trusted_networks_are_never_limited() -> None:
     assert lim.decide("10.1.2.3").allowed
 
 
+def test_trusted_networks_match_ipv4_mapped_addresses() -> None:
+    """A dual-stack listener's "::ffff:10.1.2.3" is the trusted 10.1.2.3."""
+    lim = IpLimiter(FakeClock(), budget=1, trusted_networks=["10.0.0.0/8"])
+    lim.failed("::ffff:10.1.2.3", b"a")
+    lim.failed("::ffff:10.1.2.3", b"b")
+    assert lim.decide("::ffff:10.1.2.3").allowed
+
+
 def test_ipv6_neighbours_share_one_budget() -> None:
     """Failures from different addresses of one IPv6 /64 fill one budget; the next /64 is apart."""
     lim = IpLimiter(FakeClock(), budget=3)
