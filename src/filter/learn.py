@@ -21,28 +21,48 @@ failed (the state keeps what succeeded), 78 for a bad configuration.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from filter.config import LearnConfig
-from filter.spamd import SpamdClient, SpamdError, encode_tell
+from filter.spamd import SpamdError
+from filter.teachers import (
+    BatchTeacher,
+    Teacher,
+    sa_learn_batch_teacher,
+    sa_learn_teacher,
+    spamd_teacher,
+)
 from mailgate.errors import BackendError, ConfigError, MailgateError
 
 if TYPE_CHECKING:
-    from mailgate.imap import Mailbox as ImapMailbox
+    from mailgate.mailbox import Mailbox as ImapMailbox
+
+# The teachers are imported by name from here by the command line and the tests.
+__all__ = [
+    "MAX_TRIES",
+    "BatchTeacher",
+    "LearnError",
+    "Learner",
+    "State",
+    "Teacher",
+    "connect",
+    "sa_learn_batch_teacher",
+    "sa_learn_teacher",
+    "spamd_teacher",
+    "summary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,79 +139,6 @@ class Totals:
     skipped_folders: list[str] = field(default_factory=list)
 
 
-Teacher = Callable[[bytes, str, bool], str]  # (message, class, forget) -> result text
-BatchTeacher = Callable[[Sequence[bytes], str], int]  # (messages, class) -> newly learned
-
-
-def spamd_teacher(cfg: LearnConfig, spamd_address: str, user: str = "") -> Teacher:
-    """Teach through spamd's TELL (spamd must run with --allow-tell).
-
-    ``user``: [spamd] user, so TELL trains the Bayes database SYMBOLS scores with.
-    """
-    client = SpamdClient(spamd_address, timeout=cfg.timeout)
-
-    def teach(message: bytes, klass: str, forget: bool) -> str:
-        request = encode_tell(message, klass, remove=forget, user=user)
-        response = asyncio.run(client.exchange(request))
-        if response.code != 0:
-            raise SpamdError("protocol", f"TELL refused: {response.code} {response.message}")
-        done = response.headers.get("didremove" if forget else "didset", "")
-        return "learned" if done else "already"
-
-    return teach
-
-
-def sa_learn_teacher(cfg: LearnConfig) -> Teacher:
-    """Teach with sa-learn on a local Bayes database (no spamd needed)."""
-
-    def teach(message: bytes, klass: str, forget: bool) -> str:
-        with tempfile.NamedTemporaryFile(prefix="learn-", suffix=".eml") as fh:
-            fh.write(message)
-            fh.flush()
-            # --max-size=0: by default sa-learn skips a message over 500 KB and exits 1
-            # with nothing on stderr; TELL has no such limit (SpamAssassin bounds the
-            # text it tokenizes per part itself).
-            argv = ["sa-learn", "--forget" if forget else f"--{klass}", "--max-size=0"]
-            if cfg.sa_learn_dbpath:
-                argv += ["--dbpath", cfg.sa_learn_dbpath]
-            argv.append(fh.name)
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=cfg.timeout, check=False
-            )
-        if done.returncode != 0:
-            reason = (done.stderr.strip() or done.stdout.strip())[:200]
-            raise SpamdError("protocol", f"sa-learn failed (exit {done.returncode}): {reason}")
-        return "already" if "Learned tokens from 0 message" in done.stdout else "learned"
-
-    return teach
-
-
-_LEARNED = re.compile(rb"Learned tokens from (\d+) message")
-
-
-def sa_learn_batch_teacher(cfg: LearnConfig) -> BatchTeacher:
-    """Teach a whole batch with one sa-learn run (it takes about 0.6 s just to start)."""
-
-    def teach_many(messages: Sequence[bytes], klass: str) -> int:
-        with tempfile.TemporaryDirectory(prefix="learn-") as folder:
-            for n, message in enumerate(messages):
-                (Path(folder) / f"{n:06d}.eml").write_bytes(message)
-            argv = ["sa-learn", f"--{klass}", "--max-size=0"]
-            if cfg.sa_learn_dbpath:
-                argv += ["--dbpath", cfg.sa_learn_dbpath]
-            argv.append(folder)
-            done = subprocess.run(
-                argv, capture_output=True, timeout=cfg.timeout * len(messages), check=False
-            )
-        if done.returncode != 0:
-            reason = (done.stderr.strip() or done.stdout.strip())[:200].decode(errors="replace")
-            raise SpamdError("protocol", f"sa-learn failed (exit {done.returncode}): {reason}")
-        found = _LEARNED.search(done.stdout)
-        return int(found.group(1)) if found else 0
-
-    return teach_many
-
-
 def _password(cfg: LearnConfig) -> str:
     if cfg.password_file is not None:
         try:
@@ -202,7 +149,7 @@ def _password(cfg: LearnConfig) -> str:
 
 
 class Mailbox(Protocol):
-    """The IMAP calls a run makes (:class:`mailgate.imap.Mailbox`; a fake in tests)."""
+    """The IMAP calls a run makes (:class:`mailgate.mailbox.Mailbox`; a fake in tests)."""
 
     def select_folder(self, folder: str, readonly: bool = True) -> dict[bytes, Any]: ...
     def search(self, criteria: Sequence[str]) -> list[int]: ...
@@ -214,12 +161,12 @@ class Mailbox(Protocol):
 
 
 def connect(cfg: LearnConfig) -> ImapMailbox:
-    """A logged-in :class:`mailgate.imap.Mailbox` (TLS as the URL says; certificates verified).
+    """A logged-in :class:`mailgate.mailbox.Mailbox` (TLS as the URL says; certificates verified).
 
     The IMAP wrapper is imported here, not at the top: building the filter
     daemon must not load imapclient.
     """
-    from mailgate import imap
+    from mailgate import imap, mailbox
 
     password = _password(cfg)
     try:
@@ -227,7 +174,7 @@ def connect(cfg: LearnConfig) -> ImapMailbox:
             cfg.imap_url, cfg.ca_file, key="learn.imap_url",
             connect_timeout=cfg.timeout, response_timeout=cfg.timeout,
         )  # fmt: skip
-        return imap.open_mailbox(settings, cfg.username, password)
+        return mailbox.open_mailbox(settings, cfg.username, password)
     except ConfigError as err:
         raise LearnError(str(err)) from None
     except BackendError as err:  # its text never carries the password

@@ -3,11 +3,10 @@
 imapclient (and the standard library's imaplib beneath it) is blocking and
 untyped, so it is wrapped here once, behind typed, blocking calls meant for a
 worker thread: :func:`open_session` (connect, check the greeting, STARTTLS),
-:func:`check_login` (one password check), and :func:`open_mailbox` (a logged-in
-:class:`Mailbox` for ``mail-filter learn``).  Callers see only
-:class:`LoginResult`, :class:`Mailbox` and :class:`BackendUnavailable`, never
-a library exception: every one is replaced by ours, its text scrubbed of the
-password.
+:func:`check_login` (one password check) and :meth:`Session.login` (a session
+kept for mailbox work, :mod:`mailgate.mailbox`).  Callers see only
+:class:`LoginResult` and :class:`BackendUnavailable`, never a library
+exception: every one is replaced by ours, its text scrubbed of the password.
 
 Why not ``IMAPClient.login()``: it calls imaplib's ``login``, which puts the user
 name on the wire unquoted and quotes the password with only ``\\`` and ``"``
@@ -31,7 +30,6 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,7 +246,7 @@ class Session:
         except BackendUnavailable:
             raise
         except Exception as err:
-            raise _unavailable(err, password) from None
+            raise unavailable(err, password) from None
         if verdict is LoginResult.REJECTED:
             raise BackendUnavailable("auth", f"the server refused the login of {user!r}")
         # We sent AUTHENTICATE/LOGIN ourselves, so imaplib did not move to its
@@ -294,7 +292,7 @@ def open_session(settings: ImapSettings) -> Session:
             session.close()
         if isinstance(err, BackendUnavailable):
             raise
-        raise _unavailable(err, "") from None
+        raise unavailable(err, "") from None
 
 
 def authenticate_on(
@@ -312,7 +310,7 @@ def authenticate_on(
     except BackendUnavailable:
         raise
     except Exception as err:  # every library failure means "no verdict"
-        raise _unavailable(err, password) from None
+        raise unavailable(err, password) from None
     finally:
         session.close()
 
@@ -328,7 +326,7 @@ def check_login(
     return authenticate_on(open_session(settings), settings, user, password, client_addr)
 
 
-def _unavailable(err: BaseException, password: str) -> BackendUnavailable:
+def unavailable(err: BaseException, password: str) -> BackendUnavailable:
     """Our error for a library one; during a login (``password`` given) without server text.
 
     imaplib puts the server's reply in its exceptions, and a server may echo the
@@ -366,71 +364,3 @@ def scrub(text: str, password: str) -> str:
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, "***")
     return text
-
-
-class Mailbox:
-    """A logged-in IMAP session for reading and tidying folders (``mail-filter learn``).
-
-    Typed calls over the few imapclient methods learning needs; every library
-    failure becomes :class:`BackendUnavailable`.
-    """
-
-    def __init__(self, session: Session, password: str) -> None:
-        self._session = session
-        self._client = session.client
-        self._password = password  # only to scrub it from error text
-
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._client, name)(*args, **kwargs)
-        except Exception as err:
-            raise _unavailable(err, self._password) from None
-
-    def select_folder(self, folder: str, readonly: bool = True) -> dict[bytes, Any]:
-        """Select ``folder``; the server's answer (``b"UIDVALIDITY"``, ``b"EXISTS"`` ...)."""
-        return dict(self._call("select_folder", folder, readonly=readonly))
-
-    def search(self, criteria: Sequence[str]) -> list[int]:
-        """UIDs matching ``criteria`` (imapclient's list form, e.g. ``["UID", "5:*"]``)."""
-        return [int(u) for u in self._call("search", list(criteria))]
-
-    def fetch(self, uids: Sequence[int], items: Sequence[bytes]) -> dict[int, dict[bytes, Any]]:
-        """``items`` for each UID still there (an expunged UID is simply missing)."""
-        return dict(self._call("fetch", list(uids), list(items)))
-
-    def add_flags(self, uids: Sequence[int], flags: Sequence[bytes]) -> None:
-        """Add flags (keywords) to messages."""
-        self._call("add_flags", list(uids), list(flags))
-
-    def move(self, uids: Sequence[int], folder: str) -> None:
-        """Move messages to another folder (MOVE, or COPY + delete where not offered)."""
-        self._call("move", list(uids), folder)
-
-    def delete_messages(self, uids: Sequence[int]) -> None:
-        """Flag messages deleted (gone at the next :meth:`expunge`)."""
-        self._call("delete_messages", list(uids))
-
-    def expunge(self) -> None:
-        """Remove messages flagged deleted from the selected folder."""
-        self._call("expunge")
-
-    def logout(self) -> None:
-        """Say LOGOUT and close the connection; never raises."""
-        with contextlib.suppress(Exception):
-            self._client.logout()
-        self._session.close()
-
-
-def open_mailbox(settings: ImapSettings, user: str, password: str) -> Mailbox:
-    """Connect, secure, log in (AUTHENTICATE PLAIN, or LOGIN with literals): a Mailbox.
-
-    Raises :class:`BackendUnavailable`, with kind ``auth`` when the credentials are
-    refused; its text never carries the password.
-    """
-    session = open_session(settings)
-    try:
-        session.login(user, password, settings.mechanism)
-    except BaseException:
-        session.close()
-        raise
-    return Mailbox(session, password)

@@ -182,7 +182,8 @@ def test_admin_with_a_non_ascii_quoted_password_logs_in(setup: LearnSetup) -> No
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
 def test_core_mailbox_logs_in_by_either_mechanism(setup: LearnSetup, mechanism: str) -> None:
     """AUTHENTICATE PLAIN and LOGIN (the password as a literal) both open the mailbox."""
-    from mailgate.imap import ImapSettings, open_mailbox
+    from mailgate.imap import ImapSettings
+    from mailgate.mailbox import open_mailbox
 
     settings = ImapSettings.from_url(
         setup.dovecot.imap_url("imaps"), setup.dovecot.ca_file, mechanism=mechanism
@@ -198,7 +199,8 @@ def test_wrong_admin_password_is_a_clear_error_without_the_password(
     setup: LearnSetup,
 ) -> None:
     """A refused login is an 'auth' error whose text never carries the password."""
-    from mailgate.imap import BackendUnavailable, ImapSettings, open_mailbox
+    from mailgate.imap import BackendUnavailable, ImapSettings
+    from mailgate.mailbox import open_mailbox
 
     settings = ImapSettings.from_url(setup.dovecot.imap_url("imaps"), setup.dovecot.ca_file)
     wrong = HARD_PW + "x"
