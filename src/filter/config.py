@@ -166,6 +166,13 @@ class PolicyConfig:
     remove_existing_spam_headers: bool = opt(True, boolean)
     scanner_name: str = opt("mail-filter", string)
 
+    def __post_init__(self) -> None:
+        # The pipeline compares destinies and categories by identity; a config built in
+        # code with plain strings ("pass") must not silently miss every comparison.
+        for name in ("virus_destiny", "banned_destiny", "spam_destiny", "bad_header_destiny"):
+            object.__setattr__(self, name, Destiny(getattr(self, name)))
+        object.__setattr__(self, "quarantine", tuple(Category(c) for c in self.quarantine))
+
     def destiny(self, category: Category) -> Destiny:
         """The configured destiny of a category (virus, banned, spam or bad_header)."""
         destiny: Destiny = getattr(self, f"{category.value}_destiny")

@@ -197,7 +197,8 @@ class SmtpListener:
         """
         self.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.handler.idle.wait(), deadline or None)
+            # drain_timeout = 0 has always meant "do not wait" for the filter.
+            await asyncio.wait_for(self.handler.idle.wait(), deadline)
         if self.handler.busy:
             log.warning("drain deadline passed with %d message(s) unanswered", self.handler.busy)
         for conn in list(self.handler.connections):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from filter import app, cli
-from filter.config import Config, ConfigError, from_mapping, load
+from filter.config import Config, ConfigError, PolicyConfig, from_mapping, load
 from filter.verdicts import Category, Destiny
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filter.toml"
@@ -78,3 +78,12 @@ def test_a_bad_destiny_names_the_key() -> None:
     """An unknown destiny is a ConfigError naming policy.<category>_destiny and the choices."""
     with pytest.raises(ConfigError, match=r"policy.spam_destiny: must be one of pass, discard"):
         from_mapping({"policy": {"spam_destiny": "drop"}})
+
+
+def test_destinies_built_in_code_from_strings_still_compare() -> None:
+    """A PolicyConfig made with plain strings holds the enums the pipeline compares by identity."""
+    from filter.verdicts import Category, Destiny
+
+    policy = PolicyConfig(spam_destiny="pass", quarantine=("spam",))  # type: ignore[arg-type]
+    assert Destiny.PASS is policy.spam_destiny
+    assert (Category.SPAM,) == policy.quarantine

@@ -362,3 +362,24 @@ def test_the_shortcuts_docstring_lists_every_private_name_it_touches() -> None:
     used = _attributes(SRC / "aiosmtpd_shortcuts.py") & _private_names()
     assert {"_buffer", "_AuthMechAttr", "_set_rset_state"} <= used
     assert set() == used - listed
+
+
+class _ClosedServer:
+    """The listening server's close(), all the drain calls on it."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("deadline", "waited"), [(0.0, False), (0.2, True)])
+async def test_drain_timeout_zero_does_not_wait(deadline: float, waited: bool) -> None:
+    """server.drain_timeout = 0 drops unanswered messages at once (Postfix retries them)."""
+    from filter.server import Handler, SmtpListener
+
+    handler = Handler(cast(Any, None), 1)
+    handler.busy = 1
+    handler.idle.clear()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await SmtpListener(cast(Any, _ClosedServer()), handler).drain(deadline)
+    assert waited == (loop.time() - started >= 0.15)
