@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def load_lists(cfg: Config) -> Lists:
     """Read the list files; a bad line is a ConfigError naming file and line."""
     loaded: dict[str, AddressList | None] = {}
-    for name in ("whitelist", "blacklist", "spam_lovers"):
+    for name in ("whitelist", "blacklist", "spam_lovers", "unchecked_lovers"):
         path = getattr(cfg.lists, name)
         try:
             loaded[name] = AddressList.load(path) if path is not None else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES
+from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES, Limits
 from filter.verdicts import Category, Destiny
 from mailgate import config as confkit
 from mailgate.config import (
@@ -89,7 +89,7 @@ class SpamdConfig:
 
 
 DESTINIES = tuple(destiny.value for destiny in Destiny)
-CATEGORIES = ("virus", "banned", "spam", "bad_header")
+CATEGORIES = ("virus", "banned", "unchecked", "spam", "bad_header")
 
 
 @dataclass(frozen=True)
@@ -159,10 +159,14 @@ class PolicyConfig:
     per_recipient: LevelOverrides = opt((), _per_recipient_levels)  # noqa: RUF009 - a field
     virus_destiny: Destiny = opt(Destiny.DISCARD, _destiny)  # noqa: RUF009 - a field
     banned_destiny: Destiny = opt(Destiny.DISCARD, _destiny)  # noqa: RUF009 - a field
+    unchecked_destiny: Destiny = opt(Destiny.DISCARD, _destiny)  # noqa: RUF009 - a field
     spam_destiny: Destiny = opt(Destiny.PASS, _destiny)  # noqa: RUF009 - a field
     bad_header_destiny: Destiny = opt(Destiny.PASS, _destiny)  # noqa: RUF009 - a field
-    quarantine: tuple[Category, ...] = opt((Category.VIRUS, Category.BANNED), _quarantined)
+    quarantine: tuple[Category, ...] = opt(
+        (Category.VIRUS, Category.BANNED, Category.UNCHECKED), _quarantined
+    )
     subject_prefix: str = opt("***SPAM*** ", string)
+    unchecked_subject_prefix: str = opt("***UNCHECKED*** ", string)
     remove_existing_spam_headers: bool = opt(True, boolean)
     scanner_name: str = opt("mail-filter", string)
 
@@ -174,7 +178,7 @@ class PolicyConfig:
         object.__setattr__(self, "quarantine", tuple(Category(c) for c in self.quarantine))
 
     def destiny(self, category: Category) -> Destiny:
-        """The configured destiny of a category (virus, banned, spam or bad_header)."""
+        """The configured destiny of a category (virus, banned, unchecked, spam or bad_header)."""
         destiny: Destiny = getattr(self, f"{category.value}_destiny")
         return destiny
 
@@ -198,6 +202,7 @@ class ListsConfig:
     whitelist: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
     blacklist: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
     spam_lovers: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    unchecked_lovers: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,20 @@ class BannedConfig:
     enabled: bool = opt(True, boolean)
     names: tuple[str, ...] = opt(DEFAULT_NAMES, _strings)
     types: tuple[str, ...] = opt(DEFAULT_TYPES, _strings)
+    max_depth: int = opt(Limits.max_depth, integer(1, 100))
+    max_mime_depth: int = opt(Limits.max_mime_depth, integer(1, 1000))
+    max_parts: int = opt(Limits.max_parts, integer(1, 1_000_000))
+    max_members: int = opt(Limits.max_members, integer(1, 1_000_000))
+    max_unpacked: int = opt(Limits.max_unpacked, _size)
+    max_seconds: float = opt(Limits.max_seconds, number(0.1, 3600))
+
+    @property
+    def limits(self) -> Limits:
+        """The inspection limits as :mod:`filter.banned` takes them."""
+        return Limits(
+            self.max_depth, self.max_mime_depth, self.max_parts, self.max_members,
+            self.max_unpacked, self.max_seconds,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

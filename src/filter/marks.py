@@ -60,6 +60,15 @@ def spam_headers(
     )
 
 
+UNCHECKED_HEADER = "X-Virus-Unchecked"
+"""Says why a message passed to an unchecked lover, or held, was not fully inspected."""
+
+
+def unchecked_headers(reason: str) -> Fields:
+    """Our field naming what could not be inspected (control characters made spaces)."""
+    return ((UNCHECKED_HEADER, "".join(c if c.isprintable() else " " for c in reason)[:300]),)
+
+
 class Marker:
     """Marks copies of messages for one configuration."""
 

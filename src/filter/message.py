@@ -44,6 +44,7 @@ class Trace:
     queue_id: str = "-"
     filter_id: str = ""
     virus: str = ""
+    unchecked: str = ""  # what could not be inspected, when that decided the category
     score: float | None = None
     spam_note: str = ""
     timings: dict[str, float] = field(default_factory=dict)
@@ -76,6 +77,8 @@ def summary(msg: Message, trace: Trace, result: Result, reply: str) -> str:
     ms = {k: f"{v * 1000:.1f}" for k, v in trace.timings.items()}
     rcpts = ",".join(f"<{_clean(r)}>" for r in msg.rcpt_tos)
     virus = f' virus="{_clean(trace.virus)}"' if trace.virus else ""
+    if trace.unchecked:
+        virus += f' unchecked="{_clean(trace.unchecked)}"'
     held = f" quarantine={trace.quarantine_id}" if trace.quarantine_id else ""
     score = f" score={trace.score:.3f}" if trace.score is not None else ""
     spam = f' spam="{trace.spam_note}"' if trace.spam_note else ""

@@ -1,18 +1,20 @@
 """Per-recipient policy in amavisd-new's terms: categories, levels, lists, destinies.
 
 This module owns the decision for one recipient given what the scanners
-found: the category (virus > banned > spam at kill level > spammy at tag2 >
-bad header > clean), the destiny (pass, discard, reject, bounce), whether the
+found: the category (virus > banned > unchecked > spam at kill level > spammy
+at tag2 > bad header > clean), the destiny (pass, discard, reject, bounce), whether the
 message is quarantined, and the marks its copy gets.  Pure: no sockets, no
 files (list files are parsed by :mod:`filter.lookup` and passed in).
 
 Lists, per recipient, checked against the envelope sender and the From
 addresses: a whitelisted sender is never spam (its score is lowered by 10
 for the marks); a blacklisted one is always spam; for a spam lover a blocking
-spam destiny becomes pass.  Levels come from ``[policy]``, overridden per
-recipient domain or address (``[policy.per_recipient]``, amavisd-new lookup
-order).  Bounces are never sent for viruses or for spam at or above the DSN
-cutoff (forged senders must not get backscatter): those are discarded.
+spam destiny becomes pass, and for an unchecked lover (amavisd-new's
+``@unchecked_lovers_maps``) unchecked mail passes, tagged.  Levels come from
+``[policy]``, overridden per recipient domain or address
+(``[policy.per_recipient]``, amavisd-new lookup order).  Bounces are never
+sent for viruses or for spam at or above the DSN cutoff (forged senders must
+not get backscatter): those are discarded.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 
 from filter.config import PolicyConfig
 from filter.lookup import AddressList, lookup_keys
-from filter.marks import Fields, spam_headers
+from filter.marks import Fields, spam_headers, unchecked_headers
 from filter.spamd import SpamReport
-from filter.verdicts import Category, Destiny
+from filter.verdicts import SEVERITY, Category, Destiny
 
 WHITELIST_ADJUST = -10.0
 BLACKLIST_ADJUST = 10.0
@@ -37,6 +39,7 @@ class Findings:
 
     virus: str = ""
     banned: str = ""
+    unchecked: str = ""  # what could not be inspected (amavisd-new's CC_UNCHECKED)
     report: SpamReport | None = None
     spam_note: str = ""
     bad_header: str = ""
@@ -49,6 +52,7 @@ class Lists:
     whitelist: AddressList | None = None
     blacklist: AddressList | None = None
     spam_lovers: AddressList | None = None
+    unchecked_lovers: AddressList | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,10 @@ def decide(
         headers = (("X-Spam-Skipped", findings.spam_note),)
     if findings.bad_header and category is Category.CLEAN:
         category, reason = Category.BAD_HEADER, findings.bad_header
+    if findings.unchecked and SEVERITY[category] > SEVERITY[Category.UNCHECKED]:
+        category, reason = Category.UNCHECKED, findings.unchecked
+        headers += unchecked_headers(reason)
+        prefix = policy.unchecked_subject_prefix + prefix
     if findings.banned:
         category, reason = Category.BANNED, findings.banned
     if findings.virus:
@@ -115,7 +123,11 @@ def decide(
         category is Category.SPAM and score is not None and score >= levels.dsn_cutoff
     )
     destiny = _destiny(policy, category, lists, recipient, no_dsn)
-    quarantine = category in policy.quarantine
+    # Unchecked mail may well be legitimate: never drop it unseen, whatever an older
+    # config's quarantine list says (it predates the category).
+    quarantine = category in policy.quarantine or (
+        category is Category.UNCHECKED and destiny in (Destiny.DISCARD, Destiny.BOUNCE)
+    )
     return Treatment(category, destiny, quarantine, headers, prefix, score, reason, no_dsn)
 
 
@@ -128,6 +140,12 @@ def _destiny(
     lover = lists.spam_lovers is not None and lists.spam_lovers.lists_recipient(recipient)
     if category is Category.SPAM and lover:
         return Destiny.PASS
+    if category is Category.UNCHECKED and _lover(lists.unchecked_lovers, recipient):
+        return Destiny.PASS  # tagged: subject prefix and X-Virus-Unchecked
     if destiny is Destiny.BOUNCE and no_dsn:
         return Destiny.DISCARD  # no backscatter to forged senders
     return destiny
+
+
+def _lover(lst: AddressList | None, recipient: str) -> bool:
+    return lst is not None and lst.lists_recipient(recipient)

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions = q.add_subparsers(dest="action", required=True)
     ls = actions.add_parser("list", help="list held messages")
     ls.add_argument("--since", help="only newer: 2026-11-28, '2026-11-28 10:00', 12h, 7d")
-    ls.add_argument("--category", choices=("virus", "banned", "spam", "bad_header"))
+    ls.add_argument("--category", choices=("virus", "banned", "unchecked", "spam", "bad_header"))
     for name, text in (("show", "print a held message"), ("delete", "delete a held message")):
         action = actions.add_parser(name, help=text)
         action.add_argument("id")

@@ -1,8 +1,10 @@
 """The scan step: clamd and spamd side by side, then the banned-part and header checks.
 
 This module owns what the pipeline learns about a message before any
-decision: a virus name, a banned part, spamd's report (or why spamd was
-skipped), a malformed header.  A scanner that gives no verdict (down, slow,
+decision: a virus name, a banned part, what could not be inspected (the
+"unchecked" category: inspection limits, encrypted or unreadable archives, MIME
+it cannot parse, and clamd's own limit and encryption heuristics), spamd's
+report (or why spamd was skipped), a malformed header.  A scanner that gives no verdict (down, slow,
 answering nonsense) raises :class:`filter.replies.Tempfail`, so the message
 waits in Postfix's queue: it is never passed unscanned.  The scanners are
 small protocols, so tests use fakes.
@@ -18,7 +20,7 @@ from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
 from filter import headers, replies
-from filter.banned import ArchiveInside, find_banned, may_nest
+from filter.banned import ArchiveInside, Inspection, inspect, may_nest
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
 from filter.message import Message, Trace
@@ -37,6 +39,16 @@ CPU than that in hand-offs and, holding the GIL, can stall the loop for the inte
 switch interval (5 ms) anyway; it is kept for what can take longer.  A single-part
 message (:func:`filter.banned.may_nest` is false) is not held to the line and boundary
 counts: only its header section is parsed."""
+
+
+CLAMD_UNCHECKED = ("Heuristics.Limits.Exceeded", "Heuristics.Encrypted.")
+"""Prefixes of names clamd reports as FOUND when it stopped short (AlertExceedsMax,
+AlertEncrypted*): the message was not fully scanned, which is no virus but no clean."""
+
+
+def clamd_unchecked(name: str) -> bool:
+    """Whether a clamd FOUND name says "could not scan" rather than "virus"."""
+    return name.startswith(CLAMD_UNCHECKED)
 
 
 class VirusScanner(Protocol):
@@ -68,40 +80,54 @@ class Scanner:
 
     async def findings(self, msg: Message, trace: Trace) -> Findings:
         """Everything the checks found; a virus ends the search (nothing else matters)."""
-        virus, report = await self._scan(msg, trace)
+        virus, report, unchecked = await self._scan(msg, trace)
         if virus is not None:
             trace.virus = virus
             return Findings(virus=virus)
-        banned = ""
+        found = Inspection()
         if self.cfg.banned.enabled:
             started = time.monotonic()
-            found = await self._find_banned(msg.data)
+            found = await self._inspect(msg.data, trace)
             trace.timings["banned"] = time.monotonic() - started
-            banned = found or ""
+        unchecked = found.unchecked or unchecked
+        trace.unchecked = "" if found.banned else unchecked
         return Findings(
-            banned=banned,
+            banned=found.banned,
+            unchecked=unchecked,
             report=report,
             spam_note=trace.spam_note,
             bad_header=bad_header(msg.data, allow_8bit=msg.smtputf8),
         )
 
-    async def _find_banned(self, data: bytes) -> str | None:
-        """find_banned(), on the event loop for small messages without archives."""
-        names, types = self.cfg.banned.names, self.cfg.banned.types
-        max_bytes, max_lines, max_parts = BANNED_INLINE_LIMITS
-        if len(data) <= max_bytes and (
-            # One part: its parse reads the header section only, however long the body.
-            not may_nest(data)
-            or (data.count(b"\n") <= max_lines and data.count(b"\n--") <= max_parts)
-        ):
-            with contextlib.suppress(ArchiveInside):
-                return find_banned(data, names, types, open_archives=False)
-        # Big or many-part messages and archives (up to banned.MAX_UNPACKED bytes to
-        # inflate) are CPU work: keep the event loop free for other messages.
-        return await asyncio.to_thread(find_banned, data, names, types)
+    async def _inspect(self, data: bytes, trace: Trace) -> Inspection:
+        """inspect(), on the event loop for small messages without archives.
 
-    async def _scan(self, msg: Message, trace: Trace) -> tuple[str | None, SpamReport | None]:
-        """Run clamd and spamd side by side; a virus cancels the spam scan."""
+        Whatever the input, the answer is a verdict: an exception here would be a
+        451 on every retry of the same bytes, so one is "unchecked" (held), logged.
+        """
+        banned = self.cfg.banned
+        names, types, limits = banned.names, banned.types, banned.limits
+        max_bytes, max_lines, max_parts = BANNED_INLINE_LIMITS
+        try:
+            if len(data) <= max_bytes and (
+                # One part: its parse reads the header section only, however long the body.
+                not may_nest(data)
+                or (data.count(b"\n") <= max_lines and data.count(b"\n--") <= max_parts)
+            ):
+                with contextlib.suppress(ArchiveInside):
+                    return inspect(data, names, types, open_archives=False, limits=limits)
+            # Big or many-part messages and archives (up to banned.max_unpacked bytes to
+            # inflate) are CPU work: keep the event loop free for other messages.
+            return await asyncio.to_thread(inspect, data, names, types, limits=limits)
+        except Exception as err:  # any parser failure must still give a verdict
+            log.warning("inspection failed queue_id=%s: %s", trace.queue_id, err, exc_info=True)
+            return Inspection(unchecked=f"could not be parsed ({type(err).__name__})")
+
+    async def _scan(self, msg: Message, trace: Trace) -> tuple[str | None, SpamReport | None, str]:
+        """Run clamd and spamd side by side; a virus cancels the spam scan.
+
+        Returns the virus name, spamd's report and what clamd said it could not scan.
+        """
         clam = asyncio.ensure_future(self._timed("clamd", self.clamd.scan(msg.data), trace))
         spam: asyncio.Future[SpamReport] | None = None
         if self.spamd is None:
@@ -118,16 +144,19 @@ class Scanner:
             except ClamdError as err:
                 self.metrics.scanner_errors.labels("clamd", err.kind).inc()
                 raise Tempfail(replies.VIRUS_SCANNER_DOWN.format(kind=err.kind)) from err
-            if result.outcome is Outcome.VIRUS:
-                return result.name, None
+            unchecked = ""
+            if result.outcome is Outcome.VIRUS and clamd_unchecked(result.name):
+                unchecked = f"clamd: {result.name}"
+            elif result.outcome is Outcome.VIRUS:
+                return result.name, None, ""
             if result.outcome is Outcome.ERROR:
                 self.metrics.scanner_errors.labels("clamd", "error").inc()
                 log.warning("clamd could not scan queue_id=%s: %s", trace.queue_id, result.name)
                 raise Tempfail(replies.VIRUS_SCANNER_FAILED)
             if spam is None:
-                return None, None
+                return None, None, unchecked
             try:
-                return None, await spam
+                return None, await spam, unchecked
             except SpamdError as err:
                 self.metrics.scanner_errors.labels("spamd", err.kind).inc()
                 raise Tempfail(replies.SPAM_SCANNER_DOWN.format(kind=err.kind)) from err

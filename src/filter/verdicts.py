@@ -19,6 +19,8 @@ class Category(enum.Enum):
 
     VIRUS = "virus"
     BANNED = "banned"
+    UNCHECKED = "unchecked"
+    """Part of it could not be fully inspected (limits, encryption, unreadable archive or MIME)."""
     SPAM = "spam"
     SPAMMY = "spammy"
     BAD_HEADER = "bad_header"
@@ -45,6 +47,7 @@ class Result(enum.Enum):
     SPAM = "spam"
     VIRUS = "virus"
     BANNED = "banned"
+    UNCHECKED = "unchecked"
     TEMPFAIL = "tempfail"
     REJECTED = "rejected"
 
@@ -52,6 +55,7 @@ class Result(enum.Enum):
 RESULT_OF = {
     Category.VIRUS: Result.VIRUS,
     Category.BANNED: Result.BANNED,
+    Category.UNCHECKED: Result.UNCHECKED,
     Category.SPAM: Result.SPAM,
     Category.SPAMMY: Result.SPAM,
     Category.BAD_HEADER: Result.CLEAN,
@@ -62,6 +66,7 @@ RESULT_OF = {
 DESCRIPTION = {
     Category.VIRUS: "INFECTED",
     Category.BANNED: "BANNED",
+    Category.UNCHECKED: "UNCHECKED",
     Category.SPAM: "SPAM",
     Category.SPAMMY: "SPAMMY",
     Category.BAD_HEADER: "BAD-HEADER",

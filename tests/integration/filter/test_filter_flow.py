@@ -6,7 +6,9 @@ client -> Postfix smtpd -> content_filter smtp-amavis -> mail-filter
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import signal
 import smtplib
 import subprocess
@@ -469,3 +471,105 @@ def test_bounce_with_null_sender_is_delivered(flow: Flow) -> None:
     flow.wait_arrived(mid)
     (got,) = [m for m in flow.sink.messages if mid.encode() in m.data]
     assert got.mail_from in ("", "<>")  # aiosmtpd (the sink) records <> as "<>"
+
+
+def _held(flow: Flow, mid: str) -> dict[str, object]:
+    """The quarantine entry (metadata) of the message with this Message-ID."""
+    qdir = flow.filter.workdir.parent / "quarantine"
+    for eml in qdir.glob("*.eml"):
+        if mid.encode() in eml.read_bytes():
+            entry: dict[str, object] = json.loads(eml.with_suffix(".json").read_text())
+            return entry
+    raise AssertionError(f"{mid} not in the quarantine")
+
+
+def _raw_with_part(mid: str, part: bytes) -> bytes:
+    """A multipart message, written by hand as the attacker did, with one extra part."""
+    return (
+        b"From: sender@example.net\r\nTo: user@example.com\r\nSubject: parts\r\n"
+        + f"Message-ID: <{mid}>\r\n".encode()
+        + b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="zz"\r\n\r\n'
+        + b"--zz\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--zz\r\n"
+        + part
+        + b"\r\n--zz--\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b'Content-Disposition: attachment; filename="=?utf-8?B?ZXZpbC5qcw==?="',
+        b'Content-Type: application/octet-stream; name="=?iso-8859-1?Q?evil=2Evbs?="',
+    ],
+)
+def test_encoded_word_names_are_banned_end_to_end(flow: Flow, field: bytes) -> None:
+    """An RFC 2047 file name (B or Q) is decoded: banned, discarded and held, not delivered."""
+    mid, seen = new_id(), discards(flow)
+    flow.send(_raw_with_part(mid, field + b"\r\n\r\nWScript.Echo(1)"))
+    log = _discarded(flow, seen)
+    assert "BANNED: name 'evil." in log
+    assert "banned" == _held(flow, mid)["category"]
+    assert not flow.arrived(mid)
+
+
+def _seven_zip(tmp: Path, *args: str) -> bytes:
+    (tmp / "evil.exe").write_bytes(b"MZ\x90\x00 not really a program")
+    out = tmp / "a.7z"
+    out.unlink(missing_ok=True)
+    subprocess.run(
+        ["7z", "a", "-bd", "-y", "-t7z", *args, str(out), "evil.exe"], cwd=tmp, check=True,
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    return out.read_bytes()
+
+
+def test_7z_archives_end_to_end(flow: Flow, tmp_path: Path) -> None:
+    """A 7z made by 7z is opened (its .exe banned); with encrypted headers it is unchecked."""
+    cases = (
+        ((), "BANNED: name 'evil.exe'", "banned"),
+        (("-pSecret1", "-mhe=on"), "UNCHECKED: ", "unchecked"),
+    )
+    for args, word, category in cases:
+        data = base64.encodebytes(_seven_zip(tmp_path, *args))
+        mid, seen = new_id(), discards(flow)
+        part = (
+            b'Content-Type: application/octet-stream; name="photos.dat"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + data
+        )
+        flow.send(_raw_with_part(mid, part))
+        log = _discarded(flow, seen)
+        assert word in log
+        assert category == _held(flow, mid)["category"]
+        assert not flow.arrived(mid)
+
+
+def test_nested_archives_and_mime_end_to_end(flow: Flow) -> None:
+    """A zip six deep and a multipart 2,000 deep are unchecked: held, answered 250, no retry."""
+    data = b"harmless text"
+    for level in range(6):
+        data = _zip_of(f"level{level}.zip" if level else "a.txt", data)
+    zipped_part = (
+        b'Content-Type: application/zip; name="docs.zip"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(data)
+    )
+    deep_part = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+        for i in range(2000)
+    )
+    for part, word in ((zipped_part, "nested deeper than 4"), (deep_part, "MIME nested deeper")):
+        mid, seen = new_id(), discards(flow)
+        flow.send(_raw_with_part(mid, part))
+        log = _discarded(flow, seen)
+        assert "UNCHECKED: " in log
+        entry = _held(flow, mid)
+        assert "unchecked" == entry["category"]
+        assert word in str(entry["reason"])
+        assert not flow.arrived(mid)
+    assert "451 4.3.0 Internal error" not in flow.postfix.maillog_text()
+
+
+def _zip_of(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, data)
+    return buf.getvalue()
