@@ -377,6 +377,7 @@ def _decode_body(body: bytes, encoding: str) -> bytes:
 
 
 _DELIMITERS: dict[str, re.Pattern[bytes]] = {}
+_LONE_CR = re.compile(rb"\r(?!\n)")
 
 
 def _delimiter(boundary: str) -> re.Pattern[bytes]:
@@ -449,8 +450,15 @@ def items(
     members would come next.
     """
     state = _State(limits, clock, open_archives)
+    readings = [message]
+    if message.count(b"\r") != message.count(b"\r\n"):
+        # A lone CR ends a line for Python's email parser and for some clients, not for
+        # our line-based walk: a boundary line ended by one would hide the parts after
+        # it.  Such a message is also walked with every lone CR read as a line end.
+        readings.append(_LONE_CR.sub(b"\r\n", message))
     try:
-        yield from _walk(message, state)
+        for reading in readings:
+            yield from _walk(reading, state)
     except _OutOfTime:
         yield Gap(f"inspection took longer than {limits.max_seconds:g} s")
 

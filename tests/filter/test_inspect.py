@@ -329,3 +329,15 @@ async def test_unparseable_input_is_unchecked_not_451(monkeypatch: pytest.Monkey
     reply = await f.handle(Message("a@example.net", ("b@example.com",), HEAD + b"\r\nhi\r\n"))
     assert reply.startswith("250 2.7.0 Ok, discarded")
     assert "could not be parsed (RecursionError)" in reply
+
+
+def test_boundary_lines_ended_by_a_lone_cr_still_split_the_parts() -> None:
+    """A multipart whose delimiter lines end in a bare CR is read as the email parser reads it."""
+    message = (
+        b"From: a@example.test\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
+        b"--XX\rContent-Type: text/plain\r\rhello\r"
+        b'--XX\rContent-Type: application/octet-stream; name="evil.js"\r'
+        b"Content-Transfer-Encoding: base64\r\rYWxlcnQoMSk=\r--XX--\r"
+    )
+    assert "evil.js" in inspect(message).banned
