@@ -23,9 +23,11 @@ from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
 from filter.message import Message, Trace
 from filter.metrics import Metrics
+from filter.mimeview import find_banned_spooled
 from filter.policy import Findings
 from filter.replies import Tempfail
 from filter.spamd import SpamdError, SpamReport
+from filter.spool import Spool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,8 +44,8 @@ counts: only its header section is parsed."""
 class VirusScanner(Protocol):
     """clamd, or a fake."""
 
-    async def scan(self, data: bytes) -> ScanResult:
-        """Scan; raise ClamdError when there is no verdict."""
+    async def scan(self, data: bytes | Spool) -> ScanResult:
+        """Scan (bytes, or a spooled message's file); raise ClamdError when there is no verdict."""
         ...
 
 
@@ -75,7 +77,12 @@ class Scanner:
         banned = ""
         if self.cfg.banned.enabled:
             started = time.monotonic()
-            found = await self._find_banned(msg.data)
+            if msg.spool is None:
+                found = await self._find_banned(msg.data)
+            else:  # a bounded view of the file, never the whole message (filter.mimeview)
+                found = await asyncio.to_thread(
+                    find_banned_spooled, msg.spool, self.cfg.banned.names, self.cfg.banned.types
+                )
             trace.timings["banned"] = time.monotonic() - started
             banned = found or ""
         return Findings(
@@ -102,16 +109,16 @@ class Scanner:
 
     async def _scan(self, msg: Message, trace: Trace) -> tuple[str | None, SpamReport | None]:
         """Run clamd and spamd side by side; a virus cancels the spam scan."""
-        clam = asyncio.ensure_future(self._timed("clamd", self.clamd.scan(msg.data), trace))
+        clam = asyncio.ensure_future(self._timed("clamd", self.clamd.scan(msg.source), trace))
         spam: asyncio.Future[SpamReport] | None = None
         if self.spamd is None:
             trace.spam_note = "spamd disabled"
-        elif len(msg.data) > self.cfg.spamd.max_size:
+        elif msg.size > self.cfg.spamd.max_size:
             trace.spam_note = (
-                f"message of {len(msg.data)} bytes exceeds the {self.cfg.spamd.max_size}-byte limit"
+                f"message of {msg.size} bytes exceeds the {self.cfg.spamd.max_size}-byte limit"
             )
         else:
-            spam = asyncio.ensure_future(self._timed("spamd", self.spamd.check(msg.data), trace))
+            spam = asyncio.ensure_future(self._timed("spamd", self.spamd.check(msg.whole()), trace))
         try:
             try:
                 result = await clam
