@@ -198,8 +198,9 @@ class ClamdClient:
                 # Both fit an empty socket buffer at once: a fresh connection's is.
                 if sock.send(command) != len(command) or sock.sendmsg(buffers, ancillary) != 1:
                     raise ClamdError("protocol", "could not send the FILDES request at once")
-                os.close(memfd)
-                memfd = -1
+                if memfd >= 0:  # ours to close now (clamd holds its own copy); a spool's is not
+                    os.close(memfd)
+                    memfd = -1
             elif isinstance(data, Spool):
                 # A chunk at a time from the file: never the whole message in memory.
                 for frame in spooled_frames(data):
