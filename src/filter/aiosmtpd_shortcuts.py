@@ -65,6 +65,9 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from filter import replies
 from filter.smtp_in import DataDecoder, DataState, parse_path
+from filter.spool import Spool, head_length
+
+log = logging.getLogger(__name__)
 
 SHORTCUT_VERSIONS = frozenset({"1.4.6"})
 """aiosmtpd versions whose SMTP.__init__, _getaddr, smtp_EHLO and smtp_DATA the shortcuts
@@ -146,6 +149,12 @@ class ShortcutSMTP(SMTP):
             super().__init__(handler, **kwargs)
         self.dot_lines = True  # whether the last message had a dot-stuffed line (if unknown: yes)
         self._corked: list[bytes] | None = None
+        self.spool_threshold = 0
+        """Bytes of message data beyond which the quick DATA loop spools it (0: never)."""
+        self.spool_directory: str | None = None
+        self.spool: Spool | None = None
+        """The message being handed to ``handle_DATA``, when it was spooled: its ``content``
+        is then the head only (:func:`filter.spool.head_length`).  Closed after the hook."""
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's path parser, skipped for a plain ``<local@domain>`` (same result)."""
@@ -217,36 +226,48 @@ class ShortcutSMTP(SMTP):
             return
         await self.push(replies.START_DATA)
         decoder = DataDecoder(self.data_size_limit, self.line_length_limit)
-        while self.transport is not None and not decoder.done:
-            if decoder.at_line_start:
-                complete, dotted = decoder.scan(buffer)
-                if complete:
-                    # Already buffered: readexactly() returns without waiting.
-                    decoder.feed_lines(await reader.readexactly(complete), dotted=dotted)
+        spooler = _Spooler(self.spool_threshold, self.spool_directory)
+        try:
+            while self.transport is not None and not decoder.done:
+                if decoder.at_line_start:
+                    complete, dotted = decoder.scan(buffer)
+                    if complete:
+                        # Already buffered: readexactly() returns without waiting.
+                        decoder.feed_lines(await reader.readexactly(complete), dotted=dotted)
+                        if decoder.num_bytes > spooler.threshold:
+                            spooler.take(decoder)
+                        continue
+                # No complete line yet: aiosmtpd's own read, which waits for one.
+                try:
+                    piece = await reader.readuntil(b"\r\n")
+                except asyncio.CancelledError:
+                    aiosmtpd_smtp.log.info("Connection lost during DATA")
+                    self._writer.close()
+                    raise
+                except asyncio.LimitOverrunError as err:
+                    decoder.feed_piece(await reader.read(err.consumed), overrun=True)
                     continue
-            # No complete line yet: aiosmtpd's own read, which waits for one.
-            try:
-                piece = await reader.readuntil(b"\r\n")
-            except asyncio.CancelledError:
-                aiosmtpd_smtp.log.info("Connection lost during DATA")
-                self._writer.close()
-                raise
-            except asyncio.LimitOverrunError as err:
-                decoder.feed_piece(await reader.read(err.consumed), overrun=True)
-                continue
-            decoder.feed_piece(piece)
-        if decoder.state is DataState.TOO_LONG:
-            await self.push(replies.LINE_TOO_LONG)
-        elif decoder.state is DataState.TOO_MUCH:
-            await self.push(replies.TOO_MUCH_DATA)
-        if decoder.state is not DataState.NOMINAL:
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        content = decoder.content()
-        self.dot_lines = decoder.dotted
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+                decoder.feed_piece(piece)
+                if decoder.num_bytes > spooler.threshold:
+                    spooler.take(decoder)
+            if decoder.state is DataState.TOO_LONG:
+                await self.push(replies.LINE_TOO_LONG)
+            elif decoder.state is DataState.TOO_MUCH:
+                await self.push(replies.TOO_MUCH_DATA)
+            elif spooler.error:
+                await self.push(replies.SPOOL_FAILED.format(error=spooler.error))
+            if decoder.state is not DataState.NOMINAL or spooler.error:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            self.spool = spooler.finish(decoder)
+            content = decoder.content() if self.spool is None else spooler.head
+            self.dot_lines = decoder.dotted
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            spooler.close()
+            self.spool = None
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(replies.DATA_OK if status is aiosmtpd_smtp.MISSING else status)
 
@@ -256,6 +277,50 @@ class ShortcutSMTP(SMTP):
 
     def reset_transaction(self) -> None:
         """Called whenever aiosmtpd resets the session state (connection start, HELO/EHLO, RSET)."""
+
+
+class _Spooler:
+    """Moves a large message's data from the DATA decoder to a file as it arrives."""
+
+    def __init__(self, threshold: int, directory: str | None) -> None:
+        # No threshold: never (num_bytes is never above this).
+        self.threshold = threshold or 1 << 62
+        self.directory = directory
+        self.spool: Spool | None = None
+        self.error = ""
+        self.head = b""
+
+    def take(self, decoder: DataDecoder) -> None:
+        """Write what the decoder holds to the file (created on first use)."""
+        blocks = decoder.take_blocks()
+        if self.error or decoder.state is not DataState.NOMINAL:
+            return  # nothing is kept any more: the message is refused at its end
+        try:
+            if self.spool is None:
+                self.spool = Spool(self.directory)
+            for block in blocks:
+                self.spool.write(block)
+        except OSError as err:
+            # Read the rest of the data all the same, then answer 451 (Postfix keeps it).
+            self.error = err.strerror or str(err)
+            log.error("could not spool a message: %s", err)
+            self.close()
+
+    def finish(self, decoder: DataDecoder) -> Spool | None:
+        """The spooled message, complete, with its head read back (None: not spooled)."""
+        if self.spool is None:
+            return None
+        self.take(decoder)
+        if self.spool is None:
+            raise OSError(self.error)  # answered 451 by the exception hook
+        self.head = self.spool.read(0, head_length(self.spool))
+        return self.spool
+
+    def close(self) -> None:
+        """Give the file back."""
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
 
 def _quick_init(

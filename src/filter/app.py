@@ -90,6 +90,7 @@ class Daemon:
             data_size_limit=self.cfg.server.max_message_size,
             idle_timeout=self.cfg.server.idle_timeout,
             sock=inherited[0] if inherited else None,
+            spool_threshold=self.cfg.server.spool_threshold,
         )  # fmt: skip
         log.info(
             "mail-filter ready on %s; clamd %s, spamd %s, re-injecting to %s",

@@ -17,9 +17,10 @@ larger message is reported as not scanned without sending it.
 On a Unix socket the message is passed as an in-memory file (``memfd``):
 clamd then scans it where it lies instead of receiving it and writing it to a
 temporary file of its own first, which measured as a tenth of a 100 KB scan.
-Should clamd be unable to read such a descriptor (a confining profile), the
-message is scanned again by INSTREAM, and after a few such cases the client
-keeps to INSTREAM.
+A message spooled to a file (:mod:`filter.spool`) is passed as that file's
+descriptor, or streamed from it a chunk at a time.  Should clamd be unable to
+read such a descriptor (a confining profile), the message is scanned again by
+INSTREAM, and after a few such cases the client keeps to INSTREAM.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from filter.spool import Spool
 from mailgate.config import Address
 from mailgate.errors import BackendError
 
@@ -79,6 +81,14 @@ def frames(data: bytes, chunk: int = CHUNK) -> Iterator[bytes]:
     for start in range(0, len(view), chunk):
         piece = view[start : start + chunk]
         yield _LEN.pack(len(piece)) + piece.tobytes()
+    yield END
+
+
+def spooled_frames(spool: Spool) -> Iterator[bytes]:
+    """:func:`frames` of a spooled message, read from its file a chunk at a time."""
+    yield COMMAND
+    for piece in spool.chunks(chunk=CHUNK):
+        yield _LEN.pack(len(piece)) + piece
     yield END
 
 
@@ -130,10 +140,12 @@ class ClamdClient:
         self.pass_fd = pass_fd and kind == "unix" and hasattr(os, "memfd_create")
         self._fd_failures = 0
 
-    async def scan(self, data: bytes) -> ScanResult:
-        """Scan ``data``; raises :class:`ClamdError` when clamd gives no verdict."""
-        if len(data) > self.max_stream:
-            return ScanResult(Outcome.ERROR, f"message of {len(data)} bytes exceeds max_stream")
+    async def scan(self, data: bytes | Spool) -> ScanResult:
+        """Scan ``data`` (bytes, or a spooled message's file); raises :class:`ClamdError`
+        when clamd gives no verdict."""
+        size = data.size if isinstance(data, Spool) else len(data)
+        if size > self.max_stream:
+            return ScanResult(Outcome.ERROR, f"message of {size} bytes exceeds max_stream")
         try:
             async with self._slots, asyncio.timeout(self.timeout):
                 if self.pass_fd:
@@ -164,7 +176,7 @@ class ClamdClient:
                 self.address, self._fd_failures,
             )  # fmt: skip
 
-    async def _ask(self, data: bytes, *, by_fd: bool) -> bytes:
+    async def _ask(self, data: bytes | Spool, *, by_fd: bool) -> bytes:
         """One request on a connection of its own; the raw reply, NUL included."""
         kind, where = self._where
         if kind != "unix":
@@ -177,14 +189,22 @@ class ClamdClient:
             sock.setblocking(False)
             await loop.sock_connect(sock, str(where))
             if by_fd:
-                memfd = os.memfd_create("mail-filter-scan", os.MFD_CLOEXEC)
-                _write_all(memfd, data)
-                command, buffers, ancillary = fildes_request(memfd)
+                if isinstance(data, Spool):
+                    fd = data.fd  # already a file: clamd reads it where it lies
+                else:
+                    fd = memfd = os.memfd_create("mail-filter-scan", os.MFD_CLOEXEC)
+                    _write_all(memfd, data)
+                command, buffers, ancillary = fildes_request(fd)
                 # Both fit an empty socket buffer at once: a fresh connection's is.
                 if sock.send(command) != len(command) or sock.sendmsg(buffers, ancillary) != 1:
                     raise ClamdError("protocol", "could not send the FILDES request at once")
-                os.close(memfd)
-                memfd = -1
+                if memfd >= 0:  # ours to close now (clamd holds its own copy); a spool's is not
+                    os.close(memfd)
+                    memfd = -1
+            elif isinstance(data, Spool):
+                # A chunk at a time from the file: never the whole message in memory.
+                for frame in spooled_frames(data):
+                    await loop.sock_sendall(sock, frame)
             else:
                 # One write for the whole request: a drain (and a syscall) per chunk
                 # cost more than the scan for small messages.
@@ -204,12 +224,17 @@ class ClamdClient:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    async def _ask_tcp(self, host: str, port: int, data: bytes) -> bytes:
+    async def _ask_tcp(self, host: str, port: int, data: bytes | Spool) -> bytes:
         """INSTREAM over TCP (the host name resolved as open_connection does)."""
         try:
             reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY)
             try:
-                writer.write(b"".join(frames(data)))
+                if isinstance(data, Spool):
+                    for frame in spooled_frames(data):
+                        writer.write(frame)
+                        await writer.drain()
+                else:
+                    writer.write(b"".join(frames(data)))
                 await writer.drain()
                 return await reader.readuntil(b"\0")
             finally:

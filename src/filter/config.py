@@ -45,6 +45,7 @@ class ServerConfig:
     hostname: str = opt("", string)  # for our Received line and X-Virus-Scanned; "" = FQDN
     max_connections: int = opt(32, integer(1, 10_000))
     max_message_size: int = opt(25 * 1024 * 1024, _size)  # at most clamd.max_stream
+    spool_threshold: int = opt(1024 * 1024, _size)  # larger messages go to a file; 0 = never
     message_timeout: float = opt(480.0, number(1, 3600))
     idle_timeout: float = opt(300.0, number(1, 3600))
     drain_timeout: float = opt(60.0, number(0, 3600))

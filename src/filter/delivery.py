@@ -31,6 +31,7 @@ from filter import dsn, replies
 from filter.message import Message
 from filter.metrics import Metrics
 from filter.smtp_out import Delivery, Reply
+from filter.spool import Tail
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ class Forwarder(Protocol):
         mail_params: Sequence[str] = (),
         xforward: Mapping[str, str] | None = None,
         dot_lines: bool = True,
+        tail: Tail | None = None,
     ) -> Delivery:
-        """Deliver; never raise for SMTP trouble (``dot_lines``: see smtp_out.dot_stuff)."""
+        """Deliver; never raise for SMTP trouble (``dot_lines``: see smtp_out.dot_stuff;
+        ``tail``: the rest of a spooled message after ``data``, read from its file)."""
         ...
 
 
@@ -109,14 +112,21 @@ class Courier:
     ) -> Handoff:
         """Re-inject ``data`` for ``rcpts`` (some or all of ``msg``'s recipients)."""
         params = [p for p in msg.mail_options if p.upper().startswith(("BODY=", "SMTPUTF8"))]
-        params.insert(0, f"SIZE={len(data)}")
+        tail = msg.tail()
+        params.insert(0, f"SIZE={len(data) + (tail.size if tail else 0)}")
         if msg.smtputf8 and not any(p.upper() == "SMTPUTF8" for p in params):
             params.append("SMTPUTF8")
         started = time.monotonic()
-        delivery = await self.forwarder.send(
-            msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward,
-            dot_lines=dot_lines,
-        )  # fmt: skip
+        if tail is None:
+            delivery = await self.forwarder.send(
+                msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward,
+                dot_lines=dot_lines,
+            )  # fmt: skip
+        else:  # a spooled message: the marked head here, the rest from its file
+            delivery = await self.forwarder.send(
+                msg.mail_from, rcpts, data, mail_params=params, xforward=msg.xforward,
+                tail=tail,
+            )  # fmt: skip
         seconds = time.monotonic() - started
         return await self._judge(msg, tuple(rcpts), data, delivery, seconds, queue_id)
 

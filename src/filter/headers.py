@@ -2,7 +2,7 @@
 
 This module owns every change the filter makes to a message: prepending
 header fields (``Received``, ``X-Virus-Scanned``, ``X-Spam-*``), removing
-``X-Spam-*`` fields a sender forged, and prefixing the subject.  It works on raw
+fields a sender forged (by name or name prefix), and prefixing the subject.  It works on raw
 bytes: nothing is decoded, re-encoded, re-folded or re-wrapped, so the body
 (everything after the first empty line) is returned byte for byte, and header
 fields we do not touch keep their exact bytes too.  Broken input (no empty
@@ -111,17 +111,23 @@ def edit(
     prepend: Sequence[tuple[str, str]] = (),
     remove: Iterable[bytes] = (),
     subject_prefix: str = "",
+    remove_prefixes: tuple[bytes, ...] = (),
 ) -> bytes:
     """The message with fields prepended, ``remove``-named fields dropped, subject prefixed.
 
-    ``remove`` holds lower-case field names.  Only the header block changes;
-    the returned message ends with exactly the bytes the input had after its
-    header block.
+    ``remove`` holds lower-case field names, ``remove_prefixes`` lower-case
+    beginnings of names (``b"x-spam-"``): fields matching either are dropped.
+    Only the header block changes; the returned message ends with exactly the
+    bytes the input had after its header block.
     """
     eol = line_ending(message)
     header, rest = split(message)
     drop = set(remove)
-    kept = [f for f in _header_fields(message) if field_name(f) not in drop]
+    kept = [
+        f
+        for f in _header_fields(message)
+        if (name := field_name(f)) not in drop and not name.startswith(remove_prefixes)
+    ]
     if subject_prefix:
         kept = _prefix_subject(kept, subject_prefix, eol)
     new = b"".join(fold(name, value, eol) for name, value in prepend)

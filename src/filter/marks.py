@@ -2,8 +2,9 @@
 
 This module owns what the marks say and how they look: our ``Received``
 line, ``X-Virus-Scanned``, ``X-Quarantine-ID`` on held copies, the
-``X-Spam-*`` fields in amavisd-new's formats (and the removal of ones a
-sender forged), and the subject tag.  Which of them a recipient's copy gets
+``X-Spam-*`` fields in amavisd-new's formats, the subject tag, and the removal
+of every field of those families a sender put in (:data:`SPAM_PREFIXES`,
+:data:`OWN_PREFIXES`) before ours are added.  Which of them a recipient's copy gets
 is :mod:`filter.policy`'s decision; the byte-level editing is
 :mod:`filter.headers`'.  Marking touches only the header section, which is
 why the re-injection's dot-stuffing hint survives it (:func:`dot_lines`).
@@ -28,7 +29,18 @@ SPAM_HEADERS = (
     b"x-spam-status",
     b"x-spam-skipped",
 )
-"""Fields removed from incoming mail (``policy.remove_existing_spam_headers``): only ours count."""
+"""The X-Spam-* fields we write (kept for callers; removal goes by :data:`SPAM_PREFIXES`)."""
+
+SPAM_PREFIXES = (b"x-spam-",)
+"""Removed from incoming mail with ``policy.remove_existing_spam_headers`` (the default):
+every X-Spam-* field, not only the ones we write, since SpamAssassin and amavisd-new
+write others (X-Spam-Report, X-Spam-Checker-Version) that mail clients also trust."""
+OWN_PREFIXES = (b"x-virus-", b"x-quarantine-")
+"""Always removed from incoming mail: X-Virus-Scanned and X-Quarantine-ID are ours to
+write, and a forged one would claim a scan or a quarantine entry that never happened.
+Every field :class:`Marker` adds except Received (one per hop, RFC 5321 4.4) and
+Subject (tagged in place) matches one of these prefixes or :data:`SPAM_PREFIXES`
+(``tests/filter/test_headers.py`` checks)."""
 
 
 def spam_headers(
@@ -76,7 +88,9 @@ class Marker:
         self.hostname = hostname
         self.scanner_name = policy.scanner_name
         self.scanned = f"by {policy.scanner_name} at {hostname}"
-        self.remove = SPAM_HEADERS if policy.remove_existing_spam_headers else ()
+        self.remove_prefixes = OWN_PREFIXES + (
+            SPAM_PREFIXES if policy.remove_existing_spam_headers else ()
+        )
 
     def mark(
         self,
@@ -94,17 +108,31 @@ class Marker:
         if quarantine_id:
             prepend.append(("X-Quarantine-ID", f"<{quarantine_id}>"))
         prepend += fields
-        return headers.edit(msg.data, prepend, self.remove, subject_prefix)
+        return headers.edit(
+            msg.data, prepend, subject_prefix=subject_prefix, remove_prefixes=self.remove_prefixes
+        )
 
     def received(self, msg: Message, filter_id: str) -> str:
         """Our Received field's value (RFC 5321 4.4): the hop from Postfix through us."""
         peer_ip = msg.peer.strip("[]")
-        helo = msg.helo or "unknown"
-        rcpt = f" for <{msg.rcpt_tos[0]}>" if len(msg.rcpt_tos) == 1 else ""
+        helo = _printable(msg.helo) or "unknown"
+        rcpt = f" for <{_printable(msg.rcpt_tos[0])}>" if len(msg.rcpt_tos) == 1 else ""
         return (
             f"from {helo} ([{peer_ip}]) by {self.hostname} ({self.scanner_name})"
             f" with ESMTP id {filter_id}{rcpt}; {_date_now()}"
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable as ``?``.
+
+    The EHLO name is the client's to choose: a CR, LF or NUL (or another control
+    character, or a byte that was not UTF-8) copied into our Received field would
+    end the field or start a forged one (RFC 5322 2.2 forbids CR and LF there).
+    """
+    if text.isprintable():
+        return text  # the usual case, without a loop over the characters
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def dot_lines(msg: Message, marked: bytes) -> bool:

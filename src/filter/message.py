@@ -1,7 +1,8 @@
 """One message on its way through the filter: what Postfix handed us, and what happened to it.
 
 This module owns :class:`Message` (the envelope and bytes as received on
-127.0.0.1:10024), :class:`Trace` (what each step found and how long it took)
+127.0.0.1:10024, or for a large message its head and the spool file holding
+it), :class:`Trace` (what each step found and how long it took)
 and the one summary log line made from both, which operators and fail2ban
 read: its format does not change.  It also reads the two things the pipeline
 needs from the header: the front Postfix's queue id and the From addresses.
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from filter import headers
+from filter.spool import Spool, Tail
 from filter.verdicts import Category, Result
 
 _QUEUE_ID = re.compile(rb"\bid\s+([0-9A-Za-z]{6,})\b")
@@ -35,6 +37,30 @@ class Message:
     dot_lines: bool = field(default=True, compare=False)  # a hint, not the message
     """False when no line of ``data`` starts with a dot (as the DATA decoder saw it); our
     marks never start one, so the re-injection need not look for them."""
+    spool: Spool | None = field(default=None, compare=False)
+    """A message over ``server.spool_threshold``: the whole message is in this file, and
+    ``data`` holds only its head (:func:`filter.spool.head_length`)."""
+
+    @property
+    def size(self) -> int:
+        """The whole message's size in bytes (``data`` may be only its head)."""
+        return self.spool.size if self.spool is not None else len(self.data)
+
+    @property
+    def source(self) -> bytes | Spool:
+        """The whole message as a scanner reads it: the bytes, or the spool file."""
+        return self.spool if self.spool is not None else self.data
+
+    def tail(self) -> Tail | None:
+        """What follows ``data`` in a spooled message (None for one held in memory)."""
+        return Tail(self.spool, len(self.data)) if self.spool is not None else None
+
+    def whole(self) -> bytes:
+        """The whole message in memory: read back from the spool only when asked (spamd,
+        within its size limit)."""
+        if self.spool is None:
+            return self.data
+        return self.spool.read(0, self.spool.size)
 
 
 @dataclass
@@ -84,7 +110,7 @@ def summary(msg: Message, trace: Trace, result: Result, reply: str) -> str:
     spam = f' spam="{trace.spam_note}"' if trace.spam_note else ""
     return (
         f"queue_id={trace.queue_id} id={trace.filter_id} from=<{_clean(msg.mail_from)}>"
-        f" to={rcpts} size={len(msg.data)} result={result.value}{virus}{held}{score}{spam}"
+        f" to={rcpts} size={msg.size} result={result.value}{virus}{held}{score}{spam}"
         f" clamd_ms={ms.get('clamd', '-')} spamd_ms={ms.get('spamd', '-')}"
         f" reinject_ms={ms.get('reinject', '-')} total_ms={ms.get('total', '-')}"
         f' reply="{_clean(reply)}"'

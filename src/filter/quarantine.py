@@ -15,11 +15,12 @@ and refuses to record a second release.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,14 +55,15 @@ def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(5)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes, more: Iterable[bytes] = ()) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in itertools.chain((data,), more):  # one piece in memory at a time
+            view = memoryview(piece)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -82,10 +84,14 @@ class Store:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def write(self, entry: Entry, message: bytes) -> None:
-        """Store a message durably (both files fsynced, then the directory)."""
+    def write(self, entry: Entry, message: bytes, more: Iterable[bytes] = ()) -> None:
+        """Store a message durably (both files fsynced, then the directory).
+
+        ``more``: the rest of the message after ``message``, in pieces (a spooled
+        message's tail, never read into memory at once).
+        """
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        _write_durably(self.directory / f"{entry.id}.eml", message)
+        _write_durably(self.directory / f"{entry.id}.eml", message, more)
         _write_durably(self.directory / f"{entry.id}.json", json.dumps(asdict(entry)).encode())
         _fsync_dir(self.directory)
 

@@ -50,6 +50,13 @@ INTERNAL_ERROR = "451 4.3.0 Internal error in the content filter, try again late
 """An exception of ours: never aiosmtpd's 500, which would make Postfix bounce the mail."""
 XFORWARD_OK = "250 2.0.0 Ok"
 XFORWARD_BAD = "501 5.5.4 Bad XFORWARD attribute"
+ENVELOPE_OK = "250 OK"
+"""MAIL or RCPT accepted: aiosmtpd's own text, as without our hooks."""
+SENDER_NOT_UTF8 = "553 5.1.7 Error: sender address is not valid UTF-8"
+RECIPIENT_NOT_UTF8 = "553 5.1.3 Error: recipient address is not valid UTF-8"
+"""An address that is not valid UTF-8 could never be re-injected (RFC 6531 3.3 allows
+UTF-8 only, RFC 3463 X.1.7/X.1.3: bad address syntax): refused for good at once, not
+accepted and then deferred at DATA on every retry."""
 
 # -- aiosmtpd 1.4's own DATA replies (filter.aiosmtpd_shortcuts repeats them) ----------------
 NEED_RCPT = "503 Error: need RCPT command"
@@ -58,6 +65,10 @@ START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 Error: Too much mail data"
 DATA_OK = "250 OK"
+
+# -- our own, in the quick DATA loop ------------------------------------------------------------
+SPOOL_FAILED = "451 4.3.0 Could not store the message for scanning ({error}), try again later"
+"""Writing a large message to its temporary file failed (a full disk): Postfix keeps it."""
 
 
 class Tempfail(Exception):

@@ -25,9 +25,11 @@ from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
 from filter.message import Message, Trace
 from filter.metrics import Metrics
+from filter.mimeview import inspect_spooled
 from filter.policy import Findings
 from filter.replies import Tempfail
 from filter.spamd import SpamdError, SpamReport
+from filter.spool import Spool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,8 +56,8 @@ def clamd_unchecked(name: str) -> bool:
 class VirusScanner(Protocol):
     """clamd, or a fake."""
 
-    async def scan(self, data: bytes) -> ScanResult:
-        """Scan; raise ClamdError when there is no verdict."""
+    async def scan(self, data: bytes | Spool) -> ScanResult:
+        """Scan (bytes, or a spooled message's file); raise ClamdError when there is no verdict."""
         ...
 
 
@@ -87,7 +89,7 @@ class Scanner:
         found = Inspection()
         if self.cfg.banned.enabled:
             started = time.monotonic()
-            found = await self._inspect(msg.data, trace)
+            found = await self._inspect(msg, trace)
             trace.timings["banned"] = time.monotonic() - started
         unchecked = found.unchecked or unchecked
         trace.unchecked = "" if found.banned else unchecked
@@ -99,7 +101,7 @@ class Scanner:
             bad_header=bad_header(msg.data, allow_8bit=msg.smtputf8),
         )
 
-    async def _inspect(self, data: bytes, trace: Trace) -> Inspection:
+    async def _inspect(self, msg: Message, trace: Trace) -> Inspection:
         """inspect(), on the event loop for small messages without archives.
 
         Whatever the input, the answer is a verdict: an exception here would be a
@@ -108,7 +110,10 @@ class Scanner:
         banned = self.cfg.banned
         names, types, limits = banned.names, banned.types, banned.limits
         max_bytes, max_lines, max_parts = BANNED_INLINE_LIMITS
+        data = msg.data
         try:
+            if msg.spool is not None:  # a bounded view of the file, never the whole message
+                return await asyncio.to_thread(inspect_spooled, msg.spool, names, types, limits)
             if len(data) <= max_bytes and (
                 # One part: its parse reads the header section only, however long the body.
                 not may_nest(data)
@@ -128,16 +133,16 @@ class Scanner:
 
         Returns the virus name, spamd's report and what clamd said it could not scan.
         """
-        clam = asyncio.ensure_future(self._timed("clamd", self.clamd.scan(msg.data), trace))
+        clam = asyncio.ensure_future(self._timed("clamd", self.clamd.scan(msg.source), trace))
         spam: asyncio.Future[SpamReport] | None = None
         if self.spamd is None:
             trace.spam_note = "spamd disabled"
-        elif len(msg.data) > self.cfg.spamd.max_size:
+        elif msg.size > self.cfg.spamd.max_size:
             trace.spam_note = (
-                f"message of {len(msg.data)} bytes exceeds the {self.cfg.spamd.max_size}-byte limit"
+                f"message of {msg.size} bytes exceeds the {self.cfg.spamd.max_size}-byte limit"
             )
         else:
-            spam = asyncio.ensure_future(self._timed("spamd", self.spamd.check(msg.data), trace))
+            spam = asyncio.ensure_future(self._timed("spamd", self.spamd.check(msg.whole()), trace))
         try:
             try:
                 result = await clam

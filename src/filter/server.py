@@ -112,6 +112,36 @@ def _ishex(text: str) -> bool:
     return len(text) == 2 and all(c in "0123456789ABCDEFabcdef" for c in text)
 
 
+def _valid_utf8(address: str) -> bool:
+    """Whether the address's bytes were valid UTF-8.
+
+    aiosmtpd decodes arguments as UTF-8 with ``surrogateescape`` (with SMTPUTF8
+    enabled, as here), so invalid bytes arrive as lone surrogates, which UTF-8
+    cannot encode: such an address could never be re-injected (it failed at
+    DATA with a 451 on every retry before this check).
+    """
+    if address.isascii():
+        return True  # nearly every address: no encoding attempt
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refused_address(session: Session, command: str, address: str) -> None:
+    """The one log line for a refused address, its bytes escaped (never raw into the log)."""
+    raw = address.encode("utf-8", "surrogateescape")
+    log.warning(
+        "peer=%s: refused %s:%r: address is not valid UTF-8 (553)",
+        _peer(session), command, raw,
+    )  # fmt: skip
+
+
+def _peer(session: Session) -> str:
+    return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+
+
 class Handler:
     """aiosmtpd handler hooks, tracking connections for the cap and the drain."""
 
@@ -143,6 +173,30 @@ class Handler:
         session.host_name = hostname
         return [*responses[:-1], "250-XFORWARD " + " ".join(XFORWARD_ATTRS), responses[-1]]
 
+    async def handle_MAIL(
+        self, server: FilterSMTP, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:  # fmt: skip
+        """Refuse a reverse-path that is not valid UTF-8; else record it as aiosmtpd does."""
+        if not _valid_utf8(address):
+            _refused_address(session, "MAIL FROM", address)
+            return replies.SENDER_NOT_UTF8
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.ENVELOPE_OK
+
+    async def handle_RCPT(
+        self, server: FilterSMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:  # fmt: skip
+        """Refuse a forward-path that is not valid UTF-8; else record it as aiosmtpd does."""
+        if not _valid_utf8(address):
+            _refused_address(session, "RCPT TO", address)
+            return replies.RECIPIENT_NOT_UTF8
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.ENVELOPE_OK
+
     async def handle_DATA(self, server: FilterSMTP, session: Session, envelope: Envelope) -> str:
         """Hand the message to the filter and answer with its verdict."""
         content = envelope.original_content or b""
@@ -162,6 +216,7 @@ class Handler:
             peer=peer,
             xforward=dict(server.xforward),
             dot_lines=server.dot_lines,
+            spool=server.spool,
         )
         self.busy += 1
         self.idle.clear()
@@ -215,12 +270,17 @@ async def start_server(
     data_size_limit: int,
     idle_timeout: float,
     sock: socket.socket | None = None,
+    spool_threshold: int = 0,
 ) -> asyncio.AbstractServer:
-    """Listen for Postfix; each connection gets a FilterSMTP."""
+    """Listen for Postfix; each connection gets a FilterSMTP.
+
+    ``spool_threshold``: messages larger than this many bytes go to a temporary
+    file as they arrive (:mod:`filter.spool`); 0 keeps every message in memory.
+    """
     loop = asyncio.get_running_loop()
 
     def factory() -> FilterSMTP:
-        return FilterSMTP(
+        conn = FilterSMTP(
             handler,
             data_size_limit=data_size_limit,
             enable_SMTPUTF8=True,
@@ -230,6 +290,8 @@ async def start_server(
             timeout=idle_timeout,
             loop=loop,
         )
+        conn.spool_threshold = spool_threshold
+        return conn
 
     if sock is not None:
         return await loop.create_server(factory, sock=sock, backlog=128)

@@ -85,7 +85,7 @@ class Filter:
         started = time.monotonic()
         trace = Trace(queue_id=queue_id_of(msg.data), filter_id=secrets.token_hex(6))
         self.metrics.in_flight.inc()
-        self.metrics.message_bytes.observe(len(msg.data))
+        self.metrics.message_bytes.observe(msg.size)
         try:
             async with asyncio.timeout(self.cfg.server.message_timeout):
                 result, reply = await self._process(msg, trace)
@@ -140,13 +140,15 @@ class Filter:
             mail_from=msg.mail_from,
             recipients=held,
             received_at=time.time(),
-            size=len(msg.data),
+            size=msg.size,
             score=treatment.score,
             queue_id=trace.queue_id,
         )
         copy = self._marked(msg, treatment, trace, entry.id)
         try:
-            await asyncio.to_thread(self.store.write, entry, copy)
+            # A spooled message's copy is its marked head, then the rest from the file.
+            tail = msg.tail()
+            await asyncio.to_thread(self.store.write, entry, copy, tail.chunks() if tail else ())
         except OSError as err:
             log.error("quarantine write failed: %s", err)
             raise Tempfail(replies.QUARANTINE_FAILED) from err

@@ -210,6 +210,12 @@ class DataDecoder:
                     self._blocks.append(line)
             self._fragments.clear()
 
+    def take_blocks(self) -> list[bytes]:
+        """The content decoded so far, handed over and forgotten (to spool it to a file):
+        :meth:`content` then holds only what comes after."""
+        blocks, self._blocks = self._blocks, []
+        return blocks
+
     def content(self) -> bytes:
         """The message, dots removed (only meaningful in state NOMINAL)."""
         assert not self._fragments

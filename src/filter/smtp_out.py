@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from filter.spool import Tail, stuffed
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 2048
 MAX_REPLY_LINES = 100
+
+Payload = bytes | Callable[[], Iterator[bytes]]
+"""What follows DATA: the stuffed bytes, or (a spooled message) a maker of its blocks,
+called again if the message must be sent on a fresh connection."""
 
 
 class SmtpProtocolError(Exception):
@@ -117,9 +125,15 @@ def xforward_lines(attrs: Mapping[str, str], offered: str) -> list[bytes]:
 def _xtext(value: str) -> str:
     # RFC 3461 xtext: "+", "=", controls and non-ASCII become +XX.
     return "".join(
-        c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in _raw(c))
         for c in value
     )
+
+
+def _raw(char: str) -> bytes:
+    # A byte that was not UTF-8 arrives from aiosmtpd as a lone surrogate
+    # (surrogateescape): xtext carries the original byte, it never raises.
+    return char.encode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -208,6 +222,12 @@ class Reinjector:
         self.pool_size = pool_size
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
+        self.closed = False  # after close(): connections coming back are closed, not pooled
+
+    @property
+    def pooled(self) -> int:
+        """Connections kept open for the next message (every other one is closed)."""
+        return len(self._idle)
 
     async def _connect(self) -> _Conn:
         reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_LINE * 64)
@@ -230,7 +250,7 @@ class Reinjector:
 
     def _give_back(self, conn: _Conn) -> None:
         conn.last_used = time.monotonic()
-        if len(self._idle) < self.pool_size:
+        if not self.closed and len(self._idle) < self.pool_size:
             self._idle.append(conn)
         else:
             conn.close()
@@ -244,12 +264,19 @@ class Reinjector:
         mail_params: Sequence[str] = (),
         xforward: Mapping[str, str] | None = None,
         dot_lines: bool = True,
+        tail: Tail | None = None,
     ) -> Delivery:
         """Deliver one message; never raises for SMTP or network trouble (see Delivery.error).
 
         ``dot_lines=False``: no line of ``data`` after the first starts with a dot.
+        ``tail``: the rest of a spooled message after ``data``; the whole is then sent
+        from its file, dot-stuffed a block at a time, never joined in memory.
         """
-        payload = dot_stuff(data, dot_lines=dot_lines)
+        payload: Payload
+        if tail is None:
+            payload = dot_stuff(data, dot_lines=dot_lines)
+        else:
+            payload = functools.partial(_stuffed_stream, data, tail)
         for attempt in (1, 2):
             conn = self._take() if attempt == 1 else None
             fresh = conn is None
@@ -267,6 +294,13 @@ class Reinjector:
                     continue  # a pooled connection the server had closed: nothing was sent
                 what = "timeout" if isinstance(err, TimeoutError) else type(err).__name__
                 return Delivery(error=f"{what}: {err}")
+            except BaseException:
+                # Our own exception or the caller's cancellation (the message deadline):
+                # the transaction's state is unknown, so the connection is never reused,
+                # and closed here rather than left to the server's idle timeout.
+                if conn is not None:
+                    conn.close()
+                raise
             if delivery.error:
                 conn.close()
             else:
@@ -279,7 +313,7 @@ class Reinjector:
         conn: _Conn,
         mail_from: str,
         recipients: Sequence[str],
-        payload: bytes,
+        payload: Payload,
         mail_params: Sequence[str],
         xforward: Mapping[str, str],
     ) -> Delivery:
@@ -331,8 +365,15 @@ class Reinjector:
             await conn.reply()
             delivery.data = Reply(554, "no valid recipients")
             return delivery
-        conn.writer.write(payload)
         try:
+            if isinstance(payload, bytes):
+                conn.writer.write(payload)
+            else:
+                # A block at a time, each written out before the next is read: the
+                # message is never all in memory, in our buffers or the transport's.
+                for block in payload():
+                    conn.writer.write(block)
+                    await conn.writer.drain()
             delivery.data = await conn.reply()
         except (ConnectionError, OSError) as err:
             delivery.error = f"connection lost after the message was sent ({err}); outcome unknown"
@@ -344,13 +385,19 @@ class Reinjector:
         await conn.reply()
 
     async def close(self) -> None:
-        """Close idle connections with QUIT."""
+        """Close idle connections with QUIT; ones still in use are closed when they come back."""
+        self.closed = True
         while self._idle:
             conn = self._idle.pop()
             with contextlib.suppress(Exception):
                 conn.writer.write(b"QUIT\r\n")
                 await asyncio.wait_for(conn.writer.drain(), 1)
             conn.close()
+
+
+def _stuffed_stream(head: bytes, tail: Tail) -> Iterator[bytes]:
+    """The DATA payload of a spooled message: its marked head, then its file."""
+    return stuffed(itertools.chain((head,), tail.chunks()))
 
 
 class _StaleConnection(ConnectionError):

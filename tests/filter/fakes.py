@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.smtp_out import Delivery, Reply, dot_stuff
 from filter.spamd import SpamdError, SpamReport
+from filter.spool import Spool, Tail, stuffed
 
 
 class FakeClamd:
@@ -19,10 +20,14 @@ class FakeClamd:
         self.error_reply = False
         self.delay = 0.0
         self.calls = 0
+        self.spooled = 0
 
-    async def scan(self, data: bytes) -> ScanResult:
-        """Pretend to scan."""
+    async def scan(self, data: bytes | Spool) -> ScanResult:
+        """Pretend to scan (a spooled message is read from its file, a chunk at a time)."""
         self.calls += 1
+        if isinstance(data, Spool):
+            self.spooled += 1
+            data = b"".join(data.chunks())
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail:
@@ -92,12 +97,17 @@ class FakeForwarder:
         mail_params: Sequence[str] = (),
         xforward: Mapping[str, str] | None = None,
         dot_lines: bool = True,
+        tail: Tail | None = None,
     ) -> Delivery:
-        """Record and answer."""
+        """Record and answer (a spooled message's tail is read back and recorded whole)."""
+        if tail is not None:
+            self.payloads.append(b"".join(stuffed([data, *tail.chunks()])))
+            data += b"".join(tail.chunks())
+        else:
+            self.payloads.append(dot_stuff(data, dot_lines=dot_lines))
         self.sent.append(
             Sent(mail_from, list(recipients), data, list(mail_params), dict(xforward or {}))
         )
-        self.payloads.append(dot_stuff(data, dot_lines=dot_lines))
         if self.error:
             return Delivery(error=self.error)
         if mail_from == "" and self.dsn_fails:

@@ -22,6 +22,7 @@ from filter.metrics import Metrics
 from filter.policy import Lists
 from filter.quarantine import Store
 from filter.service import Filter
+from filter.spool import Spool
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
 
 HEAD = b"From: a@example.net\r\nTo: b@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
@@ -309,7 +310,7 @@ async def test_clamd_heuristics_are_unchecked_not_virus(name: str) -> None:
     """clamd's encryption and limit heuristics make the message unchecked, not infected."""
 
     class HeuristicClamd(FakeClamd):
-        async def scan(self, data: bytes) -> ScanResult:
+        async def scan(self, data: bytes | Spool) -> ScanResult:
             return ScanResult(Outcome.VIRUS, name)
 
     f, _ = make(HeuristicClamd())

@@ -18,6 +18,7 @@ from devstack.clamd import (
 )
 from devstack.ports import free_port
 from filter.clamd import FD_FAILURES_BEFORE_INSTREAM, ClamdClient, Outcome
+from filter.spool import Spool
 from tests.devstack.test_devstack_filter import mail_with_attachment, zipped
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,24 @@ async def test_every_way_of_asking_finds_the_same(clamd: Clamd) -> None:
         assert found.name.startswith(EICAR_SIGNATURE_PREFIX)
         assert TEST_MARKER_SIGNATURE == (await client.scan(big)).name
     assert clients[0].pass_fd  # three descriptor scans, none fell back to the stream
+
+
+async def test_a_spooled_message_is_scanned_from_its_file_every_way(clamd: Clamd) -> None:
+    """A spooled 3 MB message: its file's descriptor, and its chunks streamed on the Unix
+    socket and over TCP, find a marker in the last chunk; a clean one is clean."""
+    body = (b"y" * 76 + b"\r\n") * 40_000
+    infected, clean = Spool(), Spool()
+    try:
+        infected.write(PLAIN + body + TEST_MARKER + b"\r\n")
+        clean.write(PLAIN + body)
+        clients = _clients(clamd)
+        for client in clients:
+            assert TEST_MARKER_SIGNATURE == (await client.scan(infected)).name
+            assert Outcome.CLEAN == (await client.scan(clean)).outcome
+        assert clients[0].pass_fd  # the descriptor was read, no fallback
+    finally:
+        infected.close()
+        clean.close()
 
 
 class FakeClamd:

@@ -573,3 +573,43 @@ def _zip_of(name: str, data: bytes) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(name, data)
     return buf.getvalue()
+
+
+def test_forged_marks_never_reach_the_recipient(flow: Flow) -> None:
+    """Issue 14 item 5 through Postfix: forged X-Spam-*, X-Virus-* and X-Quarantine-ID go."""
+    mid = new_id()
+    forged = (
+        b"X-Spam-Report: forged report\r\nX-Spam-Checker-Version: forged\r\n"
+        b"X-Virus-Scanned: forged scan\r\nX-Quarantine-ID: <forged-id>\r\n"
+    )
+    flow.send(forged + make_message("marks test", b"hi\r\n", mid))
+    got = flow.wait_arrived(mid)
+    head = headers.split(got)[0]
+    assert b"forged" not in head
+    assert 1 == head.count(b"X-Virus-Scanned: by mail-filter")
+
+
+def _big_body(size: int) -> bytes:
+    """CRLF lines under 998 bytes, a third of them starting with a dot."""
+    lines = [b"." * (n % 3) + b"line %d " % n + b"z" * (n % 300) + b"\r\n" for n in range(4000)]
+    block = b"".join(lines)
+    return block * (size // len(block) + 1)
+
+
+def test_a_spooled_message_arrives_byte_exact(flow: Flow) -> None:
+    """Issue 14 item 6: a 3 MB message (over the 1 MiB spool threshold) arrives unchanged."""
+    mid = new_id()
+    body = _big_body(3 * 1024 * 1024)
+    flow.send(make_message("spooled", body, mid))
+    got = flow.wait_arrived(mid, timeout=60)
+    assert headers.split(got)[1] == b"\r\n" + body
+    assert b"X-Virus-Scanned: by mail-filter" in headers.split(got)[0]
+
+
+def test_a_virus_at_the_end_of_a_spooled_message_is_found(flow: Flow) -> None:
+    """Issue 14 item 6: EICAR after 3 MB is found by clamd reading the spool file."""
+    mid, seen = new_id(), discards(flow)
+    flow.send(make_message("spooled virus", _big_body(3 * 1024 * 1024) + EICAR + b"\r\n", mid))
+    log = _discarded(flow, seen, timeout=60)
+    assert not flow.arrived(mid)
+    assert "INFECTED: " + EICAR_SIGNATURE_PREFIX in log
