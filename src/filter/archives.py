@@ -13,8 +13,10 @@ Whatever it cannot read, or may not read further, is a
 from __future__ import annotations
 
 import bz2
+import io
 import lzma
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterator
 
@@ -158,6 +160,7 @@ _BLOCK = 64 * 1024
 def _members(data: bytes, where: str, depth: int, state: WalkState) -> Iterator[Item | Gap]:
     """List an archive through libarchive; read each member (for its type) within budget."""
     limits = state.limits
+    listed: list[str] = []
     try:
         with libarchive.memory_reader(data) as archive:
             for entry in archive:
@@ -168,6 +171,7 @@ def _members(data: bytes, where: str, depth: int, state: WalkState) -> Iterator[
                     yield Gap(f"{where}: more than {limits.max_members} archive members")
                     return
                 name = _name_of(entry)
+                listed.append(name)
                 inner = f"{where} > {name}"
                 if entry.isdir:
                     yield Item((name,), (), "", inner)
@@ -187,6 +191,29 @@ def _members(data: bytes, where: str, depth: int, state: WalkState) -> Iterator[
                     yield Gap(f"{inner}: named like an archive, but no archive it can read")
     except libarchive.ArchiveError as err:
         yield Gap(f"{where}: {_why(err)}")
+        return
+    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        yield from _central_directory(data, listed, where)
+
+
+def _central_directory(data: bytes, listed: list[str], where: str) -> Iterator[Item | Gap]:
+    """The names a zip's central directory gives, where they differ from its local headers.
+
+    libarchive reads a zip as a stream, by its local headers; Explorer, 7-Zip and
+    Info-ZIP show the central directory's names.  An attacker can make the two
+    disagree ("evil.txt" locally, "evil.exe" centrally): both are judged.
+    """
+    try:
+        central = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        yield Gap(f"{where}: zip central directory unreadable ({err})")
+        return
+    seen = {name.rstrip("/") for name in listed}
+    differ = [name for name in central if name.rstrip("/") not in seen]
+    for name in differ:
+        yield Item((name,), (), "", f"{where} > {name} (central directory)")
+    if differ:
+        yield Gap(f"{where}: zip local headers and central directory disagree")
 
 
 def _read(entry: object, inner: str, state: WalkState) -> tuple[bytes, Gap | None]:

@@ -120,6 +120,11 @@ class Inspection:
 _LONE_CR = re.compile(rb"\r(?!\n)")
 
 
+# How many times its own size, beyond one read per nesting level, the walk may read
+# of one message, every reading of an ambiguous part included.
+WALK_FACTOR = 20
+
+
 def items(
     message: bytes,
     *,
@@ -150,15 +155,26 @@ def _walk(message: bytes, state: WalkState) -> Iterator[Item | Gap]:
     # (entity bytes, MIME depth, where); popped last-first, so children are pushed reversed.
     stack: list[tuple[bytes, int, str]] = [(message, 0, "part 0")]
     number = 0
+    # Every reading of an ambiguous part (two boundaries, two types) walks its bytes
+    # again, and readings nest: bound the bytes walked, not only the parts.  Plain
+    # nesting reads each level's bytes once per level, hence the depth in the factor.
+    factor = state.limits.max_mime_depth + WALK_FACTOR
+    budget = factor * len(message) + (1 << 20)
     while stack:
         entity, depth, where = stack.pop()
         if state.late():
             raise OutOfTime
+        budget -= len(entity)
+        if budget < 0:
+            yield Gap(f"MIME structure read over {factor} times its size (ambiguous parts)")
+            return
         if number > state.limits.max_parts:
             yield Gap(f"more than {state.limits.max_parts} MIME parts")
             return
         head, body = split_entity(entity)
         fields = head_fields(head) if head else HeadFields((), (), (), (), False)
+        if fields.problem:
+            yield Gap(f"{fields.problem} at {where}")
         containers: list[bytes] = []
         leaf = True
         if any(t.startswith("multipart/") for t in fields.types):

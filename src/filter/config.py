@@ -174,7 +174,10 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         # The pipeline compares destinies and categories by identity; a config built in
         # code with plain strings ("pass") must not silently miss every comparison.
-        for name in ("virus_destiny", "banned_destiny", "spam_destiny", "bad_header_destiny"):
+        for name in (
+            "virus_destiny", "banned_destiny", "spam_destiny", "bad_header_destiny",
+            "unchecked_destiny",
+        ):  # fmt: skip
             object.__setattr__(self, name, Destiny(getattr(self, name)))
         object.__setattr__(self, "quarantine", tuple(Category(c) for c in self.quarantine))
 

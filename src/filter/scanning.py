@@ -23,9 +23,9 @@ from filter import headers, replies
 from filter.banned import ArchiveInside, Inspection, inspect, may_nest
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.config import Config
+from filter.inspect_child import CHILDREN, inspect_spooled
 from filter.message import Message, Trace
 from filter.metrics import Metrics
-from filter.mimeview import inspect_spooled
 from filter.policy import Findings
 from filter.replies import Tempfail
 from filter.spamd import SpamdError, SpamReport
@@ -79,6 +79,7 @@ class Scanner:
         self.clamd = clamd
         self.spamd = spamd if cfg.spamd.enabled else None
         self.metrics = metrics
+        self._children = asyncio.Semaphore(CHILDREN)  # large messages inspected at once
 
     async def findings(self, msg: Message, trace: Trace) -> Findings:
         """Everything the checks found; a virus ends the search (nothing else matters)."""
@@ -112,8 +113,8 @@ class Scanner:
         max_bytes, max_lines, max_parts = BANNED_INLINE_LIMITS
         data = msg.data
         try:
-            if msg.spool is not None:  # a bounded view of the file, never the whole message
-                return await asyncio.to_thread(inspect_spooled, msg.spool, names, types, limits)
+            if msg.spool is not None:  # read whole, but in a child process (filter.inspect_child)
+                return await inspect_spooled(msg.spool, names, types, limits, self._children)
             if len(data) <= max_bytes and (
                 # One part: its parse reads the header section only, however long the body.
                 not may_nest(data)

@@ -8,12 +8,13 @@ answered.  The pipeline keeps only the message's head in memory (the header
 section, :func:`head_length`); everything else reads the file in chunks:
 
 - clamd is handed the file's descriptor (``zFILDES``) or streamed its chunks;
-- the banned-part check reads a bounded view of it (:mod:`filter.mimeview`);
+- the banned-part check reads it whole, in a child process whose memory goes
+  back to the system when it exits (:mod:`filter.inspect_child`);
 - the re-injection sends the marked head, then the rest of the file
   (:class:`Tail`), dot-stuffed a chunk at a time by :func:`stuffed`.
 
-Memory per message is then about the threshold plus a few chunks, whatever
-its size.  Smaller messages never touch this module: they stay bytes.
+The daemon's memory per message is then about the threshold plus a few
+chunks, whatever its size.  Smaller messages never touch this module: they stay bytes.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import os
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -16,8 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter import headers, mimeview
+from filter import headers, inspect_child
+from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES, Inspection, inspect
 from filter.config import Config, ServerConfig
+from filter.findings import Limits
 from filter.message import Message
 from filter.quarantine import Store
 from filter.server import Handler, start_server
@@ -286,41 +289,90 @@ BIG_TEXT = ("text/plain", "", b"lorem ipsum dolor sit amet\r\n" * 12_000)
         ([BIG_TEXT, ("text/plain", "notes.txt", b"fine")], None),
     ],
 )  # fmt: skip
-def test_the_view_finds_what_the_whole_message_shows(
+async def test_the_spooled_inspection_finds_what_the_whole_message_shows(
     parts: list[tuple[str, str, bytes]], found: str | None
 ) -> None:
     """Names, sniffed types and zip members past a big part: same answer as inspect."""
-    from filter.banned import inspect
-
     raw = multipart(parts)
     expected = inspect(raw).banned or None
-    got = mimeview.inspect_spooled(spool_of(raw)).banned or None
+    got = (await spooled_verdict(raw)).banned or None
     assert expected == got
     if found is None:
         assert got is None
     else:
         assert got is not None
         assert found in got
-    assert len(mimeview.view(spool_of(raw))) < len(raw)  # big parts cut, archives kept
 
 
-def test_an_archive_too_big_for_the_view_is_not_passed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An archive part over ARCHIVE_KEEP is unchecked (not inspected), never clean."""
-    monkeypatch.setattr(mimeview, "ARCHIVE_KEEP", 50_000)
-    raw = multipart([("application/zip", "big.zip", zipped("ok.txt", os.urandom(100_000)))])
-    got = mimeview.inspect_spooled(spool_of(raw)).unchecked
-    assert got.startswith("not inspected: an archive part over")
-
-
-def test_deep_nesting_is_not_passed() -> None:
-    """Multiparts nested past MAX_DEPTH: unchecked (and no RecursionError)."""
-    depth = mimeview.MAX_DEPTH + 5
-    head = b"".join(
-        f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n'.encode()
-        for n in range(depth)
+async def spooled_verdict(raw: bytes, limits: Limits | None = None) -> Inspection:
+    """The child's verdict on ``raw`` spooled, with the default names and types."""
+    return await inspect_child.inspect_spooled(
+        spool_of(raw), DEFAULT_NAMES, DEFAULT_TYPES, limits or Limits(), asyncio.Semaphore(1)
     )
-    got = mimeview.inspect_spooled(spool_of(RAW_HEAD + head + b"\r\nx\r\n")).unchecked
-    assert got.startswith("not inspected: MIME parts nested")
+
+
+EXE_PART = (
+    b'Content-Type: application/octet-stream; name="evil.exe"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n\r\nTVoAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+)
+FILLER = b"Content-Type: text/plain\r\n\r\n" + (b"y" * 76 + b"\r\n") * 100
+
+
+def _zip_after_prefix() -> bytes:
+    data = base64.encodebytes(b"\0" * 5000 + zipped("evil.exe", b"MZ")).replace(b"\n", b"\r\n")
+    return (
+        b'Content-Type: application/octet-stream; name="data.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + data
+    )
+
+
+# Shapes a bounded view of the structure missed (found by review): after the close
+# delimiter, two Content-Types, "Content-Type :", two boundaries, message/global, a
+# non-field line, a zip after a prefix, a lone-CR delimiter line.
+_MP = b'Content-Type: multipart/mixed; boundary="X"\r\n\r\n'
+AMBIGUOUS = [
+    _MP + b"--X\r\n" + FILLER + b"\r\n--X--\r\n--X\r\n" + EXE_PART + b"\r\n--X--\r\n",
+    b"Content-Type: text/plain\r\n" + _MP + b"--X\r\n" + EXE_PART + b"\r\n--X--\r\n",
+    b'Content-Type : multipart/mixed; boundary="X"\r\n\r\n--X\r\n' + EXE_PART + b"--X--\r\n",
+    b'Content-Type: multipart/mixed; boundary="A"; boundary="B"\r\n\r\n--A\r\n' + FILLER
+    + b"\r\n--B\r\n" + EXE_PART + b"\r\n--B--\r\n--A--\r\n",
+    _MP + b"--X\r\nContent-Type: message/global\r\n\r\n" + b'Content-Type: multipart/mixed;'
+    b' boundary="I"\r\n\r\n--I\r\n' + EXE_PART + b"\r\n--I--\r\n\r\n--X--\r\n",
+    b"no field here\r\n" + _MP + b"--X\r\n" + EXE_PART + b"\r\n--X--\r\n",
+    _MP + b"--X\r\n" + FILLER + b"\r\n--X\r\n" + _zip_after_prefix() + b"--X--\r\n",
+    _MP + b"--X\r\n" + FILLER + b'\r\n--X\rContent-Type: application/octet-stream; name="evil.exe"'
+    b"\r\r\nMZ\r\n--X--\r\n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", AMBIGUOUS)
+async def test_spooled_and_small_messages_get_one_verdict(body: bytes) -> None:
+    """Each shape is banned in memory, and banned just the same once spooled (padded to 1 MiB)."""
+    raw = RAW_HEAD + b"MIME-Version: 1.0\r\n" + body
+    big = raw.replace(FILLER, FILLER + (b"z" * 76 + b"\r\n") * 14_000, 1)
+    assert inspect(raw).banned
+    assert inspect(big).banned
+    assert (await spooled_verdict(big)).banned
+
+
+async def test_a_child_that_fails_means_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that dies without a verdict leaves the message unchecked, never clean."""
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    found = await spooled_verdict(multipart([BIG_TEXT]))
+    assert ("", "could not be parsed (inspection exit 1)") == (found.banned, found.unchecked)
+
+
+async def test_a_child_past_its_deadline_is_killed_and_unchecked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A child that does not answer in time is killed; the message is unchecked."""
+    stuck = tmp_path / "stuck"
+    stuck.write_text("#!/bin/sh\nexec sleep 30\n")
+    stuck.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(stuck))
+    monkeypatch.setattr(inspect_child, "STARTUP_SLACK", 0.2)
+    found = await spooled_verdict(multipart([BIG_TEXT]), Limits(max_seconds=0.0))
+    assert found.unchecked.startswith("inspection took longer than")
 
 
 async def test_a_banned_part_in_a_big_message_is_held(tmp_path: Path) -> None:

@@ -342,3 +342,55 @@ def test_boundary_lines_ended_by_a_lone_cr_still_split_the_parts() -> None:
         b"Content-Transfer-Encoding: base64\r\rYWxlcnQoMSk=\r--XX--\r"
     )
     assert "evil.js" in inspect(message).banned
+
+
+# -- found by the hostile review of this issue's first version -------------------------
+
+
+def test_zip_central_directory_names_are_judged_too() -> None:
+    """A zip whose local header says evil.txt and central directory evil.exe is banned."""
+    archive = zipped("evil.exe", b"hello")
+    at = archive.find(b"evil.exe")
+    local_txt = archive[:at] + b"evil.txt" + archive[at + 8 :]
+    found = inspect(attach(local_txt, "files.zip", "application/zip"))
+    assert "evil.exe" in found.banned
+    assert "central directory" in found.banned
+
+
+def test_an_overlong_content_type_field_is_unchecked_not_parsed() -> None:
+    """A 40 KB Content-Type (quadratic for the stdlib's parser) is unchecked, at once."""
+    raw = HEAD + b'Content-Type: text/plain; a="' + b";" * 40_000 + b'"\r\n\r\nhi\r\n'
+    assert "content-type field over 8192 bytes" in inspect(raw).unchecked
+
+
+def test_two_boundaries_per_level_cannot_multiply_the_work() -> None:
+    """Parts split by two boundaries at every level end unchecked, within a bounded walk."""
+    inner = b"Content-Type: text/plain\r\n\r\nx\r\n"
+    for level in range(12):
+        inner = (
+            f'Content-Type: multipart/mixed; boundary="a{level}"; boundary="b{level}"\r\n\r\n'
+            f"--a{level}\r\n--b{level}\r\n".encode()
+            + inner
+            + f"\r\n--b{level}--\r\n--a{level}--\r\n".encode()
+        )
+    found = inspect(HEAD + inner + b"y" * 10_000)
+    assert found.unchecked
+
+
+def test_a_non_ascii_boundary_is_unchecked() -> None:
+    """An RFC 2231 UTF-8 boundary (which clients may match either way) is unchecked."""
+    raw = (
+        HEAD + b"Content-Type: multipart/mixed; boundary*=utf-8''%E2%82%AC\r\n\r\n"
+        b'--\xe2\x82\xac\r\nContent-Type: application/octet-stream; name="evil.exe"\r\n\r\n'
+        b"MZ\r\n--\xe2\x82\xac--\r\n"
+    )
+    assert "boundary that is not ASCII" in inspect(raw).unchecked
+
+
+def test_unchecked_destiny_given_as_a_string_in_code_is_the_enum() -> None:
+    """PolicyConfig(unchecked_destiny="pass") holds Destiny.PASS (compared by identity)."""
+    from filter.config import PolicyConfig
+    from filter.verdicts import Destiny
+
+    policy = PolicyConfig(unchecked_destiny="pass")  # type: ignore[arg-type]
+    assert Destiny.PASS is policy.unchecked_destiny
