@@ -80,6 +80,7 @@ class Scanner:
         self.spamd = spamd if cfg.spamd.enabled else None
         self.metrics = metrics
         self._children = asyncio.Semaphore(CHILDREN)  # large messages inspected at once
+        self._threaded = asyncio.Semaphore(1)  # messages with archives inspected at once
 
     async def findings(self, msg: Message, trace: Trace) -> Findings:
         """Everything the checks found; a virus ends the search (nothing else matters)."""
@@ -124,7 +125,10 @@ class Scanner:
                     return inspect(data, names, types, open_archives=False, limits=limits)
             # Big or many-part messages and archives (up to banned.max_unpacked bytes to
             # inflate) are CPU work: keep the event loop free for other messages.
-            return await asyncio.to_thread(inspect, data, names, types, limits=limits)
+            # One at a time: an archive may unpack up to banned.max_unpacked bytes in
+            # memory (a 68 KB zip of zeros holds 50 MB), and the GIL runs one anyway.
+            async with self._threaded:
+                return await asyncio.to_thread(inspect, data, names, types, limits=limits)
         except Exception as err:  # any parser failure must still give a verdict
             log.warning("inspection failed queue_id=%s: %s", trace.queue_id, err, exc_info=True)
             return Inspection(unchecked=f"could not be parsed ({type(err).__name__})")
