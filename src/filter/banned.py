@@ -139,7 +139,7 @@ def items(
     """
     state = WalkState(limits, clock, open_archives)
     readings = [message]
-    if message.count(b"\r") != message.count(b"\r\n"):
+    if _LONE_CR.search(message):
         # A lone CR ends a line for Python's email parser and for some clients, not for
         # our line-based walk: a boundary line ended by one would hide the parts after
         # it.  Such a message is also walked with every lone CR read as a line end.

@@ -428,3 +428,14 @@ def test_rar_members_are_listed() -> None:
     """A program inside a RAR archive under a harmless name is banned by its member's name."""
     found = inspect(attach(rar4("evil.exe", b"MZ" + b"\0" * 30), "photos.dat"))
     assert "evil.exe" in found.banned
+
+
+def test_a_zip_after_a_text_prefix_is_still_found() -> None:
+    """Plain text is skipped by one pass, but an archive after text is found all the same."""
+    from filter.signatures import sniff
+
+    text = b"just words and lines\r\n" * 500
+    assert sniff(text) is None
+    assert ("zip", len(text)) == sniff(text + zipped("evil.exe", b"MZ"))
+    found = inspect(attach(text + zipped("evil.exe", b"MZ"), "notes.txt", "text/plain"))
+    assert "evil.exe" in found.banned
