@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import sys
 import tempfile
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import cast
@@ -28,6 +26,7 @@ from filter.service import Filter
 from filter.smtp_out import Reply, dot_stuff
 from filter.spool import CHUNK, Spool, head_length, stuffed
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
+from tests.filter.samples import zipped
 
 THRESHOLD = 4096
 
@@ -265,14 +264,6 @@ def multipart(parts: Sequence[tuple[str, str, bytes]], boundary: str = "b0und") 
         )
     out.append(f"--{boundary}--\r\nepilogue\r\n".encode())
     return b"".join(out)
-
-
-def zipped(name: str, content: bytes) -> bytes:
-    """A zip archive holding one member."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        archive.writestr(name, content)
-    return buf.getvalue()
 
 
 BIG_TEXT = ("text/plain", "", b"lorem ipsum dolor sit amet\r\n" * 12_000)

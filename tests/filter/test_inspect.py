@@ -10,7 +10,6 @@ import subprocess
 import tempfile
 import zipfile
 import zlib
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -26,26 +25,9 @@ from filter.quarantine import Store
 from filter.service import Filter
 from filter.spool import Spool
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
+from tests.filter.samples import attach, zipped
 
 HEAD = b"From: a@example.net\r\nTo: b@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
-
-
-def attach(data: bytes, filename: str, ctype: str = "application/octet-stream") -> bytes:
-    """A message with ``data`` attached as ``filename`` (base64, as clients send it)."""
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "a@example.net", "b@example.com", "att"
-    msg.set_content("see attached")
-    maintype, subtype = ctype.split("/")
-    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return msg.as_bytes()
-
-
-def zipped(name: str, data: bytes) -> bytes:
-    """A zip holding one member."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def mixed(*parts: bytes, boundary: bytes = b"b1", extra: bytes = b"") -> bytes:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import io
-import zipfile
 from email.message import EmailMessage, Message
 
 import pytest
@@ -14,6 +12,7 @@ from hypothesis import strategies as st
 
 from filter.banned import ArchiveInside, find_banned, may_nest, parse
 from filter.lookup import AddressList, ListError, lookup_keys
+from tests.filter.samples import attach, zipped
 
 
 def test_lookup_order_is_amavis() -> None:
@@ -69,22 +68,6 @@ def test_bad_line_names_file_and_line() -> None:
         AddressList.parse("whitelist", ["a@b", "# ok", "a@b@c"])
 
 
-def _with_attachment(data: bytes, filename: str, ctype: str = "application/octet-stream") -> bytes:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "a@b", "c@d", "att"
-    msg.set_content("see attached")
-    maintype, subtype = ctype.split("/")
-    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return msg.as_bytes()
-
-
-def _zip(name: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize(
     ("data", "filename", "ctype"),
     [
@@ -97,13 +80,13 @@ def _zip(name: str, data: bytes) -> bytes:
 )
 def test_banned_by_name_and_type(data: bytes, filename: str, ctype: str) -> None:
     """Executables are found by name, double extension, declared and detected type."""
-    assert find_banned(_with_attachment(data, filename, ctype)) is not None
+    assert find_banned(attach(data, filename, ctype)) is not None
 
 
-def test_banned_inside_nested_zip() -> None:
+def test_banned_inside_nestedzipped() -> None:
     """An .exe two zips deep is found."""
-    nested = _zip("outer.zip", _zip("evil.exe", b"MZ payload"))
-    reason = find_banned(_with_attachment(nested, "docs.zip", "application/zip"))
+    nested = zipped("outer.zip", zipped("evil.exe", b"MZ payload"))
+    reason = find_banned(attach(nested, "docs.zip", "application/zip"))
     assert reason is not None
     assert "evil.exe" in reason
 
@@ -113,12 +96,12 @@ def test_banned_inside_nested_zip() -> None:
     [
         (b"%PDF-1.7 ...", "report.pdf"),
         (b"\x1f\x8b data", "report.pdf.gz"),
-        (_zip("a.txt", b"hi"), "a.zip"),
+        (zipped("a.txt", b"hi"), "a.zip"),
     ],
 )
 def test_harmless_attachments_pass(data: bytes, filename: str) -> None:
     """PDFs, compressed documents and zips of text are not banned."""
-    assert find_banned(_with_attachment(data, filename)) is None
+    assert find_banned(attach(data, filename)) is None
 
 
 @pytest.mark.parametrize(
@@ -128,7 +111,7 @@ def test_harmless_attachments_pass(data: bytes, filename: str) -> None:
         b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nbroken",
         b"Content-Type: multipart/mixed\r\n\r\nno boundary at all",
         b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64!!!",
-        _with_attachment(b"PK\x03\x04 truncated zip", "x.zip", "application/zip"),
+        attach(b"PK\x03\x04 truncated zip", "x.zip", "application/zip"),
     ],
 )
 def test_broken_mime_never_raises(message: bytes) -> None:
@@ -140,12 +123,12 @@ _SAMPLES = [
     b"",
     b"Subject: plain\r\n\r\nno MIME at all\r\n",
     b"Subject: x\r\n\r\n#!/bin/sh\r\n",
-    _with_attachment(b"hello", "invoice.exe"),
-    _with_attachment(b"MZ\x90\x00 program", "harmless.txt", "text/plain"),
-    _with_attachment(b"%PDF-1.7 ...", "report.pdf"),
-    _with_attachment(_zip("a.txt", b"hi"), "a.zip"),
-    _with_attachment(_zip("evil.exe", b"MZ"), "docs.bin"),
-    _with_attachment(b"not a zip", "fake.ZIP"),
+    attach(b"hello", "invoice.exe"),
+    attach(b"MZ\x90\x00 program", "harmless.txt", "text/plain"),
+    attach(b"%PDF-1.7 ...", "report.pdf"),
+    attach(zipped("a.txt", b"hi"), "a.zip"),
+    attach(zipped("evil.exe", b"MZ"), "docs.bin"),
+    attach(b"not a zip", "fake.ZIP"),
     b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nbroken",
 ]
 
@@ -164,7 +147,7 @@ def test_without_opening_archives_the_answer_is_the_same_or_deferred(message: by
 def test_an_archive_is_never_judged_without_opening_it(name: str) -> None:
     """A zip, by name or by content, raises ArchiveInside rather than passing unopened."""
     with pytest.raises(ArchiveInside):
-        find_banned(_with_attachment(_zip("evil.exe", b"MZ"), name), open_archives=False)
+        find_banned(attach(zipped("evil.exe", b"MZ"), name), open_archives=False)
 
 
 def test_a_banned_part_before_an_archive_is_found_without_opening_it() -> None:
@@ -172,7 +155,7 @@ def test_a_banned_part_before_an_archive_is_found_without_opening_it() -> None:
     msg = EmailMessage()
     msg.set_content("see attached")
     msg.add_attachment(b"x", maintype="application", subtype="octet-stream", filename="a.exe")
-    archive = _zip("b.txt", b"hi")
+    archive = zipped("b.txt", b"hi")
     msg.add_attachment(archive, maintype="application", subtype="zip", filename="b.zip")
     assert "a.exe" in (find_banned(msg.as_bytes(), open_archives=False) or "")
 
