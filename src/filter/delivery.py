@@ -109,10 +109,12 @@ class Courier:
         *,
         dot_lines: bool = True,
         queue_id: str = "-",
+        tail: Tail | None = None,
     ) -> Handoff:
-        """Re-inject ``data`` for ``rcpts`` (some or all of ``msg``'s recipients)."""
+        """Re-inject ``data`` for ``rcpts`` (some or all of ``msg``'s recipients).
+
+        ``tail``: for a spooled message, the rest of it after ``data`` (its marked head)."""
         params = [p for p in msg.mail_options if p.upper().startswith(("BODY=", "SMTPUTF8"))]
-        tail = msg.tail()
         params.insert(0, f"SIZE={len(data) + (tail.size if tail else 0)}")
         if msg.smtputf8 and not any(p.upper() == "SMTPUTF8" for p in params):
             params.append("SMTPUTF8")

@@ -51,9 +51,23 @@ class Message:
         """The whole message as a scanner reads it: the bytes, or the spool file."""
         return self.spool if self.spool is not None else self.data
 
-    def tail(self) -> Tail | None:
-        """What follows ``data`` in a spooled message (None for one held in memory)."""
-        return Tail(self.spool, len(self.data)) if self.spool is not None else None
+    @property
+    def head_cut(self) -> bool:
+        """Whether ``data`` ends inside the header section: a spooled message whose header
+        section is longer than :data:`filter.spool.HEAD_LIMIT`."""
+        if self.spool is None or len(self.data) >= self.spool.size:
+            return False
+        header, rest = headers.split(self.data)
+        return bool(header) and not rest
+
+    def tail(self, remove_prefixes: tuple[bytes, ...] = ()) -> Tail | None:
+        """What follows ``data`` in a spooled message (None for one held in memory).
+
+        ``remove_prefixes``: the field names marking removes from the head, removed from
+        the tail too when the head was cut inside the header section."""
+        if self.spool is None:
+            return None
+        return Tail(self.spool, len(self.data), remove_prefixes if self.head_cut else ())
 
     def whole(self) -> bytes:
         """The whole message in memory: read back from the spool only when asked (spamd,

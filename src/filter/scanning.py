@@ -29,7 +29,7 @@ from filter.metrics import Metrics
 from filter.policy import Findings
 from filter.replies import Tempfail
 from filter.spamd import SpamdError, SpamReport
-from filter.spool import Spool
+from filter.spool import HEAD_LIMIT, Spool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,6 +94,9 @@ class Scanner:
             found = await self._inspect(msg, trace)
             trace.timings["banned"] = time.monotonic() - started
         unchecked = found.unchecked or unchecked
+        if msg.head_cut and not unchecked:
+            # The header checks below read only the head: the fields past it went unread.
+            unchecked = f"header section longer than {HEAD_LIMIT} bytes"
         trace.unchecked = "" if found.banned else unchecked
         return Findings(
             banned=found.banned,

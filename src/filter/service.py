@@ -147,7 +147,7 @@ class Filter:
         copy = self._marked(msg, treatment, trace, entry.id)
         try:
             # A spooled message's copy is its marked head, then the rest from the file.
-            tail = msg.tail()
+            tail = msg.tail(self.marker.remove_prefixes)
             await asyncio.to_thread(self.store.write, entry, copy, tail.chunks() if tail else ())
         except OSError as err:
             log.error("quarantine write failed: %s", err)
@@ -182,8 +182,9 @@ class Filter:
             qid = trace.quarantine_id if treatment.quarantine else ""
             data = self._marked(msg, treatment, trace, qid)
             handoff = await self.courier.hand_back(
-                msg, rcpts, data, dot_lines=dot_lines(msg, data), queue_id=trace.queue_id
-            )
+                msg, rcpts, data, dot_lines=dot_lines(msg, data), queue_id=trace.queue_id,
+                tail=msg.tail(self.marker.remove_prefixes),
+            )  # fmt: skip
             trace.timings["reinject"] = handoff.seconds
             if handoff.downstream is not None:
                 trace.downstream = str(handoff.downstream)

@@ -10,6 +10,8 @@ one C-speed search.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 
 # Names a mail client hands to an archive tool: one we cannot read is unchecked.
 ARCHIVE_SUFFIXES = (
@@ -47,7 +49,6 @@ _AT_START = (
     (b"PK\x03\x04", "zip"),
     (b"PK\x05\x06", "zip"),  # an empty zip
     (b"\x1f\x8b\x08", "gzip"),  # deflate, the only method gzip defines
-    (b"\x60\xea", "arj"),
 )
 # Printable ASCII, tab, CR and LF: bytes no searched-for signature is made of only.
 _TEXT = bytes(range(0x20, 0x7F)) + b"\t\r\n"
@@ -82,10 +83,39 @@ def sniff(data: bytes) -> tuple[str, int] | None:
     at = data.find(b"PK\x03\x04")
     if at >= 0 and data.rfind(b"PK\x05\x06") > at:
         found.append((at, "zip"))
+    at = _arj_after_prefix(data)
+    if at >= 0:
+        found.append((at, "arj"))
     if not found:
         return None
     at, kind = min(found)
     return kind, at
+
+
+_ARJ_CANDIDATES = 256
+"""ARJ magic numbers (two bytes, so common by chance) checked per search."""
+_ARJ_MAX_HEADER = 2600  # the largest basic header ARJ writes
+
+
+def _arj_after_prefix(data: bytes) -> int:
+    """Where an ARJ archive starts, at 0 or after a prefix (a self-extractor's stub), or -1.
+
+    Its two-byte magic number alone means nothing in binary data, so a candidate
+    counts only when the header size after it is one ARJ writes and the CRC-32
+    that follows the header matches it.
+    """
+    at = data.find(b"\x60\xea")
+    for _ in range(_ARJ_CANDIDATES):
+        if at < 0:
+            return -1
+        size = int.from_bytes(data[at + 2 : at + 4], "little")
+        end = at + 4 + size
+        if 0 < size <= _ARJ_MAX_HEADER and end + 4 <= len(data):
+            (crc,) = struct.unpack_from("<I", data, end)
+            if zlib.crc32(data[at + 4 : end]) == crc:
+                return at
+        at = data.find(b"\x60\xea", at + 1)
+    return -1
 
 
 _CFB = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # OLE compound file: old Office, encrypted OOXML

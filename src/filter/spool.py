@@ -30,7 +30,9 @@ CHUNK = 64 * 1024
 """Bytes read from the file at a time (clamd's own INSTREAM chunk size)."""
 HEAD_LIMIT = 256 * 1024
 """The most of a spooled message kept in memory as its head: a header section longer
-than this is cut at a line end (its fields past the cut are left as they are)."""
+than this is cut at a line end.  Its fields past the cut are cleaned as the tail is
+read (:func:`drop_fields`), and the message is "unchecked" (its header checks saw only
+the head)."""
 
 
 class Spool:
@@ -85,15 +87,20 @@ class Tail:
 
     spool: Spool
     start: int
+    remove_prefixes: tuple[bytes, ...] = ()
+    """Lower-case beginnings of field names dropped from the header fields at the tail's
+    start: set when the head was cut inside the header section, so a forged field past
+    the cut is removed as surely as one before it."""
 
     @property
     def size(self) -> int:
-        """Bytes in the tail."""
+        """Bytes in the tail (an upper bound when fields are dropped: SIZE= is an estimate)."""
         return self.spool.size - self.start
 
     def chunks(self) -> Iterator[bytes]:
         """The tail, a chunk at a time."""
-        return self.spool.chunks(self.start)
+        pieces = self.spool.chunks(self.start)
+        return drop_fields(pieces, self.remove_prefixes) if self.remove_prefixes else pieces
 
 
 def head_length(spool: Spool) -> int:
@@ -115,6 +122,43 @@ def head_length(spool: Spool) -> int:
         return len(first)
     cut = first.rfind(b"\n") + 1
     return cut or len(first)
+
+
+def drop_fields(pieces: Iterable[bytes], prefixes: tuple[bytes, ...]) -> Iterator[bytes]:
+    """``pieces`` without the header fields whose names start with one of ``prefixes``.
+
+    ``pieces`` start at a line start inside a header section (a cut head's tail); lines
+    are read up to the empty line that ends the section, and everything from there on
+    passes unread.  A dropped field goes with its continuation lines; a line at the
+    start that continues a field of the head is kept (it joins whatever field our
+    marking left before it).  Lines are as long as the DATA decoder let them be.
+    """
+    it = iter(pieces)
+    carry = b""
+    dropping = False
+    for piece in it:
+        data = carry + piece if carry else piece
+        kept: list[bytes] = []
+        pos = 0
+        while (end := data.find(b"\n", pos)) >= 0:
+            line = data[pos : end + 1]
+            if line in (b"\r\n", b"\n"):
+                kept.append(data[pos:])
+                yield b"".join(kept)
+                yield from it
+                return
+            if line[:1] not in (b" ", b"\t"):
+                dropping = headers.field_name(line).startswith(prefixes)
+            if not dropping:
+                kept.append(line)
+            pos = end + 1
+        carry = data[pos:]
+        if kept:
+            yield b"".join(kept)
+    if carry and not (
+        headers.field_name(carry).startswith(prefixes) or (dropping and carry[:1] in (b" ", b"\t"))
+    ):
+        yield carry
 
 
 def _stuff(block: bytes, at_line_start: bool) -> bytes:

@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 
 from filter import headers, inspect_child
 from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES, Inspection, inspect
-from filter.config import Config, ServerConfig
+from filter.config import Config, PolicyConfig, ServerConfig
 from filter.findings import Limits
 from filter.message import Message
 from filter.quarantine import Store
 from filter.server import Handler, start_server
 from filter.service import Filter
 from filter.smtp_out import Reply, dot_stuff
-from filter.spool import CHUNK, Spool, head_length, stuffed
+from filter.spool import CHUNK, HEAD_LIMIT, Spool, drop_fields, head_length, stuffed
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
 from tests.filter.samples import zipped
 
@@ -108,6 +108,35 @@ def test_head_ends_after_the_empty_line() -> None:
     raw = big_message()
     assert len(RAW_HEAD) + 2 == head_length(spool_of(raw))
     assert 6 == head_length(spool_of(b"body\r\nmore\r\n" * 10))  # no header: its first line
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"X-Spam-Flag: YES", b"x-virus-scanned: forged", b"Keep: 1", b" folded",
+             b"\tfolded", b"X-Quarantine-ID: <x>", b"no colon", b"X-Spammy: 2"]
+        ),
+        max_size=12,
+    ),
+    st.integers(1, 40),
+)  # fmt: skip
+def test_dropping_fields_in_pieces_matches_the_edit_of_the_whole(
+    lines: list[bytes], cut: int
+) -> None:
+    """A cut head's tail, read in any pieces: the fields marking drops are gone, the body kept."""
+    prefixes = (b"x-spam-", b"x-virus-", b"x-quarantine-")
+    section = b"Top: 1\r\n" + b"".join(line + b"\r\n" for line in lines)
+    raw = section + b"\r\nX-Spam-Flag: body text\r\n"
+    pieces = [raw[i : i + cut] for i in range(0, len(raw), cut)]
+    expected = headers.edit(raw, remove_prefixes=prefixes)
+    assert expected == b"".join(drop_fields(pieces, prefixes))
+
+
+def test_dropping_fields_without_an_empty_line() -> None:
+    """A tail that ends inside the header section: the last field is judged like the rest."""
+    got = b"".join(drop_fields([b"A: 1\r\nX-Spam-", b"Flag: YES"], (b"x-spam-",)))
+    assert b"A: 1\r\n" == got
 
 
 # -- through the SMTP server ----------------------------------------------------------------
@@ -374,6 +403,42 @@ async def test_a_banned_part_in_a_big_message_is_held(tmp_path: Path) -> None:
     assert final.startswith(b"250 2.7.0 Ok, discarded")
     assert [] == fwd.sent
     assert 1 == len(held_in(tmp_path))
+
+
+def long_header_message() -> bytes:
+    """A header section longer than HEAD_LIMIT with forged marks past the cut, then a body."""
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 200) for n in range(HEAD_LIMIT // 200 + 10))
+    forged = (
+        b"X-Spam-Flag: NO\r\nX-Spam-Report:\r\n\tall clean\r\nX-Virus-Scanned: forged\r\n"
+        b"X-Quarantine-ID: <forged>\r\nX-Kept: yes\r\n"
+    )
+    return RAW_HEAD + pad + forged + b"\r\nX-Spam-Flag: NO (body text)\r\n" + b"body line\r\n" * 500
+
+
+async def test_forged_marks_past_a_cut_head_are_removed(tmp_path: Path) -> None:
+    """A header section over HEAD_LIMIT: held unchecked by default, no forged field in any copy."""
+    raw = long_header_message()
+    f, _, _, fwd = make(tmp_path)
+    final, _ = await _deliver(f, raw)
+    assert final.startswith(b"250 2.7.0 Ok, discarded")
+    (copy,) = held_in(tmp_path)
+    # A tagged pass (an unchecked lover's copy) is cleaned the same way.
+    clam, spam, fwd = FakeClamd(), FakeSpamd(), FakeForwarder()
+    cfg = Config(
+        server=ServerConfig(hostname="gw.test", spool_threshold=THRESHOLD),
+        policy=PolicyConfig(unchecked_destiny="pass"),  # type: ignore[arg-type]
+    )
+    final, _ = await _deliver(Filter(cfg, clam, spam, fwd, store=Store(tmp_path / "q2")), raw)
+    assert final.startswith(b"250 2.0.0 Ok")
+    passed = fwd.sent[0].data  # head and tail, as read back
+    for out in (copy, passed):
+        head, body = headers.split(out)
+        assert b"forged" not in head
+        assert b"all clean" not in head
+        assert b"X-Spam-Flag: NO\r\n" not in head
+        assert b"X-Kept: yes\r\n" in head
+        assert b"X-Virus-Unchecked: header section longer than" in head
+        assert body.startswith(b"\r\nX-Spam-Flag: NO (body text)\r\n")
 
 
 def test_message_size_counts_the_spooled_whole() -> None:

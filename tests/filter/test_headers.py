@@ -107,3 +107,16 @@ def test_split_remembered_for_one_message_never_leaks_into_another() -> None:
     assert tagged == headers.edit(a, subject_prefix="[x] ")
     assert b"Subject: [x] a\r\n" == headers.first_field(tagged, b"subject")
     assert b"Subject: a\r\n" == headers.first_field(a, b"subject")
+
+
+def test_forged_fields_after_a_first_line_that_is_no_field_stay_body() -> None:
+    """No header section (first line no field): our fields, an empty line, then it all as body.
+
+    Nothing is stripped, and nothing needs to be: a mail client reads the forged
+    "fields" after our empty line as body text, never as header fields.
+    """
+    raw = b"not a field\r\nX-Spam-Flag: NO\r\nX-Virus-Scanned: forged\r\n\r\nbody\r\n"
+    out = headers.edit(raw, [("X-Virus-Scanned", "by us")], remove_prefixes=(b"x-virus-",))
+    head, rest = headers.split(out)
+    assert b"X-Virus-Scanned: by us\r\n" == head
+    assert b"\r\n" + raw == rest

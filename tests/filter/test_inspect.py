@@ -23,6 +23,7 @@ from filter.metrics import Metrics
 from filter.policy import Lists
 from filter.quarantine import Store
 from filter.service import Filter
+from filter.signatures import sniff
 from filter.spool import Spool
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
 from tests.filter.samples import attach, zipped
@@ -173,6 +174,25 @@ def test_more_formats_are_listed(workdir: Path, command: list[str], name: str) -
     subprocess.run(command, cwd=workdir, check=True, capture_output=True, timeout=60)
     made = next(p for p in workdir.iterdir() if p.name.startswith("out"))
     assert "evil.exe" in inspect(attach(made.read_bytes(), name)).banned
+
+
+@pytest.mark.parametrize("prefix", [b"SFX stub" + bytes(range(256)) * 4, b"\x60\xea\x01"])
+def test_arj_after_a_prefix_under_a_harmless_name(workdir: Path, prefix: bytes) -> None:
+    """An ARJ archive after a stub (a self-extractor), attached as .dat, is listed."""
+    (workdir / "evil.exe").write_bytes(b"MZ payload")
+    subprocess.run(
+        ["arj", "a", "-m0", "-y", "out", "evil.exe"],
+        cwd=workdir, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    made = next(p for p in workdir.iterdir() if p.name.startswith("out"))
+    found = inspect(attach(prefix + made.read_bytes(), "report.dat"))
+    assert "evil.exe" in found.banned
+
+
+def test_arj_magic_by_chance_is_no_archive() -> None:
+    """The two ARJ magic bytes in random binary data, without a valid header CRC, are no archive."""
+    data = bytes(range(256)) + b"\x60\xea\x10\x00" + bytes(40) + b"\x00" * 8
+    assert sniff(data) is None
 
 
 # --- limits: past them, unchecked -------------------------------------------------------
