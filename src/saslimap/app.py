@@ -78,8 +78,9 @@ class Daemon:
             sock = bind_unix_socket(d.socket, d.socket_mode, d.socket_group)
             self.dovecot_socket = (d.socket, os.stat(d.socket).st_ino)
             self.dovecot = DovecotAuthServer(
-                self.auth, self.metrics, self.cfg.server.max_connections
-            )
+                self.auth, self.metrics, self.cfg.server.max_connections,
+                read_timeout=self.cfg.server.read_timeout, idle_timeout=d.idle_timeout,
+            )  # fmt: skip
             await self.dovecot.start(sock)
             listeners.append(self.dovecot)
             log.info("Dovecot-protocol listener on %s", d.socket)

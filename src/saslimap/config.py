@@ -132,6 +132,9 @@ class LimitsConfig:
     failure_budget: int = opt(10, integer(0, 1_000_000))
     failure_window: float = opt(900.0, number(1, 30 * 86400))
     failure_delay: float = opt(0.0, number(0, 30))
+    user_ceiling: int = opt(100, integer(0, 1_000_000))
+    trickle_interval: float = opt(5.0, number(0, 3600))
+    fold_case: bool = opt(True, boolean)
 
 
 def _networks(key: str, value: object) -> tuple[str, ...]:
@@ -158,6 +161,7 @@ class DovecotConfig:
     socket: Path | None = opt(None, _optional_socket)  # noqa: RUF009 - a field
     socket_mode: int = opt(0o660, mode)
     socket_group: str = opt("", string)
+    idle_timeout: float = opt(600.0, number(1, 86400))
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """The Dovecot-protocol listener: Postfix's ``smtpd_sasl_type = dovecot`` talking to saslimap.
 
 This module owns the connections on the second socket: the handshake, one
-line at a time with a length limit, the PLAIN and LOGIN exchanges, and the
-answers.  Unlike the saslauthd protocol, each request carries the SMTP client's
-address, which goes to the authenticator with the credentials: it decides the
-per-IP limits (:meth:`saslimap.service.Authenticator.verify_client`) as it
-decides everything else for the mux socket (caches, budgets, IMAP), and this
-listener carries out its answer, including the penalty delay before a FAIL.
+line at a time with a length limit, the PLAIN and LOGIN exchanges, the
+answers, and the deadlines: a client that does not finish its handshake, a
+line or a PLAIN/LOGIN exchange within ``read_timeout`` is closed, and so is
+one idle between requests for ``idle_timeout``.  Unlike the saslauthd
+protocol, each request carries the SMTP client's address, which goes to the
+authenticator with the credentials: it decides the per-IP limits
+(:meth:`saslimap.service.Authenticator.verify_client`) as it decides everything
+else for the mux socket (caches, budgets, IMAP), and this listener carries out
+its answer, including the penalty delay before a FAIL.
 """
 
 from __future__ import annotations
@@ -39,11 +42,19 @@ class DovecotAuthServer:
     """Shared state of the listener: the checker and the open connections."""
 
     def __init__(
-        self, checker: ClientChecker, metrics: Metrics, max_connections: int = 512
+        self,
+        checker: ClientChecker,
+        metrics: Metrics,
+        max_connections: int = 512,
+        *,
+        read_timeout: float = 5.0,
+        idle_timeout: float = 600.0,
     ) -> None:
         self.checker = checker
         self.metrics = metrics
         self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
         self.tracker = Tracker(max_connections)
         self._server: asyncio.AbstractServer | None = None
 
@@ -76,6 +87,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.pending: dict[str, tuple[proto.Auth, proto.Mechanism]] = {}
+        self.handshaken = False  # the client's CPID line has arrived
+        self.checking = 0  # checks of this connection's requests under way
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -84,14 +98,43 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             return
         self.transport.write(proto.handshake(next(_CUIDS)))
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         self.server.tracker.forget(self)
 
     def close(self) -> None:
         """Close the connection."""
+        self._disarm()
         if self.transport is not None:
             self.transport.close()
+
+    def _arm(self) -> None:
+        """(Re)start the deadline this connection is under now, if any.
+
+        While a check runs there is none (the IMAP step has its own); a handshake,
+        a part-sent line or an exchange waiting for its next step gets
+        ``read_timeout``; a connection between requests gets ``idle_timeout``.
+        """
+        self._disarm()
+        if self.checking or self.transport is None or self.transport.is_closing():
+            return
+        if not self.handshaken or self.buf or self.pending:
+            seconds, what = self.server.read_timeout, "handshake or request not completed"
+        else:
+            seconds, what = self.server.idle_timeout, "idle"
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire, what, seconds)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self, what: str, seconds: float) -> None:
+        self.timer = None
+        log.info("dovecot listener: closing a connection (%s within %g s)", what, seconds)
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -106,10 +149,14 @@ class _Connection(asyncio.Protocol):
         if len(self.buf) > proto.MAX_LINE:
             log.warning("dovecot listener: line over %d bytes, closing", proto.MAX_LINE)
             self.close()
+            return
+        self._arm()
 
     def _line(self, line: bytes) -> None:
         message = proto.parse_line(line)
         if isinstance(message, proto.Other):
+            if message.command == "CPID":
+                self.handshaken = True
             return
         if isinstance(message, proto.Auth):
             mech = proto.Mechanism(message.mechanism)
@@ -127,6 +174,7 @@ class _Connection(asyncio.Protocol):
             self._write(proto.cont(request_id, outcome))
             return
         del self.pending[request_id]
+        self.checking += 1
         self.server.tracker.spawn(self._check(auth, outcome))
 
     async def _check(self, auth: proto.Auth, creds: proto.Credentials) -> None:
@@ -137,6 +185,8 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("internal error while checking a request; answering temp")
             result, delay = Result(Verdict.TEMPFAIL, "internal error"), 0.0
+        finally:
+            self.checking -= 1
         if result.verdict is Verdict.OK:
             self._write(proto.ok(auth.id, result.user or creds.user))
         elif result.verdict is Verdict.NO:
@@ -153,3 +203,4 @@ class _Connection(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            self._arm()  # an answer sent: the connection is between requests (or mid-exchange)

@@ -3,9 +3,13 @@
 This module owns the last step of the decision order (:mod:`saslimap.service`)
 and the work behind it:
 
-- a check is refused while the user's budgets are used up (by wrong passwords,
-  by checks still in flight, or by checks that ended without a verdict), and is
-  otherwise counted against them from the moment it is decided
+- a check is held back while the user's budgets are used up (by wrong
+  passwords, by checks still in flight, or by checks that ended without a
+  verdict): answered "try later", never "wrong password", so the answer cannot
+  lock the real user out or get them banned; over a spent budget one check per
+  user per ``trickle_interval`` still goes to IMAP (except where the budget is
+  one client address's: that address alone is held back).  A check is
+  otherwise counted against the budgets from the moment it is decided
   (:meth:`SharedLogins.admit`), not from when its task first runs: the mux
   server decides every request of one event-loop turn before any task starts,
   and a burst of guesses would all pass a budget with one unit left;
@@ -29,7 +33,7 @@ from typing import Protocol
 from mailgate.imap import BackendUnavailable, LoginResult
 from saslimap.cache import CredentialCache, Freshness, Hasher, Key, NegativeCache
 from saslimap.config import CacheConfig, LimitsConfig
-from saslimap.limits import FailureBudget
+from saslimap.limits import FailureBudget, Trickle, budget_key
 from saslimap.metrics import Metrics
 from saslimap.results import Result, Verdict, log, shown
 
@@ -51,6 +55,8 @@ class Pending:
     freshness: Freshness | None
     client_addr: str = ""
     digest: bytes = field(default=b"", repr=False)  # the password's HMAC, as counted in flight
+    counted: str = ""  # the budget's key (budget_key: user and client network)
+    name: str = ""  # the user's own key (the undecided budget and the ceiling)
 
 
 @dataclass(frozen=True)
@@ -59,27 +65,43 @@ class Stores:
 
     cache: CredentialCache
     negative: NegativeCache
-    budget: FailureBudget  # wrong passwords
+    budget: FailureBudget  # wrong passwords, per budget_key (user and client network)
     # Distinct passwords whose check ended without a verdict (IMAP slow or down). Under
     # Dovecot's per-IP penalty a guess can outlast the response deadline; without this
     # such guesses would reach IMAP forever without ever filling the budget above.
     undecided: FailureBudget
+    ceiling: FailureBudget  # wrong passwords per user from every address together
+    trickle: Trickle  # over a spent budget or ceiling: one check per user per interval
+    fold_case: bool = True
 
     @classmethod
     def build(
         cls, cache: CacheConfig, limits: LimitsConfig, hasher: Hasher, clock: Callable[[], float]
     ) -> Stores:
-        """Empty stores as the ``[cache]`` and ``[limits]`` sections set them."""
+        """Empty stores as the ``[cache]`` and ``[limits]`` sections set them.
+
+        The budgets track as many users as the cache holds entries (at least
+        ``MIN_TRACKED``): a flood of made-up names evicts the least recently
+        failing, and the bound is the operator's, not a constant.
+        """
         limit, window = limits.failure_budget, limits.failure_window
+        tracked = max(MIN_TRACKED, cache.max_entries)
         return cls(
             CredentialCache(
                 hasher, clock, ttl=cache.ttl, refresh_after=cache.refresh_after,
                 stale_if_error=cache.stale_if_error, max_entries=cache.max_entries,
             ),
             NegativeCache(hasher, clock, ttl=cache.negative_ttl, max_entries=cache.max_entries),
-            FailureBudget(clock, limit=limit, window=window),
-            FailureBudget(clock, limit=limit, window=window),
+            FailureBudget(clock, limit=limit, window=window, max_users=tracked),
+            FailureBudget(clock, limit=limit, window=window, max_users=tracked),
+            FailureBudget(clock, limit=limits.user_ceiling, window=window, max_users=tracked),
+            Trickle(clock, limits.trickle_interval, tracked),
+            limits.fold_case,
         )  # fmt: skip
+
+
+MIN_TRACKED = 10_000
+"""The fewest users (and client networks) the budgets track, whatever the cache's bound."""
 
 
 class SharedLogins:
@@ -111,38 +133,51 @@ class SharedLogins:
         refused here: over budget, only the cached verified password still works.
         """
         user = key[0]
-        budget, undecided = self.stores.budget, self.stores.undecided
-        if freshness is None and budget.exhausted(user):
-            if budget.spent(user):
-                return Result(
-                    Verdict.NO, "authentication failed", user, kind="ratelimited", source="budget"
-                )
-            # Only checks still in flight fill the budget: they may yet be right, so this
-            # is "try later", not a wrong password.
-            return Result(
-                Verdict.TEMPFAIL, "too many checks in progress, try later", user,
-                kind="ratelimited", source="budget",
-            )  # fmt: skip
-        if freshness is None and undecided.exhausted(user):
-            # Still "try later", never NO: an outage must not look like a wrong password.
-            return Result(
-                Verdict.TEMPFAIL, "too many checks without a verdict, try later", user,
-                kind="ratelimited", source="budget",
-            )  # fmt: skip
+        s = self.stores
+        name = budget_key(user, fold_case=s.fold_case)
+        counted = budget_key(user, client_addr, fold_case=s.fold_case)
+        if freshness is None:
+            held = self._held(name, counted, client_addr)
+            if held:
+                return Result(Verdict.TEMPFAIL, held, user, kind="ratelimited", source="budget")
         self.metrics.cache_misses.inc()
-        digest = self._hasher.digest(user, password)
-        budget.begin(user, digest)
-        undecided.begin(user, digest)
-        return Pending(key, password, freshness, client_addr, digest)
+        digest = self._hasher.digest(name, password)
+        for budget, where in ((s.budget, counted), (s.undecided, name), (s.ceiling, name)):
+            budget.begin(where, digest)
+        return Pending(key, password, freshness, client_addr, digest, counted, name)
+
+    def _held(self, name: str, counted: str, client_addr: str) -> str:
+        """Why a check of a password never verified is held back ("try later"), or "".
+
+        Every answer here is "try later", never "wrong password": the real user's
+        right password may be among the held, and a wrong-password answer would
+        let an attacker get the real user refused, or banned by fail2ban.
+        """
+        s = self.stores
+        if s.budget.exhausted(counted) or s.ceiling.exhausted(name):
+            if not (s.budget.spent(counted) or s.ceiling.spent(name)):
+                # Only checks still in flight fill a budget: they may yet be right.
+                return "too many checks in progress, try later"
+            if client_addr and s.budget.spent(counted) and not s.ceiling.spent(name):
+                # This address's guesses: held back, and no trickle, so what reaches
+                # IMAP from it stays at the budget; other addresses are not affected.
+                return "too many failed logins from this address, try later"
+            if not s.trickle.take(name):
+                return "too many failed logins for this user, try later"
+        if s.undecided.exhausted(name):
+            # An outage must not look like a wrong password either.
+            return "too many checks without a verdict, try later"
+        return ""
 
     async def complete(self, pending: Pending) -> Result:
         """Ask the IMAP server (sharing an identical check in flight); not logged."""
-        user = pending.key[0]
+        s = self.stores
         try:
             return await self._ask(pending)
-        finally:
-            self.stores.budget.end(user, pending.digest)  # begun by admit()
-            self.stores.undecided.end(user, pending.digest)
+        finally:  # begun by admit()
+            s.budget.end(pending.counted, pending.digest)
+            s.undecided.end(pending.name, pending.digest)
+            s.ceiling.end(pending.name, pending.digest)
 
     async def _ask(self, pending: Pending) -> Result:
         key, password, freshness, digest = (
@@ -155,7 +190,7 @@ class SharedLogins:
             answer = await self._login_once(key, password, digest, pending.client_addr)
         except BackendUnavailable as err:
             elapsed = self.clock() - start
-            s.undecided.spend(user, digest)
+            s.undecided.spend(pending.name, digest)
             if freshness is Freshness.STALE:
                 self.metrics.count_hit("stale")
                 return Result(
@@ -167,14 +202,15 @@ class SharedLogins:
                 err.kind, err.detail, source="imap",
             )  # fmt: skip
         elapsed = self.clock() - start
-        s.undecided.forget(user)
+        s.undecided.forget(pending.name)
         if answer is LoginResult.ACCEPTED:
             s.cache.store(key, password)
             return Result(Verdict.OK, "authenticated", user, elapsed, source="imap")
         if freshness is Freshness.STALE:
             s.cache.drop(key)  # the IMAP server now rejects what it once accepted
         s.negative.add(key, password)
-        s.budget.spend(user, digest)
+        s.budget.spend(pending.counted, digest)
+        s.ceiling.spend(pending.name, digest)
         return Result(Verdict.NO, "authentication failed", user, elapsed, source="imap")
 
     async def _login_once(
@@ -217,7 +253,7 @@ class SharedLogins:
         task.add_done_callback(lambda _t: self._refreshing.discard(key))
 
     async def _refresh(self, key: Key, password: str) -> None:
-        digest = self._hasher.digest(key[0], password)
+        digest = self._hasher.digest(budget_key(key[0], fold_case=self.stores.fold_case), password)
         try:
             answer = await self._login_once(key, password, digest)
         except BackendUnavailable as err:

@@ -5,17 +5,21 @@ driven by an injected clock (no sockets, no sleeping):
 
 - :class:`WindowCounter` — distinct failures (password HMACs) per key within a
   sliding window: a phone retrying the same wrong password counts once.
-- :class:`FailureBudget` — per user.  Over budget, only the user's cached
-  verified password is still accepted; checks still in flight count from the
-  moment they are decided (identical ones once), so a burst of guesses cannot
-  all slip past a budget with one unit left.
+- :class:`FailureBudget` — per user (:func:`budget_key`: per user and client
+  network where the address is known, so one address's guesses never spend
+  the budget of the user's own logins from another).  Checks still in flight
+  count from the moment they are decided (identical ones once), so a burst of
+  guesses cannot all slip past a budget with one unit left.
+- :class:`Trickle` — over a user's budget, one check per user per interval
+  still reaches IMAP: an attacker who knows only a user name can slow that
+  user's first login, never refuse it.
 - :class:`IpLimiter` — per client address (IPv6 per /64), where the client's
   address is known (the Dovecot protocol carries it, saslauthd's does not):
 
   - each counted failure raises a penalty, a delay before the failure answer
     (``base_delay`` doubling up to ``max_delay``), as Dovecot does;
-  - at ``budget`` failures within ``window`` the address is refused at once,
-    without asking IMAP, until the window slides on;
+  - at ``budget`` failures within ``window``, checks in flight included, the
+    address is refused at once, without asking IMAP, until the window slides on;
   - a successful login exempts the address for ``exempt_after_success`` seconds
     (an office NAT with one user's typo does not punish the others);
   - addresses in ``trusted_networks`` are never limited.
@@ -95,6 +99,32 @@ class WindowCounter:
         self._keys.pop(key, None)
 
 
+def budget_key(user: str, client_addr: str = "", *, fold_case: bool = True) -> str:
+    """What a per-user budget counts under: the user as the IMAP server sees it.
+
+    Case-folded by default, as Dovecot's ``%Lu`` folds it (each case variant must
+    not get a fresh budget), and with the client's network when it is known.
+    """
+    name = user.casefold() if fold_case else user
+    return f"{name}\0{network_key(client_addr)}" if client_addr else name
+
+
+class Trickle:
+    """At most one check per key per ``interval`` seconds (0: none at all)."""
+
+    def __init__(self, clock: Clock, interval: float, max_keys: int = 100_000) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last: TTLCache[str, float] = TTLCache(max_keys, interval or 1e-9, timer=clock)
+
+    def take(self, key: str) -> bool:
+        """Whether a check for ``key`` may go now (and if so, the next waits an interval)."""
+        if self.interval <= 0 or key in self._last:
+            return False
+        self._last[key] = self.clock()
+        return True
+
+
 class FailureBudget:
     """Distinct wrong passwords per user within a sliding window, and checks in flight."""
 
@@ -157,8 +187,9 @@ class FailureBudget:
 class Decision:
     """What to do with a request from an address."""
 
-    allowed: bool  # False: answer FAIL without asking IMAP
+    allowed: bool  # False: refuse without asking IMAP
     penalty: float  # seconds to wait before a FAIL answer
+    busy: bool = False  # refused only because of checks in flight: "try later", not FAIL
 
 
 class IpLimiter:
@@ -180,7 +211,7 @@ class IpLimiter:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
-        self._failed = WindowCounter(clock, window, max_tracked)
+        self._failed = FailureBudget(clock, limit=budget, window=window, max_users=max_tracked)
         self._exempt: TTLCache[str, bool] = TTLCache(
             max_tracked, exempt_after_success or 1e-9, timer=clock
         )
@@ -188,12 +219,14 @@ class IpLimiter:
         self._hasher = Hasher()
 
     @classmethod
-    def from_config(cls, cfg: IpLimitsConfig, clock: Clock) -> IpLimiter:
-        """The limits an ``[iplimits]`` section sets."""
+    def from_config(
+        cls, cfg: IpLimitsConfig, clock: Clock, max_tracked: int = 100_000
+    ) -> IpLimiter:
+        """The limits an ``[iplimits]`` section sets (``max_tracked``: the store's bound)."""
         return cls(
             clock, budget=cfg.budget, window=cfg.window, base_delay=cfg.base_delay,
             max_delay=cfg.max_delay, exempt_after_success=cfg.exempt_after_success,
-            trusted_networks=cfg.trusted_networks,
+            trusted_networks=cfg.trusted_networks, max_tracked=max_tracked,
         )  # fmt: skip
 
     def _trusted(self, address: str) -> bool:
@@ -212,15 +245,30 @@ class IpLimiter:
         key = network_key(address)
         if key in self._exempt:
             return Decision(True, 0.0)
-        failures = self._failed.count(key)
-        if self.budget and failures >= self.budget:
-            return Decision(False, self.max_delay)
+        failures = self._failed.failures(key)
+        if self._failed.exhausted(key):
+            if self._failed.spent(key):
+                return Decision(False, self.max_delay)
+            # Checks in flight fill the budget: they may yet be right, so "try later".
+            return Decision(False, 0.0, busy=True)
         return Decision(True, self.penalty(failures))
 
-    def refused(self, address: str) -> float | None:
-        """``None`` if IMAP may be asked for this address, else the delay before refusing."""
-        decision = self.decide(address)
-        return None if decision.allowed else decision.penalty
+    def begin(self, address: str, user: str, password: str) -> Callable[[], None]:
+        """Count a check from ``address`` in flight; call what this returns when it ends.
+
+        Without this, 150 simultaneous guesses from one address all passed a
+        budget of 30 before the first answer came back.  The same (user,
+        password) pair in flight twice counts once, as its failure would.
+        """
+        if not address or self._trusted(address):
+            return _nothing
+        key = network_key(address)
+        digest = self._pair(key, user, password)
+        self._failed.begin(key, digest)
+        return lambda: self._failed.end(key, digest)
+
+    def _pair(self, key: str, user: str, password: str) -> bytes:
+        return self._hasher.digest(f"{key}\0{user}", password)
 
     def answered(self, address: str, verdict: Verdict, user: str, password: str) -> float:
         """Learn from a check's verdict; the delay before answering it (the penalty after NO)."""
@@ -232,7 +280,7 @@ class IpLimiter:
             # is one failure per user.  Bound to the network, not the address: the
             # same pair from two addresses of one IPv6 /64 is one failure, as their
             # limit is one.
-            self.failed(address, self._hasher.digest(f"{network_key(address)}\0{user}", password))
+            self.failed(address, self._pair(network_key(address), user, password))
             return self.decide(address).penalty
         return 0.0
 
@@ -249,7 +297,7 @@ class IpLimiter:
         key = network_key(address)
         if key in self._exempt:
             return
-        self._failed.add(key, password_digest)
+        self._failed.spend(key, password_digest)
 
     def succeeded(self, address: str) -> None:
         """A right password from this address: forgive and exempt it for a while."""
@@ -259,3 +307,7 @@ class IpLimiter:
         self._failed.forget(key)
         if self._exempt_enabled:
             self._exempt[key] = True
+
+
+def _nothing() -> None:
+    """Nothing to end: an address that is not counted."""

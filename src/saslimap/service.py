@@ -13,13 +13,16 @@ per-IP limits (:mod:`saslimap.limits`), the replay memo of the fast paths
 Order of decisions for a well-formed request:
 
 0. (Dovecot listener only: the client's address is known) the address over its
-   failure budget -> NO (``ratelimited``), without asking IMAP; every NO then
-   adds to the address's penalty, a delay before the answer;
+   failure budget -> NO (``ratelimited``), without asking IMAP, or "try later"
+   when checks in flight fill it; every NO then adds to the address's penalty,
+   a delay before the answer;
 1. a fresh cached success for this password -> OK (re-verified in the
    background once older than ``refresh_after``);
 2. the same wrong password seen within ``negative_ttl`` -> NO;
-3. user over the failure budget, and the password is not their cached one -> NO
-   (``ratelimited``), without asking IMAP;
+3. user over the failure budget (per user and client network where the address
+   is known), and the password is not their cached one -> "try later"
+   (``ratelimited``, never NO), without asking IMAP, but for one check per user
+   per ``trickle_interval`` (:mod:`saslimap.inflight`);
 4. ask IMAP (concurrent identical checks share one login); accepted -> OK and
    cache; rejected -> NO, remember, spend budget; unavailable -> OK only from a
    stale cached success, else TEMPFAIL.
@@ -36,8 +39,8 @@ from collections.abc import Callable
 from mailgate import logs
 from saslimap.cache import Freshness, Hasher
 from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConfig
-from saslimap.inflight import LoginBackend, Pending, SharedLogins, Stores
-from saslimap.limits import IpLimiter
+from saslimap.inflight import MIN_TRACKED, LoginBackend, Pending, SharedLogins, Stores
+from saslimap.limits import IpLimiter, budget_key
 from saslimap.metrics import Metrics
 from saslimap.names import Names, Refused
 from saslimap.replay import ReplayMemo, Seen, SeenRefusal
@@ -79,7 +82,11 @@ class Authenticator:
         stores = Stores.build(cache or CacheConfig(), limits, hasher, clock)
         self.cache, self.negative = stores.cache, stores.negative
         self.budget, self.undecided = stores.budget, stores.undecided
-        self.iplimits = IpLimiter.from_config(iplimits or IpLimitsConfig(), clock)
+        self.iplimits = IpLimiter.from_config(
+            iplimits or IpLimitsConfig(),
+            clock,
+            max(MIN_TRACKED, (cache or CacheConfig()).max_entries),
+        )
         self.names = Names(users)
         self.logins = SharedLogins(backend, stores, hasher, clock, self.metrics)
         self.background = self.logins.background
@@ -120,17 +127,26 @@ class Authenticator:
         Returns the result and the seconds to wait before answering it: the
         address's penalty after a NO (on top of any failure delay), else 0.
         """
-        penalty = self.iplimits.refused(client_addr)
-        if penalty is not None:
+        decision = self.iplimits.decide(client_addr)
+        if not decision.allowed:
             self.metrics.count_request("ratelimited")
             log.info('auth user="%s" rip=%s result=ratelimited source=ip-limit',
                      shown(login), shown(client_addr))  # fmt: skip
+            if decision.busy:
+                busy = "too many checks in progress from this address, try later"
+                return Result(Verdict.TEMPFAIL, busy, kind="ratelimited", source="ip-limit"), 0.0
             refused = Result(
                 Verdict.NO, "authentication failed", kind="ratelimited", source="ip-limit"
             )
-            return refused, penalty
-        result = await self.verify(login, password, service, "", client_addr)
-        return result, self.iplimits.answered(client_addr, result.verdict, login, password)
+            return refused, decision.penalty
+        # The pair counts in flight from now (before the first await) until answered.
+        user = budget_key(login, fold_case=self.limits.fold_case)
+        end = self.iplimits.begin(client_addr, user, password)
+        try:
+            result = await self.verify(login, password, service, "", client_addr)
+            return result, self.iplimits.answered(client_addr, result.verdict, user, password)
+        finally:
+            end()
 
     async def finish(self, decided: Result | Pending) -> Result:
         """What :meth:`decide` left: the IMAP login if needed, and any failure delay."""

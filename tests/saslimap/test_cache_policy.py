@@ -81,13 +81,48 @@ async def test_negative_cache_spares_imap() -> None:
 
 
 async def test_budget_stops_distinct_wrong_passwords() -> None:
-    """After the budget of distinct wrong passwords, further guesses never reach IMAP."""
-    auth, backend, _ = make(limits=LimitsConfig(failure_budget=10, failure_window=900))
-    for n in range(50):
-        assert Verdict.NO == await check(auth, f"guess {n}")
+    """After the budget of distinct wrong passwords (no trickle), guesses never reach IMAP and
+    are told "try later", never "wrong password"."""
+    limits = LimitsConfig(failure_budget=10, failure_window=900, trickle_interval=0)
+    auth, backend, _ = make(limits=limits)
+    verdicts = [await check(auth, f"guess {n}") for n in range(50)]
+    assert [Verdict.NO] * 10 + [Verdict.TEMPFAIL] * 40 == verdicts
     assert 10 == len(backend.calls)
     result = await auth.verify(USER, "guess 99", "smtp")
     assert "ratelimited" == result.label
+
+
+async def test_over_budget_one_check_per_interval_still_reaches_imap() -> None:
+    """Over budget, the right password gets OK at the next trickle slot, never NO meanwhile."""
+    auth, backend, clock = make(limits=LimitsConfig(failure_budget=3, trickle_interval=5))
+    for n in range(3):
+        await check(auth, f"guess {n}")
+    assert Verdict.NO == await check(auth, "guess 3")  # the slot: reaches IMAP
+    assert 4 == len(backend.calls)
+    assert Verdict.TEMPFAIL == await check(auth, PW)  # the slot is taken: "try later"
+    assert Verdict.TEMPFAIL == await check(auth, "guess 4")
+    assert 4 == len(backend.calls)
+    clock.advance(5)
+    assert Verdict.OK == await check(auth, PW)  # the next slot
+    assert Verdict.OK == await check(auth, PW)  # cached: over budget or not
+    assert 5 == len(backend.calls)
+
+
+async def test_case_variants_share_one_budget() -> None:
+    """ALICE, Alice and alice are one identity to the IMAP server: one budget between them."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=4, trickle_interval=0))
+    for n, name in enumerate(["alice@example.com", "ALICE@example.com", "Alice@Example.com"] * 4):
+        await auth.verify(name, f"guess {n}", "smtp")
+    assert 4 == len(backend.calls)
+
+
+async def test_case_folding_can_be_turned_off() -> None:
+    """fold_case = false: each spelling is its own identity, with its own budget."""
+    limits = LimitsConfig(failure_budget=2, trickle_interval=0, fold_case=False)
+    auth, backend, _ = make(limits=limits)
+    for n, name in enumerate(["alice@example.com", "ALICE@example.com"] * 3):
+        await auth.verify(name, f"guess {n}", "smtp")
+    assert 4 == len(backend.calls)
 
 
 async def test_budget_never_locks_out_the_cached_password() -> None:
@@ -110,7 +145,8 @@ async def test_repeated_wrong_password_spends_budget_once() -> None:
 
 async def test_budget_window_slides() -> None:
     """Failures older than the window no longer count."""
-    auth, backend, clock = make(limits=LimitsConfig(failure_budget=2, failure_window=900))
+    limits = LimitsConfig(failure_budget=2, failure_window=900, trickle_interval=0)
+    auth, backend, clock = make(limits=limits)
     await check(auth, "a")
     await check(auth, "b")
     assert "ratelimited" == (await auth.verify(USER, "c", "smtp")).label
@@ -125,8 +161,9 @@ async def test_metrics_count_results_and_cache_kinds() -> None:
     clock = FakeClock()
     backend = FakeBackend({USER: PW})
     auth = Authenticator(
-        UsersConfig(), backend, clock, limits=LimitsConfig(failure_budget=1), metrics=metrics
-    )
+        UsersConfig(), backend, clock, metrics=metrics,
+        limits=LimitsConfig(failure_budget=1, trickle_interval=0),
+    )  # fmt: skip
     await check(auth, PW)
     await check(auth, PW)
     await check(auth, "wrong")

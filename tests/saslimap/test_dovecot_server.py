@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 
 from saslimap.dovecot_server import DovecotAuthServer, _Connection
 from saslimap.metrics import Metrics
@@ -84,3 +85,88 @@ async def test_an_outage_hangs_up() -> None:
     """TEMPFAIL closes the connection without an answer (Postfix then says 454)."""
     written, closed = await exchange(Decided(Result(Verdict.TEMPFAIL, "IMAP down")))
     assert (b"", True) == (written, closed)
+
+
+# -- deadlines, on a real Unix socket --------------------------------------------------------
+
+
+class Slow(Decided):
+    """A checker that takes ``seconds`` to answer."""
+
+    def __init__(self, result: Result, seconds: float) -> None:
+        super().__init__(result)
+        self.seconds = seconds
+
+    async def verify_client(
+        self, login: str, password: str, service: str, client_addr: str
+    ) -> tuple[Result, float]:
+        """Answer after a while."""
+        await asyncio.sleep(self.seconds)
+        return await super().verify_client(login, password, service, client_addr)
+
+
+async def serving(checker: Decided, path: str) -> DovecotAuthServer:
+    """A listener on ``path`` with short deadlines: 0.2 s to read, 0.5 s idle."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    server = DovecotAuthServer(checker, Metrics(), read_timeout=0.2, idle_timeout=0.5)
+    await server.start(sock)
+    return server
+
+
+async def closed_after(reader: asyncio.StreamReader) -> float:
+    """Seconds until the listener hangs up (reading and dropping whatever it sends)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):
+        while await reader.read(4096):
+            pass
+    return loop.time() - started
+
+
+HANDSHAKE = b"VERSION\t1\t2\nCPID\t4242\n"
+
+
+async def test_a_silent_client_is_closed_at_the_read_deadline(tmp_path: object) -> None:
+    """No handshake within read_timeout: the connection is closed."""
+    path = f"{tmp_path}/auth"
+    server = await serving(Decided(Result(Verdict.OK, "ok", "a")), path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    assert 0.15 <= await closed_after(reader) < 1.0
+    writer.close()
+    await server.drain(1.0)
+
+
+async def test_a_half_sent_line_is_closed_at_the_read_deadline(tmp_path: object) -> None:
+    """A handshake, then a request line that never ends: closed after read_timeout."""
+    path = f"{tmp_path}/auth"
+    server = await serving(Decided(Result(Verdict.OK, "ok", "a")), path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(HANDSHAKE + b"AUTH\t1\tPLAIN\tservice=smtp")
+    assert await closed_after(reader) < 0.45  # read_timeout, not idle_timeout
+    writer.close()
+    await server.drain(1.0)
+
+
+async def test_an_idle_client_gets_the_idle_timeout_and_a_slow_check_none(
+    tmp_path: object,
+) -> None:
+    """Between requests a connection may idle for idle_timeout; a check slower than both
+    deadlines is answered, and another client is served meanwhile."""
+    path = f"{tmp_path}/auth"
+    server = await serving(Slow(Result(Verdict.OK, "ok", "alice"), 0.7), path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    resp = base64.b64encode(b"\0alice\0pw").decode()
+    writer.write(HANDSHAKE + f"AUTH\t1\tPLAIN\tservice=smtp\tresp={resp}\n".encode())
+    other_reader, other_writer = await asyncio.open_unix_connection(path)
+    other_writer.write(HANDSHAKE + f"AUTH\t7\tPLAIN\tservice=smtp\tresp={resp}\n".encode())
+    async with asyncio.timeout(5):
+        while b"OK\t1\t" not in (line := await reader.readline()):
+            assert line, "closed before the answer"
+        while b"OK\t7\t" not in (line := await other_reader.readline()):
+            assert line, "closed before the answer"
+    assert 0.4 <= await closed_after(reader) < 1.5  # idle_timeout after the answer
+    for w in (writer, other_writer):
+        w.close()
+    await server.drain(1.0)

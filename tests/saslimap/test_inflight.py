@@ -37,13 +37,14 @@ async def test_changed_password_stops_working_after_refresh() -> None:
 async def test_budget_holds_against_a_burst_decided_in_one_loop_turn() -> None:
     """Guesses decided together, before any IMAP check has started, still reach IMAP at most
     the budget's worth (the mux server decides a whole event-loop turn's requests at once)."""
-    auth, backend, _ = make(limits=LimitsConfig(failure_budget=10))
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=10, trickle_interval=0))
     decided = [auth.decide(USER, f"guess {n}", "smtp") for n in range(30)]
     results = await asyncio.gather(*(auth.finish(d) for d in decided))
     assert 10 == len(backend.calls)
     assert [Verdict.NO] * 10 + [Verdict.TEMPFAIL] * 20 == [r.verdict for r in results]
     assert {"ratelimited"} == {r.label for r in results[10:]}
-    assert Verdict.NO == await check(auth, "guess 99")  # the budget is now spent for real
+    spent = await auth.verify(USER, "guess 99", "smtp")  # the budget is now spent for real
+    assert (Verdict.TEMPFAIL, "ratelimited") == (spent.verdict, spent.label)
     assert 10 == len(backend.calls)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
 import pytest
 
-from saslimap.config import IpLimitsConfig, UsersConfig
+from saslimap.config import IpLimitsConfig, LimitsConfig, UsersConfig
 from saslimap.service import Authenticator, Verdict, shown
 from tests.clock import FakeClock
 from tests.fakes import FakeBackend
@@ -243,3 +244,78 @@ async def test_trusted_networks_and_outages_are_never_counted() -> None:
     backend.down = None
     result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "192.0.2.7")
     assert Verdict.OK == result.verdict
+
+
+# -- limits that cannot be turned against the real user ------------------------------------
+
+
+def make_both(
+    limits: LimitsConfig, **iplimits: object
+) -> tuple[Authenticator, FakeBackend, FakeClock]:
+    """An authenticator with per-user limits and per-IP limits as given."""
+    clock = FakeClock()
+    backend = FakeBackend({"alice@example.com": "right pw"})
+    cfg = replace(IpLimitsConfig(), **iplimits)  # type: ignore[arg-type]
+    auth = Authenticator(UsersConfig(), backend, clock, limits=limits, iplimits=cfg)
+    return auth, backend, clock
+
+
+async def test_ten_thousand_guesses_from_one_address_leave_the_user_free_elsewhere() -> None:
+    """10,000 guesses for one user from one address: IMAP sees the budget's worth, the
+    address gets "try later" or NO, and the real user from another address gets OK at once."""
+    auth, backend, _ = make_both(LimitsConfig(failure_budget=10), budget=30, base_delay=0.0)
+    labels: set[str] = set()
+    for n in range(10_000):
+        result, _ = await auth.verify_client("alice@example.com", f"g{n}", "smtp", "192.0.2.66")
+        labels.add(result.label)
+    assert 10 == len(backend.calls)
+    assert {"no", "ratelimited"} == labels
+    result, delay = await auth.verify_client("alice@example.com", "right pw", "smtp", "198.51.0.7")
+    assert (Verdict.OK, 0.0) == (result.verdict, delay)
+    assert 11 == len(backend.calls)
+
+
+async def test_over_the_budget_from_an_address_is_try_later_not_wrong_password() -> None:
+    """The right password from the attacker's own address, over its budget, is never NO."""
+    auth, backend, _ = make_both(LimitsConfig(failure_budget=3), budget=0, base_delay=0.0)
+    for n in range(3):
+        await auth.verify_client("alice@example.com", f"g{n}", "smtp", "192.0.2.66")
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "192.0.2.66")
+    assert (Verdict.TEMPFAIL, "ratelimited") == (result.verdict, result.label)
+    assert 3 == len(backend.calls)
+
+
+async def test_guesses_spread_over_many_addresses_reach_the_ceiling_then_trickle() -> None:
+    """Past the per-user ceiling (all addresses together) one check per interval reaches
+    IMAP, so the real user is slowed, never refused."""
+    limits = LimitsConfig(failure_budget=5, user_ceiling=20, trickle_interval=5)
+    auth, backend, clock = make_both(limits, budget=0, base_delay=0.0)
+    for n in range(100):
+        await auth.verify_client("alice@example.com", f"g{n}", "smtp", f"192.0.2.{n % 50}")
+    assert 21 == len(backend.calls)  # the ceiling, then one trickle slot
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "198.51.100.7")
+    assert Verdict.TEMPFAIL == result.verdict
+    clock.advance(5)
+    result, _ = await auth.verify_client("alice@example.com", "right pw", "smtp", "198.51.100.7")
+    assert Verdict.OK == result.verdict
+
+
+async def test_simultaneous_guesses_from_one_address_stay_within_its_budget() -> None:
+    """150 guesses at once (distinct users) from one address: at most the per-IP budget reach
+    IMAP; the rest are refused or told to try later while the first are in flight."""
+    auth, backend, _ = make_both(LimitsConfig(), budget=30, base_delay=0.0)
+    backend.delay = 0.01
+    results = await asyncio.gather(*(
+        auth.verify_client(f"user{n}@example.com", "guess", "smtp", "192.0.2.66")
+        for n in range(150)
+    ))  # fmt: skip
+    assert 30 == len(backend.calls)
+    assert {"no", "ratelimited"} == {r.label for r, _ in results}
+
+
+async def test_case_variants_from_one_address_are_one_pair() -> None:
+    """The per-IP count folds case too: ALICE and alice with one password are one failure."""
+    auth, _, _ = make_both(LimitsConfig(), budget=2, base_delay=1.0)
+    _, first = await auth.verify_client("alice@example.com", "x", "smtp", "192.0.2.66")
+    _, again = await auth.verify_client("ALICE@example.com", "x", "smtp", "192.0.2.66")
+    assert (1.0, 1.0) == (first, again)
