@@ -1,0 +1,225 @@
+"""Guessing a user's password cannot lock the user out: figures against saslauthd -a rimap.
+
+An attacker who knows a user name sends ``--guesses`` distinct wrong passwords
+(8 at a time) for it, from one client address.  While the attack runs, and
+again after it, the benchmark measures how long the real user (from another
+address, right password, never cached: the daemon has just started) and
+another user take to log in, and counts the guesses that reached the IMAP
+server (Dovecot's own count of finished authentications).
+
+Three set-ups, each against a fresh real Dovecot and daemon:
+
+- saslimap's Dovecot-protocol listener (Postfix ``smtpd_sasl_type = dovecot``:
+  the client's address is known), default limits;
+- saslimap's saslauthd socket (no address), default limits;
+- ``saslauthd -a rimap`` (the reference), which has no limits.
+
+A login that answers "try later" is retried every half second for up to
+``--patience`` seconds, as a mail client retries a 454.  With
+``--dovecot-defaults`` Dovecot keeps its own failure delay and per-address
+penalty, with the gateway in ``login_trusted_networks`` and saslimap sending
+the client's address (conf/dovecot/): the set-up where one attacker's failures
+could delay every user.  Prints figures; asserts nothing.
+
+    .venv/bin/python -m bench.lockout_bench [--guesses 10000] [--dovecot-defaults]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import run_main, say
+from devstack.daemons import SaslimapDaemon
+from devstack.dovecot import Dovecot
+from devstack.dovecot_auth import dovecot_auth
+from devstack.saslauthd import RimapSaslauthd, saslauthd_check
+from devstack.tls import make_tls
+from saslimap import protocol, saslauthd_client
+
+VICTIM, VICTIM_PW = "user0@example.com", "password 0"
+OTHER, OTHER_PW = "user1@example.com", "password 1"
+USERS = {f"user{n}@example.com": f"password {n}" for n in range(20)}
+ATTACKER, VICTIM_ADDR, OTHER_ADDR = "192.0.2.66", "198.51.100.7", "198.51.100.8"
+TRUSTED = "login_trusted_networks = 127.0.0.0/8\n"
+
+Check = Callable[[str, str, str], str]  # (user, password, client address) -> ok/no/later
+
+
+@dataclass
+class Figures:
+    """One set-up's results."""
+
+    name: str
+    guesses: int
+    seconds: float
+    reached: int
+    victim_during: str
+    other_during: str
+    victim_after: str
+
+
+def patient(check: Check, user: str, password: str, addr: str, patience: float) -> str:
+    """Log in, retrying "try later" every 0.5 s; "OK in 0.01 s (1 try)", or what failed."""
+    started = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        outcome = check(user, password, addr)
+        took = time.monotonic() - started
+        if outcome != "later" or took > patience:
+            word = {"ok": "OK", "no": "refused (NO)", "later": "still 'try later'"}[outcome]
+            return f"{word} in {took:.2f} s ({tries} {'try' if tries == 1 else 'tries'})"
+        time.sleep(0.5)
+
+
+def attack(name: str, check: Check, dovecot: Dovecot, guesses: int, patience: float) -> Figures:
+    """The attack with the two measurements during it and one after."""
+    before = dovecot.auth_attempts()
+    started = time.monotonic()
+    done = threading.Event()
+    sent = [0]
+
+    def guess(n: int) -> None:
+        check(VICTIM, f"guess {n:05d}", ATTACKER)
+        sent[0] += 1
+
+    def run() -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(guess, range(guesses)))
+        done.set()
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    while sent[0] < min(guesses, 200) and not done.is_set():
+        time.sleep(0.05)  # the budget is spent: the attack is under way
+    victim_during = patient(check, VICTIM, VICTIM_PW, VICTIM_ADDR, patience)
+    other_during = patient(check, OTHER, OTHER_PW, OTHER_ADDR, patience)
+    runner.join()
+    seconds = time.monotonic() - started
+    time.sleep(0.5)  # Dovecot logs just after answering
+    reached = dovecot.auth_attempts() - before
+    # After the attack: a fresh check of the right password (the one above may be cached).
+    victim_after = patient(check, VICTIM, VICTIM_PW, VICTIM_ADDR, patience)
+    return Figures(name, guesses, seconds, reached, victim_during, other_during, victim_after)
+
+
+def mux_check(path: Path) -> Check:
+    """A check over a saslauthd-protocol socket (saslimap's or saslauthd's)."""
+
+    def check(user: str, password: str, addr: str) -> str:
+        try:
+            reply = saslauthd_client.query(path, user.encode(), password.encode(), b"smtp",
+                                           timeout=60)  # fmt: skip
+        except saslauthd_client.NoReply:
+            return "later"
+        return "ok" if protocol.reply_is_ok(reply) else "no"
+
+    return check
+
+
+def dovecot_check(path: Path) -> Check:
+    """A check over saslimap's Dovecot-protocol socket, from ``addr``."""
+
+    def check(user: str, password: str, addr: str) -> str:
+        outcome = dovecot_auth(path, user, password, addr, timeout=60)
+        return {"ok": "ok", "fail": "no"}.get(outcome, "later")
+
+    return check
+
+
+def rimap_check(path: Path) -> Check:
+    """A check over saslauthd's socket (it has no "try later": a lost reply is one)."""
+
+    def check(user: str, password: str, addr: str) -> str:
+        try:
+            reply = saslauthd_check(path, user, password, "smtp")
+        except OSError:
+            return "later"
+        return "ok" if reply.startswith("OK") else "no"
+
+    return check
+
+
+def run(args: argparse.Namespace) -> int:
+    """Each set-up in turn, then the table."""
+    root = Path(tempfile.mkdtemp(prefix="lock", dir="/tmp"))
+    root.chmod(0o755)
+    tls = make_tls(root / "tls")
+    fast = not args.dovecot_defaults
+    extra = "" if fast else TRUSTED
+    rows: list[Figures] = []
+    try:
+        for name in ("saslimap, Dovecot listener", "saslimap, saslauthd socket",
+                     "saslauthd -a rimap"):  # fmt: skip
+            say(f"{name}: {args.guesses} guesses")
+            work = root / name.split(",")[0].split()[0] / str(len(rows))
+            with Dovecot(work / "dovecot", USERS, tls=tls, fast_failures=fast,
+                         extra_config=extra) as dovecot:  # fmt: skip
+                if name.startswith("saslauthd"):
+                    ref = RimapSaslauthd(work / "saslauthd", "127.0.0.1", dovecot.imap_port)
+                    ref.start()
+                    try:
+                        rows.append(attack(name, rimap_check(ref.mux_path), dovecot,
+                                           args.guesses, args.patience))  # fmt: skip
+                    finally:
+                        ref.stop()
+                    continue
+                auth_socket = work / "saslimap" / "run" / "auth"
+                settings: dict[str, dict[str, object]] = {
+                    "imap": {"url": dovecot.imap_url("imap"), "ca_file": str(tls.ca_cert),
+                             "send_client_address": not fast},
+                    "dovecot": {"socket": str(auth_socket), "socket_mode": "0666"},
+                    "server": {"max_connections": 2048},
+                }  # fmt: skip
+                with SaslimapDaemon(work / "saslimap", settings) as d:
+                    check = (
+                        dovecot_check(auth_socket) if "Dovecot" in name
+                        else mux_check(d.socket_path)
+                    )  # fmt: skip
+                    rows.append(attack(name, check, dovecot, args.guesses, args.patience))
+            say(f"  {rows[-1]}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    mode = "no failure delay, no penalty" if fast else "its defaults, gateway trusted"
+    print(f"Dovecot: {mode}")
+    print(
+        "| set-up | guesses (s) | reached IMAP | real user during | other user during |"
+        " real user after |"
+    )
+    print("|---|---|---|---|---|---|")
+    for f in rows:
+        print(
+            f"| {f.name} | {f.guesses} ({f.seconds:.0f} s) | {f.reached} | {f.victim_during}"
+            f" | {f.other_during} | {f.victim_after} |"
+        )
+    return 0
+
+
+def main() -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--guesses", type=int, default=10_000)
+    parser.add_argument(
+        "--patience",
+        type=float,
+        default=30.0,
+        help="seconds a login is retried while told 'try later'",
+    )
+    parser.add_argument(
+        "--dovecot-defaults",
+        action="store_true",
+        help="Dovecot's own failure delay and penalty, gateway trusted",
+    )
+    return run_main(parser, run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

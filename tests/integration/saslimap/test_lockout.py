@@ -1,0 +1,77 @@
+"""Guessing a user's password cannot lock the real user out (real saslimap, real Dovecot)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from devstack.daemons import SaslimapDaemon
+from devstack.dovecot import Dovecot
+from devstack.dovecot_auth import dovecot_auth
+from devstack.tls import TlsFiles
+from saslimap import protocol, saslauthd_client
+from tests.integration.conftest import USERS
+
+VICTIM = "bob@example.com"
+
+
+def test_guesses_from_one_address_leave_the_user_free_from_another(
+    workroot: Path, dovecot: Dovecot, tls: TlsFiles
+) -> None:
+    """300 guesses from one address through the Dovecot listener reach IMAP at most the
+    budget's worth (case variants included), are never answered as if the budget were a
+    wrong password for the real user, and the real user, never cached, logs in at once
+    from another address."""
+    auth_socket = workroot / "lockout" / "run" / "auth"
+    d = SaslimapDaemon(
+        workroot / "lockout",
+        {"imap": {"url": dovecot.imap_url("imap"), "ca_file": str(tls.ca_cert)},
+         "dovecot": {"socket": str(auth_socket), "socket_mode": "0666"},
+         "iplimits": {"base_delay": 0.0}},
+    )  # fmt: skip
+    with d:
+        before = dovecot.auth_attempts()
+        names = [VICTIM, VICTIM.upper(), "Bob@Example.com"]
+
+        def guess(n: int) -> str:
+            return dovecot_auth(auth_socket, names[n % 3], f"guess {n}", "192.0.2.66")
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(guess, range(300)))
+        assert "ok" not in outcomes
+        assert outcomes.count("fail") <= 10 + 8  # the budget, and a few answered at once
+        time.sleep(0.3)  # Dovecot logs just after answering
+        assert dovecot.auth_attempts() - before <= 10
+        started = time.monotonic()
+        assert "ok" == dovecot_auth(auth_socket, VICTIM, USERS[VICTIM], "198.51.100.7")
+        assert time.monotonic() - started < 2.0
+        # One more guess from the attacker: "try later" (a hang-up), not a wrong password.
+        assert "closed" == dovecot_auth(auth_socket, "BOB@example.com", "guess x", "192.0.2.66")
+
+
+def test_over_the_budget_the_saslauthd_socket_trickles(
+    workroot: Path, dovecot: Dovecot, tls: TlsFiles
+) -> None:
+    """On the saslauthd socket (no address) guesses past the budget get "try later", and the
+    real user's right password gets OK at the next trickle slot, never NO."""
+    d = SaslimapDaemon(
+        workroot / "trickle",
+        {"imap": {"url": dovecot.imap_url("imap"), "ca_file": str(tls.ca_cert)},
+         "limits": {"failure_budget": 3, "trickle_interval": 1.0}},
+    )  # fmt: skip
+    with d:
+        user = b"alice@example.com"
+        for n in range(3):
+            reply = saslauthd_client.query(d.socket_path, user, f"g{n}".encode(), b"smtp")
+            assert not protocol.reply_is_ok(reply)
+        started = time.monotonic()
+        while True:
+            try:
+                reply = saslauthd_client.query(d.socket_path, user, b"alice pw", b"smtp")
+            except saslauthd_client.NoReply:  # "try later" (Postfix: 454)
+                time.sleep(0.2)
+                continue
+            break
+        assert protocol.reply_is_ok(reply)
+        assert time.monotonic() - started < 2.0
