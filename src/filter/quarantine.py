@@ -56,18 +56,26 @@ def new_id() -> str:
 
 
 def _write_durably(path: Path, data: bytes, more: Iterable[bytes] = ()) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    # An unguessable name created exclusively, never through a symlink: a temporary
+    # name anyone could predict (the pid) could be planted as a link to, say,
+    # /etc/passwd, which the CLI (often run as root) would then overwrite.
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o640)
     try:
-        for piece in itertools.chain((data,), more):  # one piece in memory at a time
-            view = memoryview(piece)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            for piece in itertools.chain((data,), more):  # one piece in memory at a time
+                view = memoryview(piece)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
