@@ -60,12 +60,14 @@ def _line(e: Entry) -> str:
     )
 
 
-async def _release(cfg: Config, store: Store, entry: Entry, to: list[str] | None) -> str:
+async def _release(
+    cfg: Config, store: Store, entry: Entry, message: bytes, to: list[str] | None
+) -> str:
     host, port = split_listen(cfg.reinject.address)
     reinjector = Reinjector(host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout)
     recipients = to or entry.recipients
     try:
-        delivery = await reinjector.send(entry.mail_from, recipients, store.message(entry.id))
+        delivery = await reinjector.send(entry.mail_from, recipients, message)
     finally:
         await reinjector.close()
     if delivery.error:
@@ -80,33 +82,55 @@ async def _release(cfg: Config, store: Store, entry: Entry, to: list[str] | None
     return str(delivery.data) + (f"; refused {'; '.join(refused)}" if refused else "")
 
 
+def _error(err: QuarantineError) -> None:
+    print(f"mail-filter quarantine: {err}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    """Carry out one quarantine action; 0 on success, 1 on a refused or failed one."""
+    """Carry out one quarantine action; 0 on success, 1 on a refused or failed one.
+
+    ``list`` reports each entry it cannot trust on stderr, skips it and still
+    exits 0; ``expire`` exits 1 if it had to keep any (the timer's unit fails, so
+    someone looks).
+    """
     store = Store(cfg.quarantine.directory)
+    skipped: list[QuarantineError] = []
+
+    def skip(err: QuarantineError) -> None:
+        skipped.append(err)
+        _error(err)
+
     try:
         if args.action == "list":
             since = parse_since(args.since) if args.since else None
             count = 0
-            for entry in store.entries(since, args.category):
+            for entry in store.entries(since, args.category, on_skip=skip):
                 print(_line(entry))
                 count += 1
-            print(f"{count} message(s) in {store.directory}", file=sys.stderr)
+            also = f", {len(skipped)} entries skipped" if skipped else ""
+            print(f"{count} message(s) in {store.directory}{also}", file=sys.stderr)
         elif args.action == "show":
-            print(_line(store.get(args.id)))
+            entry = store.get(args.id)
+            message = store.message(entry.id)  # both read before anything is printed
+            print(_line(entry))
             sys.stdout.flush()
-            sys.stdout.buffer.write(store.message(args.id))
+            sys.stdout.buffer.write(message)
         elif args.action == "release":
             entry = store.get(args.id)
             store.check_not_released(entry)
-            reply = asyncio.run(_release(cfg, store, entry, args.to))
+            message = store.message(entry.id)  # refused before anything is connected
+            reply = asyncio.run(_release(cfg, store, entry, message, args.to))
             print(f"{entry.id} released to {', '.join(args.to or entry.recipients)}: {reply}")
         elif args.action == "delete":
             store.delete(args.id)
             print(f"{args.id} deleted")
         elif args.action == "expire":
             days = args.older_than if args.older_than is not None else cfg.quarantine.max_age_days
-            print(f"{store.expire(days)} entries older than {days:g} days deleted")
+            deleted = store.expire(days, on_skip=skip)
+            also = f"; {len(skipped)} kept, see above" if skipped else ""
+            print(f"{deleted} entries older than {days:g} days deleted{also}")
+            return 1 if skipped else 0
     except QuarantineError as err:
-        print(f"mail-filter quarantine: {err}", file=sys.stderr)
+        _error(err)
         return 1
     return 0
