@@ -8,11 +8,14 @@ runs through ``mail-filter``'s own ``main``; releases go to a real SMTP server.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import stat
+import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from filter import cli
 from filter.quarantine import MAX_METADATA_BYTES, Entry, Store, new_id
+from filter.quarantine_cli import printable
 
 SECRET = b"root:$6$secret-hash:19000:0:99999:7:::\n"
 
@@ -354,6 +358,104 @@ def test_release_delivers_the_entrys_own_bytes_once(q: Quarantine, sink: Sink) -
     assert 1 == again.code
     assert "already released" in again.err
     assert 1 == len(sink.messages)
+
+
+# Terminal control characters from message data are escaped
+
+
+def controls(text: str, allowed: str = "\n") -> set[str]:
+    """Characters in ``text`` a terminal would act on or that reorder or hide text."""
+    return {
+        c
+        for c in text
+        if unicodedata.category(c) in {"Cc", "Cf", "Cs", "Zl", "Zp"} and c not in allowed
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param("\x1b]0;owned\x07", "\\x1b]0;owned\\x07", id="OSC and BEL"),
+        pytest.param("\x9b2J", "\\x9b2J", id="C1 CSI"),
+        pytest.param("over\rwrite", "over\\x0dwrite", id="CR"),
+        pytest.param("two\nlines", "two\\x0alines", id="LF"),
+        pytest.param("x\u202efdp.exe", "x\\u202efdp.exe", id="bidi override"),
+        pytest.param("\U000e0041", "\\U000e0041", id="tag character"),
+        pytest.param("\ud800", "\\ud800", id="lone surrogate"),
+        pytest.param("Grüße, 中文, café 🙂", "Grüße, 中文, café 🙂", id="letters"),
+    ],
+)
+def test_printable_escapes_controls_and_keeps_letters(text: str, shown: str) -> None:
+    """Controls, bidi overrides and surrogates become escapes; letters of any script stay."""
+    assert shown == printable(text)
+
+
+def test_list_escapes_what_the_sender_chose(q: Quarantine) -> None:
+    """Sender, recipients and reason are escaped: one line per entry, no controls, letters kept."""
+    hostile = held(
+        q.store,
+        mail_from="evil\x1b]0;owned\x07@example.net",
+        recipients=["b@example.com\r\x1b[1A"],
+        reason=f"BANNED: name 'Grüße\u202efdp.exe'\n{new_id()}  forged line\x9b2J",
+    )
+    plain = held(q.store)
+    ran = q.run("list")
+    assert (0, sorted([hostile.id, plain.id])) == (ran.code, listed(ran))
+    assert set() == controls(ran.out)
+    assert "<evil\\x1b]0;owned\\x07@example.net>" in ran.out
+    assert "b@example.com\\x0d\\x1b[1A" in ran.out
+    assert "'Grüße\\u202efdp.exe'\\x0a" in ran.out
+
+
+def test_show_escapes_headers_and_body(q: Quarantine) -> None:
+    """show escapes controls (raw, C1 in UTF-8, bidi), shows bad bytes as \\xNN, keeps tabs."""
+    message = (
+        b"Subject: \x1b]2;pwned\x07 Gr\xc3\xbc\xc3\x9fe\r\n"
+        b"From: x\xc2\x9b2J <a@example.net>\r\n\r\n"
+        b"line\rover\r\n\xe2\x80\xaeevil\r\n\x9b raw byte\r\n\tindented\r\n"
+    )
+    entry = held(q.store, message)
+    ran = q.run("show", entry.id)
+    assert 0 == ran.code
+    assert set() == controls(ran.out, allowed="\n\t")
+    assert ran.out.splitlines()[1:] == [
+        "Subject: \\x1b]2;pwned\\x07 Grüße",
+        "From: x\\x9b2J <a@example.net>",
+        "",
+        "line\\x0dover",
+        "\\u202eevil",
+        "\\x9b raw byte",
+        "\tindented",
+    ]
+
+
+def test_show_raw_gives_the_exact_bytes(q: Quarantine) -> None:
+    """show --raw writes the message exactly as held, for a file or a pipe."""
+    message = b"Subject: \x1b[2J\r\n\r\n\x9b\xff\r\n"
+    entry = held(q.store, message)
+    ran = q.run("show", "--raw", entry.id)
+    assert (0, message) == (ran.code, ran.raw)
+
+
+def test_errors_are_escaped_too(q: Quarantine) -> None:
+    """An error quoting stored text (a recorded release) prints it escaped."""
+    entry = held(q.store, releases=[{"when": "\x1b[2J", "to": "x\u202e@example.com"}])
+    ran = q.run("release", entry.id)
+    assert 1 == ran.code
+    assert "already released (\\x1b[2J, to x\\u202e@example.com)" in ran.err
+    assert set() == controls(ran.err)
+
+
+def test_a_narrow_terminal_encoding_gets_escapes_not_a_traceback(
+    q: Quarantine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a Latin-1 stdout, what Latin-1 lacks is printed as escapes."""
+    held(q.store, reason="中文 café")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert 0 == cli.main(["quarantine", "--config", str(q.config), "list"])
+    out.flush()
+    assert "\\u4e2d\\u6587 café" in out.buffer.getvalue().decode("latin-1")
 
 
 # Writing
