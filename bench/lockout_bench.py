@@ -1,7 +1,8 @@
 """Guessing a user's password cannot lock the user out: figures against saslauthd -a rimap.
 
 An attacker who knows a user name sends ``--guesses`` distinct wrong passwords
-(8 at a time) for it, from one client address.  While the attack runs, and
+(8 at a time) for it, from one client address, and goes on until the
+measurements during the attack are over.  While the attack runs, and
 again after it, the benchmark measures how long the real user (from another
 address, right password, never cached: the daemon has just started) and
 another user take to log in, and counts the guesses that reached the IMAP
@@ -32,7 +33,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,25 +84,32 @@ def attack(name: str, check: Check, dovecot: Dovecot, guesses: int, patience: fl
     """The attack with the two measurements during it and one after."""
     before = dovecot.auth_attempts()
     started = time.monotonic()
-    done = threading.Event()
     sent = [0]
 
-    def guess(n: int) -> None:
-        check(VICTIM, f"guess {n:05d}", ATTACKER)
-        sent[0] += 1
+    measured = threading.Event()
+    lock = threading.Lock()
 
-    def run() -> None:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(guess, range(guesses)))
-        done.set()
+    def guesser() -> None:
+        # Until both the count is sent and the measurements are over: "during" is during.
+        while True:
+            with lock:
+                n = sent[0]
+                if n >= guesses and measured.is_set():
+                    return
+                sent[0] += 1
+            check(VICTIM, f"guess {n:06d}", ATTACKER)
 
-    runner = threading.Thread(target=run)
-    runner.start()
-    while sent[0] < min(guesses, 200) and not done.is_set():
+    pool = [threading.Thread(target=guesser) for _ in range(8)]
+    for thread in pool:
+        thread.start()
+    while sent[0] < min(guesses, 200):
         time.sleep(0.05)  # the budget is spent: the attack is under way
     victim_during = patient(check, VICTIM, VICTIM_PW, VICTIM_ADDR, patience)
     other_during = patient(check, OTHER, OTHER_PW, OTHER_ADDR, patience)
-    runner.join()
+    measured.set()
+    for thread in pool:
+        thread.join()
+    guesses = sent[0]
     seconds = time.monotonic() - started
     time.sleep(0.5)  # Dovecot logs just after answering
     reached = dovecot.auth_attempts() - before
