@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from mailgate.imap import BackendUnavailable, LoginResult
 
@@ -38,13 +38,15 @@ class ScriptedImap:
 
     ``greeting`` is sent on connect (``None``: never greet); each received line is
     recorded and passed to ``answer``, which returns bytes to send (with the tag
-    substituted for ``{tag}``) or ``None`` for silence.
+    substituted for ``{tag}``), ``None`` for silence, or an iterable of chunks sent
+    one after the other (a generator may sleep between them, or never end: it
+    stops when the client hangs up or the server is closed).
     """
 
     def __init__(
         self,
         greeting: bytes | None,
-        answer: Callable[[bytes], bytes | None] = lambda _line: None,
+        answer: Callable[[bytes], bytes | Iterable[bytes] | None] = lambda _line: None,
     ) -> None:
         self.greeting = greeting
         self.answer = answer
@@ -89,12 +91,24 @@ class ScriptedImap:
                     line, buf = buf.split(b"\r\n", 1)
                     self.received.append(line)
                     reply = self.answer(line)
-                    if reply is not None:
-                        tag = line.split(b" ", 1)[0]
-                        try:
-                            conn.sendall(reply.replace(b"{tag}", tag))
-                        except OSError:
-                            return  # the client hung up first
+                    if reply is None:
+                        continue
+                    tag = line.split(b" ", 1)[0]
+                    for chunk in [reply] if isinstance(reply, bytes) else reply:
+                        if not self._send(conn, chunk.replace(b"{tag}", tag)):
+                            return  # the client hung up first, or the server is closing
+
+    def _send(self, conn: socket.socket, data: bytes) -> bool:
+        """Send all of ``data`` (waiting while the client reads slowly) unless stopped."""
+        view = memoryview(data)
+        while view and not self._stop.is_set():
+            try:
+                view = view[conn.send(view) :]
+            except TimeoutError:
+                continue
+            except OSError:
+                return False
+        return not view
 
     def close(self) -> None:
         """Stop accepting and end every connection."""
@@ -174,3 +188,64 @@ class StallingProxy:
         self._thread.join(2)
         for s in self._held:
             s.close()
+
+
+class FolderImap:
+    """The answers of an IMAP server holding ``folders`` (name -> UID -> message), for ScriptedImap.
+
+    Knows what a mailbox session of ``mail-filter learn`` sends: CAPABILITY,
+    AUTHENTICATE PLAIN (any credentials), EXAMINE or SELECT, UID SEARCH, UID FETCH
+    of RFC822.SIZE or BODY.PEEK[], LOGOUT; anything else is answered BAD.
+    ``misbehave(line)`` is asked first: an answer other than ``None`` replaces the
+    proper one (a hostile server).
+    """
+
+    CAPS = b"IMAP4rev1 SASL-IR AUTH=PLAIN LITERAL+"
+    GREETING = b"* OK [CAPABILITY " + CAPS + b"] ready\r\n"
+
+    def __init__(
+        self,
+        folders: dict[str, dict[int, bytes]],
+        misbehave: Callable[[bytes], bytes | Iterable[bytes] | None] = lambda _line: None,
+    ) -> None:
+        self.folders = folders
+        self.misbehave = misbehave
+        self.selected: dict[int, bytes] = {}
+
+    def __call__(self, line: bytes) -> bytes | Iterable[bytes] | None:
+        """The answer to one command line."""
+        hostile = self.misbehave(line)
+        if hostile is not None:
+            return hostile
+        words = line.split(b" ")
+        command = b" ".join(words[1:3]).upper() if words[1:2] == [b"UID"] else words[1].upper()
+        if command == b"CAPABILITY":
+            return b"* CAPABILITY " + self.CAPS + b"\r\n{tag} OK done\r\n"
+        if command == b"AUTHENTICATE":
+            return b"{tag} OK logged in\r\n"
+        if command in (b"EXAMINE", b"SELECT"):
+            self.selected = self.folders.get(words[2].strip(b'"').decode(), {})
+            return b"* %d EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n{tag} OK done\r\n" % len(
+                self.selected
+            )
+        if command == b"UID SEARCH":  # UID n:*, which includes the highest UID (RFC 3501 6.4.8)
+            low = int(words[4].split(b":")[0])
+            found = [u for u in sorted(self.selected) if u >= low] or sorted(self.selected)[-1:]
+            return b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n{tag} OK done\r\n"
+        if command == b"UID FETCH":
+            return b"".join(self._fetch(words[3], b" ".join(words[4:]))) + b"{tag} OK done\r\n"
+        if command == b"LOGOUT":
+            return b"* BYE bye\r\n{tag} OK done\r\n"
+        return b"{tag} BAD unknown command\r\n"
+
+    def _fetch(self, uids: bytes, items: bytes) -> Iterable[bytes]:
+        for uid in sorted(int(u) for u in uids.split(b",")):
+            message = self.selected.get(uid)
+            if message is None:
+                continue
+            if b"RFC822.SIZE" in items:
+                yield b"* %d FETCH (UID %d RFC822.SIZE %d)\r\n" % (uid, uid, len(message))
+            else:
+                yield b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n" % (
+                    uid, uid, len(message), message
+                )  # fmt: skip

@@ -89,18 +89,24 @@ def _learn(args: argparse.Namespace) -> int:
         log.error("configuration error: %s", err)
         return EX_CONFIG
     logging.getLogger().setLevel(cfg.logging.level.upper())
-    teach = (
-        learn.sa_learn_teacher(cfg.learn)
-        if cfg.learn.method == "sa-learn"
-        else learn.spamd_teacher(cfg.learn, cfg.spamd.address, cfg.spamd.user)
-    )
-    many = learn.sa_learn_batch_teacher(cfg.learn) if cfg.learn.method == "sa-learn" else None
     started = time.monotonic()
-    learner = learn.Learner(
-        cfg.learn, teach, teach_many=many, dry_run=args.dry_run, progress=sys.stderr.isatty()
+    deadline = learn.run_deadline(cfg.learn)  # one for the whole run: IMAP, teachers, learner
+    teach = (
+        learn.sa_learn_teacher(cfg.learn, deadline)
+        if cfg.learn.method == "sa-learn"
+        else learn.spamd_teacher(cfg.learn, cfg.spamd.address, cfg.spamd.user, deadline)
     )
+    many = (
+        learn.sa_learn_batch_teacher(cfg.learn, deadline)
+        if cfg.learn.method == "sa-learn"
+        else None
+    )
+    learner = learn.Learner(
+        cfg.learn, teach, teach_many=many, dry_run=args.dry_run,
+        progress=sys.stderr.isatty(), deadline=deadline,
+    )  # fmt: skip
     try:
-        client = learn.connect(cfg.learn)
+        client = learn.connect(cfg.learn, deadline)
         try:
             totals = learner.run(client)
         finally:
@@ -116,7 +122,7 @@ def _learn(args: argparse.Namespace) -> int:
         " (dry run)" if args.dry_run else "",
     )
     logs.flush_all()
-    return 1 if totals.failed or totals.skipped_folders else 0
+    return 1 if totals.failed or totals.too_big or totals.skipped_folders else 0
 
 
 def _quarantine(args: argparse.Namespace) -> int:

@@ -269,6 +269,12 @@ class LearnConfig:
     move_to: str = opt("learned", string)
     batch_size: int = opt(100, integer(1, 10_000))
     timeout: float = opt(60.0, number(1, 3600))
+    # The whole run, IMAP waits and teaching included; under the timer's hour and
+    # systemd's TimeoutStartSec=1h, so a run ends on its own, with its error.
+    run_timeout: float = opt(1800.0, number(1, 86_400))
+    # Bytes the IMAP server may send in answer to one command (memory held at once);
+    # at least 1 MiB, which imaplib's own line limit (1,000,000 bytes) fits in.
+    max_response: int = opt(64 * 1024 * 1024, integer(1024 * 1024, 2**40))
 
 
 @dataclass(frozen=True)

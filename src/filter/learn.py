@@ -15,8 +15,17 @@ A message that cannot be taught (spamd or sa-learn refused it, a timeout) is
 tried again in the next runs, up to ``MAX_TRIES`` runs in all, then given up
 with a warning, so one bad message never blocks a folder.
 
+A run is bounded: it ends at ``run_timeout`` (every IMAP wait, every teacher's
+wait is cut to the time left), and the IMAP server's answer to one command may
+bring at most ``max_response`` bytes.  So that an honest mailbox stays within
+that, each batch's sizes are asked for first (RFC822.SIZE) and its bodies
+fetched in parts that fit; a message too big to ever fit is skipped with a
+warning.  A server that breaks a bound ends the run with an error; the state
+keeps every part saved before.
+
 Exit status: 0 when everything went through, 1 when any message or folder
-failed (the state keeps what succeeded), 78 for a bad configuration.
+failed or the run hit a bound (the state keeps what succeeded), 78 for a bad
+configuration.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +53,7 @@ from filter.teachers import (
     sa_learn_teacher,
     spamd_teacher,
 )
+from mailgate.bounds import Allowance, BoundExceeded, Deadline
 from mailgate.errors import BackendError, ConfigError, MailgateError
 
 if TYPE_CHECKING:
@@ -58,6 +68,7 @@ __all__ = [
     "State",
     "Teacher",
     "connect",
+    "run_deadline",
     "sa_learn_batch_teacher",
     "sa_learn_teacher",
     "spamd_teacher",
@@ -68,10 +79,15 @@ log = logging.getLogger(__name__)
 
 MAX_DIGESTS = 200_000  # remembered learned messages (for "moved to the other folder")
 MAX_TRIES = 3  # runs in which a message may fail to be taught before it is given up
+# Room in an answer besides the messages: per message, its FETCH line around the
+# literal ("* 123 FETCH (UID 123 BODY[] {n}" ... ")", FLAGS if the server adds
+# them); per command, the tagged reply and stray untagged responses.
+FETCH_LINE_ROOM = 512
+FETCH_ROOM = 64 * 1024
 
 
 class LearnError(MailgateError):
-    """The run cannot go on (IMAP unreachable, login refused, spamd down)."""
+    """The run cannot go on (IMAP unreachable, login refused, spamd down, a bound hit)."""
 
 
 @dataclass
@@ -136,6 +152,7 @@ class Totals:
     relearned: int = 0
     already: int = 0
     failed: int = 0
+    too_big: int = 0  # messages over max_response, skipped for good
     skipped_folders: list[str] = field(default_factory=list)
 
 
@@ -149,7 +166,10 @@ def _password(cfg: LearnConfig) -> str:
 
 
 class Mailbox(Protocol):
-    """The IMAP calls a run makes (:class:`mailgate.mailbox.Mailbox`; a fake in tests)."""
+    """The IMAP calls a run makes (:class:`mailgate.mailbox.Mailbox`; a fake in tests).
+
+    Any call may raise :class:`~mailgate.bounds.BoundExceeded`: the session is over.
+    """
 
     def select_folder(self, folder: str, readonly: bool = True) -> dict[bytes, Any]: ...
     def search(self, criteria: Sequence[str]) -> list[int]: ...
@@ -160,21 +180,34 @@ class Mailbox(Protocol):
     def expunge(self) -> None: ...
 
 
-def connect(cfg: LearnConfig) -> ImapMailbox:
+def run_deadline(cfg: LearnConfig, clock: Callable[[], float] = time.monotonic) -> Deadline:
+    """The deadline of a run starting now (``learn.run_timeout``)."""
+    return Deadline(cfg.run_timeout, "learn.run_timeout", clock)
+
+
+def connect(cfg: LearnConfig, deadline: Deadline | None = None) -> ImapMailbox:
     """A logged-in :class:`mailgate.mailbox.Mailbox` (TLS as the URL says; certificates verified).
 
-    The IMAP wrapper is imported here, not at the top: building the filter
-    daemon must not load imapclient.
+    Its reads end at ``deadline`` (by default a run's, from now) and refuse an
+    answer over ``max_response``.  The IMAP wrapper is imported here, not at the
+    top: building the filter daemon must not load imapclient.
     """
     from mailgate import imap, mailbox
 
+    deadline = deadline or run_deadline(cfg)
     password = _password(cfg)
     try:
+        # Until the login, mailgate.imap reads by itself: each wait is at most the
+        # time left, though not the whole exchange (mailgate.mailbox says why).
+        timeout = deadline.cap(cfg.timeout)
         settings = imap.ImapSettings.from_url(
             cfg.imap_url, cfg.ca_file, key="learn.imap_url",
-            connect_timeout=cfg.timeout, response_timeout=cfg.timeout,
+            connect_timeout=timeout, response_timeout=timeout,
         )  # fmt: skip
-        return mailbox.open_mailbox(settings, cfg.username, password)
+        return mailbox.open_mailbox(
+            settings, cfg.username, password,
+            deadline=deadline, allowance=Allowance(cfg.max_response, "learn.max_response"),
+        )  # fmt: skip
     except ConfigError as err:
         raise LearnError(str(err)) from None
     except BackendError as err:  # its text never carries the password
@@ -200,27 +233,37 @@ class Learner:
         teach_many: BatchTeacher | None = None,
         dry_run: bool = False,
         progress: bool = False,
+        deadline: Deadline | None = None,
     ) -> None:
         self.cfg = cfg
         self.teach = teach
         self.teach_many = teach_many
         self.dry_run = dry_run
         self.progress = progress
+        self.deadline = deadline or run_deadline(cfg)  # share it with connect and the teachers
         self.totals = Totals()
         self.started = time.monotonic()
 
     def run(self, client: Mailbox) -> Totals:
-        """Learn every folder; the state file is saved after each batch."""
+        """Learn every folder; the state file is saved after each part of a batch."""
         state = State.load(self.cfg.state_file)
         for folder, klass in ((self.cfg.spam_folder, "spam"), (self.cfg.ham_folder, "ham")):
             try:
+                self._in_time(f"before folder {folder}")
                 self._folder(client, state, folder, klass)
             except LearnError:
                 raise
+            except BoundExceeded as err:  # the session is over: so is the run
+                raise LearnError(f"IMAP {self.cfg.imap_url}: {err}") from None
             except Exception as err:  # one folder's trouble must not stop the other
                 log.error("learn: folder %s failed: %s: %s", folder, type(err).__name__, err)
                 self.totals.skipped_folders.append(folder)
         return self.totals
+
+    def _in_time(self, where: str) -> None:
+        """Raise LearnError once the run's deadline has passed; what was saved stays."""
+        if self.deadline.expired:
+            raise LearnError(f"{self.deadline.error(where)}; the rest waits for the next run")
 
     def _folder(self, client: Mailbox, state: State, folder: str, klass: str) -> None:
         writable = self.cfg.after != "leave" and not self.dry_run
@@ -238,33 +281,79 @@ class Learner:
         )
         for start in range(0, len(uids), self.cfg.batch_size):
             batch = uids[start : start + self.cfg.batch_size]
-            fetched = client.fetch(batch, [b"BODY.PEEK[]"])
-            log.debug(
-                "learn: %s: fetched %d of UIDs %d-%d", folder, len(fetched), batch[0], batch[-1]
-            )
-            messages: dict[int, bytes] = {}
-            for uid in batch:
-                message = fetched.get(uid, {}).get(b"BODY[]")
-                if message is None:  # expunged meanwhile
-                    fstate.retry.pop(str(uid), None)
-                else:
-                    messages[uid] = message
-            taught = self._many(state, messages, klass)
-            done: list[int] = []
-            for uid, message in messages.items():
-                if uid in taught or (uid not in taught.failed and self._one(state, message, klass)):
-                    done.append(uid)
-                    fstate.retry.pop(str(uid), None)
-                else:
-                    self._failed(fstate, folder, uid)
-                fstate.last_uid = max(fstate.last_uid, uid)
-            if done and not self.dry_run:
-                self._after(client, done)
-            if not self.dry_run:
-                state.save(self.cfg.state_file)
-            self._show(folder)
+            self._in_time(f"before {folder} UID {batch[0]}")
+            sizes = client.fetch(batch, [b"RFC822.SIZE"])
+            for part, too_big in self._parts(batch, sizes):
+                if part:
+                    self._in_time(f"before {folder} UID {part[0]}")
+                    self._part(client, state, fstate, folder, klass, part)
+                for uid, size in too_big:
+                    self._too_big(fstate, folder, uid, size)
+                if not self.dry_run:
+                    state.save(self.cfg.state_file)
+                self._show(folder)
         if self.cfg.after in ("move", "delete") and not self.dry_run:
             client.expunge()
+
+    def _parts(
+        self, batch: list[int], sizes: dict[int, dict[bytes, Any]]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """The batch in order, as parts whose bodies fit in one answer under max_response.
+
+        Each part comes with the messages after it that never fit (UID, size), so
+        the state moves past them only once the part before them is saved.
+        """
+        room = self.cfg.max_response - FETCH_ROOM
+        parts: list[tuple[list[int], list[tuple[int, int]]]] = [([], [])]
+        used = 0
+        for uid in batch:
+            # No size: expunged since the search; the body fetch finds it gone too.
+            need = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) + FETCH_LINE_ROOM
+            if need > room:
+                parts[-1][1].append((uid, need - FETCH_LINE_ROOM))
+                continue
+            if parts[-1][1] or used + need > room:
+                parts.append(([], []))
+                used = 0
+            parts[-1][0].append(uid)
+            used += need
+        return [p for p in parts if p[0] or p[1]]
+
+    def _part(
+        self, client: Mailbox, state: State, fstate: FolderState, folder: str, klass: str,
+        part: list[int],
+    ) -> None:  # fmt: skip
+        """Fetch, teach and tidy one part of a batch."""
+        fetched = client.fetch(part, [b"BODY.PEEK[]"])
+        log.debug("learn: %s: fetched %d of UIDs %d-%d", folder, len(fetched), part[0], part[-1])
+        messages: dict[int, bytes] = {}
+        for uid in part:
+            message = fetched.get(uid, {}).get(b"BODY[]")
+            if message is None:  # expunged meanwhile
+                fstate.retry.pop(str(uid), None)
+            else:
+                messages[uid] = message
+        taught = self._many(state, messages, klass)
+        done: list[int] = []
+        for uid, message in messages.items():
+            if uid in taught or (uid not in taught.failed and self._one(state, message, klass)):
+                done.append(uid)
+                fstate.retry.pop(str(uid), None)
+            else:
+                self._failed(fstate, folder, uid)
+            fstate.last_uid = max(fstate.last_uid, uid)
+        if done and not self.dry_run:
+            self._after(client, done)
+
+    def _too_big(self, fstate: FolderState, folder: str, uid: int, size: int) -> None:
+        """Skip a message no answer under max_response can carry; for good, with a warning."""
+        log.warning(
+            "learn: %s UID %d is %d bytes, more than learn.max_response (%d) allows; not learned",
+            folder, uid, size, self.cfg.max_response,
+        )  # fmt: skip
+        self.totals.too_big += 1
+        fstate.retry.pop(str(uid), None)
+        fstate.last_uid = max(fstate.last_uid, uid)
 
     def _many(self, state: State, messages: dict[int, bytes], klass: str) -> _Taught:
         """Teach in one go what needs no forgetting first, if the method can."""
@@ -278,6 +367,7 @@ class Learner:
         try:
             learned = self.teach_many([messages[u] for u in uids], klass)
         except (SpamdError, OSError, subprocess.TimeoutExpired) as err:
+            self._in_time("while teaching")  # cut short by the deadline: not their fault
             self.totals.failed += len(uids)
             log.warning("learn: %d message(s) could not be taught: %s", len(uids), err)
             taught.failed.update(uids)
@@ -309,6 +399,7 @@ class Learner:
                 self.totals.relearned += 1
             outcome = self.teach(message, klass, False)
         except (SpamdError, OSError, subprocess.TimeoutExpired) as err:
+            self._in_time("while teaching")  # cut short by the deadline: not its fault
             self.totals.failed += 1
             log.warning("learn: a message could not be taught: %s", err)
             if isinstance(err, SpamdError) and err.kind == "connect":
@@ -345,5 +436,6 @@ def summary(totals: Totals, seconds: float) -> str:
     return (
         f"learn: spam={totals.learned.get('spam', 0)} ham={totals.learned.get('ham', 0)}"
         f" relearned={totals.relearned} already={totals.already} failed={totals.failed}"
+        f" too_big={totals.too_big}"
         f" skipped_folders={','.join(totals.skipped_folders) or '-'} seconds={seconds:.1f}"
     )

@@ -4,7 +4,8 @@ Three teachers behind two small call types: spamd's ``TELL`` (one message at a
 time, spamd started with ``--allow-tell``), a local ``sa-learn`` per message
 (for forgetting), and ``sa-learn`` over a whole batch (it takes about 0.6 s just
 to start).  Each raises :class:`~filter.spamd.SpamdError` when the message could
-not be taught, so the run retries it later.
+not be taught, so the run retries it later.  Given the run's deadline, no
+teacher waits past it: each wait is its timeout or the time left, if shorter.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from pathlib import Path
 
 from filter.config import LearnConfig
 from filter.spamd import SpamdClient, SpamdError, encode_tell
+from mailgate.bounds import Deadline
 
 Teacher = Callable[[bytes, str, bool], str]  # (message, class, forget) -> result text
 BatchTeacher = Callable[[Sequence[bytes], str], int]  # (messages, class) -> newly learned
 
 
-def spamd_teacher(cfg: LearnConfig, spamd_address: str, user: str = "") -> Teacher:
+def _within(deadline: Deadline | None, timeout: float) -> float:
+    return timeout if deadline is None else deadline.cap(timeout)
+
+
+def spamd_teacher(
+    cfg: LearnConfig, spamd_address: str, user: str = "", deadline: Deadline | None = None
+) -> Teacher:
     """Teach through spamd's TELL (spamd must run with --allow-tell).
 
     ``user``: [spamd] user, so TELL trains the Bayes database SYMBOLS scores with.
@@ -31,6 +39,7 @@ def spamd_teacher(cfg: LearnConfig, spamd_address: str, user: str = "") -> Teach
     client = SpamdClient(spamd_address, timeout=cfg.timeout)
 
     def teach(message: bytes, klass: str, forget: bool) -> str:
+        client.timeout = _within(deadline, cfg.timeout)  # read by each exchange
         request = encode_tell(message, klass, remove=forget, user=user)
         response = asyncio.run(client.exchange(request))
         if response.code != 0:
@@ -41,7 +50,7 @@ def spamd_teacher(cfg: LearnConfig, spamd_address: str, user: str = "") -> Teach
     return teach
 
 
-def sa_learn_teacher(cfg: LearnConfig) -> Teacher:
+def sa_learn_teacher(cfg: LearnConfig, deadline: Deadline | None = None) -> Teacher:
     """Teach with sa-learn on a local Bayes database (no spamd needed)."""
 
     def teach(message: bytes, klass: str, forget: bool) -> str:
@@ -56,8 +65,9 @@ def sa_learn_teacher(cfg: LearnConfig) -> Teacher:
                 argv += ["--dbpath", cfg.sa_learn_dbpath]
             argv.append(fh.name)
             done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=cfg.timeout, check=False
-            )
+                argv, capture_output=True, text=True, timeout=_within(deadline, cfg.timeout),
+                check=False,
+            )  # fmt: skip
         if done.returncode != 0:
             reason = (done.stderr.strip() or done.stdout.strip())[:200]
             raise SpamdError("protocol", f"sa-learn failed (exit {done.returncode}): {reason}")
@@ -69,7 +79,7 @@ def sa_learn_teacher(cfg: LearnConfig) -> Teacher:
 _LEARNED = re.compile(rb"Learned tokens from (\d+) message")
 
 
-def sa_learn_batch_teacher(cfg: LearnConfig) -> BatchTeacher:
+def sa_learn_batch_teacher(cfg: LearnConfig, deadline: Deadline | None = None) -> BatchTeacher:
     """Teach a whole batch with one sa-learn run (it takes about 0.6 s just to start)."""
 
     def teach_many(messages: Sequence[bytes], klass: str) -> int:
@@ -80,9 +90,8 @@ def sa_learn_batch_teacher(cfg: LearnConfig) -> BatchTeacher:
             if cfg.sa_learn_dbpath:
                 argv += ["--dbpath", cfg.sa_learn_dbpath]
             argv.append(folder)
-            done = subprocess.run(
-                argv, capture_output=True, timeout=cfg.timeout * len(messages), check=False
-            )
+            timeout = _within(deadline, cfg.timeout * len(messages))
+            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
         if done.returncode != 0:
             reason = (done.stderr.strip() or done.stdout.strip())[:200].decode(errors="replace")
             raise SpamdError("protocol", f"sa-learn failed (exit {done.returncode}): {reason}")

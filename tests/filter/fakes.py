@@ -1,10 +1,11 @@
-"""Small fakes for the filter pipeline: scanners and a re-injection recorder."""
+"""Small fakes for the filter pipeline: scanners, a re-injection recorder, learn's mailbox."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from filter.clamd import ClamdError, Outcome, ScanResult
 from filter.smtp_out import Delivery, Reply, dot_stuff
@@ -116,3 +117,63 @@ class FakeForwarder:
         if not any(r.ok for r in replies.values()):
             return Delivery(replies, Reply(554, "5.5.1 Error: no valid recipients"))
         return Delivery(replies, self.data_reply)
+
+
+class FakeMailbox:
+    """The Mailbox calls learn makes: a spam folder of UID -> message, no ham.
+
+    ``fetched`` lists the UIDs whose bodies were fetched (not those only sized),
+    ``parts`` each body fetch's UIDs; ``fail_on`` makes a body fetch of that UID
+    raise it.
+    """
+
+    def __init__(self, messages: dict[int, bytes]) -> None:
+        self.messages = messages
+        self.selected: dict[int, bytes] = {}
+        self.fetched: list[int] = []
+        self.parts: list[list[int]] = []
+        self.fail_on: dict[int, Exception] = {}
+
+    def select_folder(self, folder: str, readonly: bool = True) -> dict[bytes, Any]:
+        self.selected = self.messages if folder == "spam" else {}
+        return {b"UIDVALIDITY": 7}
+
+    def search(self, criteria: Sequence[str]) -> list[int]:
+        low = int(criteria[1].split(":")[0])
+        return [uid for uid in self.selected if uid >= low]
+
+    def fetch(self, uids: Sequence[int], items: Sequence[bytes]) -> dict[int, dict[bytes, Any]]:
+        if b"RFC822.SIZE" in items:
+            return {u: {b"RFC822.SIZE": len(self.selected[u])} for u in uids if u in self.selected}
+        self.fetched += uids
+        self.parts.append(list(uids))
+        for uid in uids:
+            if uid in self.fail_on:
+                raise self.fail_on[uid]
+        return {u: {b"BODY[]": self.selected[u]} for u in uids if u in self.selected}
+
+    def add_flags(self, uids: Sequence[int], flags: Sequence[bytes]) -> None:
+        pass
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        pass
+
+    def delete_messages(self, uids: Sequence[int]) -> None:
+        pass
+
+    def expunge(self) -> None:
+        pass
+
+
+class FlakyTeacher:
+    """Fails for the messages in ``bad``; records what it was taught."""
+
+    def __init__(self, bad: set[bytes]) -> None:
+        self.bad = bad
+        self.taught: list[bytes] = []
+
+    def __call__(self, message: bytes, klass: str, forget: bool) -> str:
+        if message in self.bad:
+            raise SpamdError("timeout", "no answer")
+        self.taught.append(message)
+        return "learned"

@@ -38,6 +38,8 @@ def test_shipped_config_documents_every_key() -> None:
         ({"spamd": {"timeout": 0}}, "spamd.timeout"),
         ({"policy": {"tag2_level": "high"}}, "policy.tag2_level"),
         ({"reinject": {"bogus": 1}}, "reinject.bogus"),
+        ({"learn": {"run_timeout": 0}}, "learn.run_timeout"),
+        ({"learn": {"max_response": 1000}}, "learn.max_response"),  # under 1 MiB
     ],
 )
 def test_bad_values_name_their_key(raw: dict[str, dict[str, object]], key: str) -> None:

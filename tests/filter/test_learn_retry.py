@@ -6,60 +6,13 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from filter.config import LearnConfig
 from filter.learn import MAX_TRIES, Learner, State, spamd_teacher
 from filter.spamd import Response, SpamdClient, SpamdError
-
-
-class FakeMailbox:
-    """The Mailbox calls learn makes: a spam folder of UID -> message, no ham."""
-
-    def __init__(self, messages: dict[int, bytes]) -> None:
-        self.messages = messages
-        self.selected: dict[int, bytes] = {}
-        self.fetched: list[int] = []
-
-    def select_folder(self, folder: str, readonly: bool = True) -> dict[bytes, Any]:
-        self.selected = self.messages if folder == "spam" else {}
-        return {b"UIDVALIDITY": 7}
-
-    def search(self, criteria: Sequence[str]) -> list[int]:
-        low = int(criteria[1].split(":")[0])
-        return [uid for uid in self.selected if uid >= low]
-
-    def fetch(self, uids: Sequence[int], items: Sequence[bytes]) -> dict[int, dict[bytes, Any]]:
-        self.fetched += uids
-        return {u: {b"BODY[]": self.selected[u]} for u in uids if u in self.selected}
-
-    def add_flags(self, uids: Sequence[int], flags: Sequence[bytes]) -> None:
-        pass
-
-    def move(self, uids: Sequence[int], folder: str) -> None:
-        pass
-
-    def delete_messages(self, uids: Sequence[int]) -> None:
-        pass
-
-    def expunge(self) -> None:
-        pass
-
-
-class FlakyTeacher:
-    """Fails for the messages in ``bad``; records what it was taught."""
-
-    def __init__(self, bad: set[bytes]) -> None:
-        self.bad = bad
-        self.taught: list[bytes] = []
-
-    def __call__(self, message: bytes, klass: str, forget: bool) -> str:
-        if message in self.bad:
-            raise SpamdError("timeout", "no answer")
-        self.taught.append(message)
-        return "learned"
+from tests.filter.fakes import FakeMailbox, FlakyTeacher
 
 
 def run(cfg: LearnConfig, box: FakeMailbox, teacher: FlakyTeacher) -> int:

@@ -210,6 +210,50 @@ def test_wrong_admin_password_is_a_clear_error_without_the_password(
     assert wrong not in str(caught.value)
 
 
+def test_big_messages_come_in_parts_and_one_too_big_is_skipped(
+    setup: LearnSetup, tmp_path: Path
+) -> None:
+    """Dovecot's RFC822.SIZE is what its literals bring: parts fit max_response exactly."""
+    import dataclasses
+
+    from filter.config import LearnConfig
+    from filter.learn import Learner, State, connect
+
+    lines = {"a": 1300, "b": 1300, "c": 2300, "d": 1}  # about 690 bytes each
+    sent = {k: message("spam", 2000 + n, lines=m) for n, (k, m) in enumerate(lines.items())}
+    # a and b fit max_response alone, not together; c never fits.
+    assert [True, True, True] == [
+        850_000 < len(sent["a"]) < 1_000_000, len(sent["a"]) + len(sent["b"]) > 1024 * 1024,
+        len(sent["c"]) > 1024 * 1024,
+    ]  # fmt: skip
+    for body in sent.values():
+        setup.dovecot.append_message(HARD_ADMIN, "bigspam", body)
+    setup.dovecot.append_message(HARD_ADMIN, "bigham", message("ham", 2000))
+    cfg = dataclasses.replace(
+        LearnConfig(), imap_url=setup.dovecot.imap_url("imaps"), ca_file=setup.dovecot.ca_file,
+        username=HARD_ADMIN, password=HARD_PW, spam_folder="bigspam", ham_folder="bigham",
+        state_file=tmp_path / "state.json", max_response=1024 * 1024, run_timeout=60,
+    )  # fmt: skip
+    taught: list[bytes] = []
+
+    def teach(body: bytes, klass: str, forget: bool) -> str:
+        taught.append(body)
+        return "learned"
+
+    learner = Learner(cfg, teach)
+    box = connect(cfg, learner.deadline)
+    try:
+        box.select_folder("bigspam")
+        reported = box.fetch([1, 2, 3, 4], [b"RFC822.SIZE"])
+        assert [len(b) for b in sent.values()] == [reported[u][b"RFC822.SIZE"] for u in range(1, 5)]
+        totals = learner.run(box)
+    finally:
+        box.logout()
+    assert [sent["a"], sent["b"], sent["d"]] == taught[:3]
+    assert (1, 0, []) == (totals.too_big, totals.failed, totals.skipped_folders)
+    assert 4 == State.load(cfg.state_file).folders["bigspam"].last_uid
+
+
 def test_imap_down_is_a_clear_error_and_keeps_the_state(setup: LearnSetup) -> None:
     """With the IMAP server stopped: non-zero exit, a clear message, state untouched."""
     before = setup.state.read_bytes()
