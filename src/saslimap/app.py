@@ -26,6 +26,7 @@ from saslimap import config as config_mod
 from saslimap.config import Config
 from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
+from saslimap.limits import Verified
 from saslimap.metrics import Metrics
 from saslimap.server import MuxServer
 from saslimap.service import Authenticator
@@ -41,11 +42,14 @@ def _warn_about(cfg: Config) -> None:
         )
 
 
-def build_authenticator(cfg: Config, backend: ImapBackend, metrics: Metrics) -> Authenticator:
-    """The policy object for a config (fresh caches every time)."""
+def build_authenticator(
+    cfg: Config, backend: ImapBackend, metrics: Metrics, verified: Verified | None = None
+) -> Authenticator:
+    """The policy object for a config (fresh caches every time; ``verified``, the last
+    verified password per user, is kept across a reload: it never answers a check)."""
     return Authenticator(
         cfg.users, backend, cache=cfg.cache, limits=cfg.limits, metrics=metrics,
-        iplimits=cfg.iplimits,
+        iplimits=cfg.iplimits, verified=verified,
     )  # fmt: skip
 
 
@@ -104,7 +108,7 @@ class Daemon:
             return
         old_backend, old_auth = self.backend, self.auth
         self.backend = ImapBackend.from_config(new.imap)
-        self.auth = build_authenticator(new, self.backend, self.metrics)
+        self.auth = build_authenticator(new, self.backend, self.metrics, old_auth.verified)
         if self.server is not None:
             self.server.checker = self.auth
         if self.dovecot is not None:

@@ -135,6 +135,7 @@ class LimitsConfig:
     user_ceiling: int = opt(100, integer(0, 1_000_000))
     trickle_interval: float = opt(5.0, number(0, 3600))
     fold_case: bool = opt(True, boolean)
+    remember_verified: float = opt(30 * 86400.0, number(0, 366 * 86400))
 
 
 def _networks(key: str, value: object) -> tuple[str, ...]:

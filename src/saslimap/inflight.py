@@ -33,7 +33,7 @@ from typing import Protocol
 from mailgate.imap import BackendUnavailable, LoginResult
 from saslimap.cache import CredentialCache, Freshness, Hasher, Key, NegativeCache
 from saslimap.config import CacheConfig, LimitsConfig
-from saslimap.limits import FailureBudget, Trickle, budget_key
+from saslimap.limits import FailureBudget, Trickle, Verified, budget_key
 from saslimap.metrics import Metrics
 from saslimap.results import Result, Verdict, log, shown
 
@@ -72,17 +72,24 @@ class Stores:
     undecided: FailureBudget
     ceiling: FailureBudget  # wrong passwords per user from every address together
     trickle: Trickle  # over a spent budget or ceiling: one check per user per interval
+    verified: Verified  # the last verified password per user: never held back
     fold_case: bool = True
 
     @classmethod
     def build(
-        cls, cache: CacheConfig, limits: LimitsConfig, hasher: Hasher, clock: Callable[[], float]
+        cls,
+        cache: CacheConfig,
+        limits: LimitsConfig,
+        hasher: Hasher,
+        clock: Callable[[], float],
+        verified: Verified | None = None,
     ) -> Stores:
         """Empty stores as the ``[cache]`` and ``[limits]`` sections set them.
 
         The budgets track as many users as the cache holds entries (at least
         ``MIN_TRACKED``): a flood of made-up names evicts the least recently
-        failing, and the bound is the operator's, not a constant.
+        failing, and the bound is the operator's, not a constant.  ``verified``:
+        the previous configuration's, kept across a reload.
         """
         limit, window = limits.failure_budget, limits.failure_window
         tracked = max(MIN_TRACKED, cache.max_entries)
@@ -96,6 +103,7 @@ class Stores:
             FailureBudget(clock, limit=limit, window=window, max_users=tracked),
             FailureBudget(clock, limit=limits.user_ceiling, window=window, max_users=tracked),
             Trickle(clock, limits.trickle_interval, tracked),
+            verified or Verified(clock, limits.remember_verified, tracked),
             limits.fold_case,
         )  # fmt: skip
 
@@ -138,7 +146,9 @@ class SharedLogins:
         counted = budget_key(user, client_addr, fold_case=s.fold_case)
         if freshness is None:
             held = self._held(name, counted, client_addr)
-            if held:
+            # The user's own last verified password is never held back (its HMAC is
+            # computed only here, for a check that would otherwise be held).
+            if held and not s.verified.knows(name, password):
                 return Result(Verdict.TEMPFAIL, held, user, kind="ratelimited", source="budget")
         self.metrics.cache_misses.inc()
         digest = self._hasher.digest(name, password)
@@ -205,9 +215,11 @@ class SharedLogins:
         s.undecided.forget(pending.name)
         if answer is LoginResult.ACCEPTED:
             s.cache.store(key, password)
+            s.verified.learn(pending.name, password)
             return Result(Verdict.OK, "authenticated", user, elapsed, source="imap")
         if freshness is Freshness.STALE:
             s.cache.drop(key)  # the IMAP server now rejects what it once accepted
+        s.verified.reject(pending.name, password)
         s.negative.add(key, password)
         s.budget.spend(pending.counted, digest)
         s.ceiling.spend(pending.name, digest)
@@ -259,11 +271,14 @@ class SharedLogins:
         except BackendUnavailable as err:
             log.info('refresh user="%s" kept: IMAP unavailable (%s)', shown(key[0]), err.kind)
             return
+        name = budget_key(key[0], fold_case=self.stores.fold_case)
         if answer is LoginResult.ACCEPTED:
             self.stores.cache.store(key, password)
+            self.stores.verified.learn(name, password)
             log.debug('refresh user="%s" still valid', shown(key[0]))
         else:
             self.stores.cache.drop(key)
+            self.stores.verified.reject(name, password)
             log.info('refresh user="%s" dropped: the IMAP server now rejects it', shown(key[0]))
 
     def close(self) -> None:

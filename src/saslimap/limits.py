@@ -30,6 +30,7 @@ only pass the client's address on and carry out the answer.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,42 @@ class Trickle:
             return False
         self._last[key] = self.clock()
         return True
+
+
+class Verified:
+    """The last password verified per user, as an HMAC, remembered long after the cache drops it.
+
+    It never answers a check: over a budget, a password it knows is let through to
+    IMAP (which decides) instead of being held back, so guesses for a user name
+    cannot hold back a user verified within ``remember`` seconds, after the cache
+    entry expired or a ``SIGHUP`` flushed the caches (the authenticator hands this
+    store on to the next one).  Only a user never verified since the process
+    started can be slowed by the trickle.  Its own random key: digests from it are
+    comparable only with each other.
+    """
+
+    def __init__(self, clock: Clock, remember: float, max_users: int = 100_000) -> None:
+        self.enabled = remember > 0
+        self._hasher = Hasher()
+        self._known: TTLCache[str, bytes] = TTLCache(max_users, remember or 1e-9, timer=clock)
+
+    def knows(self, name: str, password: str) -> bool:
+        """Whether ``password`` is the one last verified for ``name``."""
+        known = self._known.get(name)
+        return known is not None and hmac.compare_digest(known, self._hasher.digest(name, password))
+
+    def learn(self, name: str, password: str) -> None:
+        """``password`` was just verified for ``name``."""
+        if self.enabled:
+            self._known[name] = self._hasher.digest(name, password)
+
+    def reject(self, name: str, password: str) -> None:
+        """The IMAP server refused ``password`` for ``name``: forget it if it was the one known."""
+        if self.knows(name, password):
+            del self._known[name]
+
+    def __len__(self) -> int:
+        return len(self._known)
 
 
 class FailureBudget:

@@ -40,7 +40,7 @@ from mailgate import logs
 from saslimap.cache import Freshness, Hasher
 from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConfig
 from saslimap.inflight import MIN_TRACKED, LoginBackend, Pending, SharedLogins, Stores
-from saslimap.limits import IpLimiter, budget_key
+from saslimap.limits import IpLimiter, Verified, budget_key
 from saslimap.metrics import Metrics
 from saslimap.names import Names, Refused
 from saslimap.replay import ReplayMemo, Seen, SeenRefusal
@@ -72,6 +72,7 @@ class Authenticator:
         limits: LimitsConfig | None = None,
         metrics: Metrics | None = None,
         iplimits: IpLimitsConfig | None = None,
+        verified: Verified | None = None,
     ) -> None:
         self.users = users
         self.backend = backend
@@ -79,8 +80,9 @@ class Authenticator:
         self.limits = limits = limits or LimitsConfig()
         self.metrics = metrics or Metrics()
         self._hasher = hasher = Hasher()
-        stores = Stores.build(cache or CacheConfig(), limits, hasher, clock)
+        stores = Stores.build(cache or CacheConfig(), limits, hasher, clock, verified)
         self.cache, self.negative = stores.cache, stores.negative
+        self.verified = stores.verified  # handed on to the next configuration's on SIGHUP
         self.budget, self.undecided = stores.budget, stores.undecided
         self.iplimits = IpLimiter.from_config(
             iplimits or IpLimitsConfig(),

@@ -181,3 +181,43 @@ async def test_metrics_count_results_and_cache_kinds() -> None:
     text = generate_latest(metrics.registry).decode()
     assert USER not in text
     assert "alice" not in text
+
+
+async def test_a_user_verified_before_is_never_held_back_after_the_cache_forgets() -> None:
+    """Cache expired and budget spent by guesses: the user's last verified password still goes
+    to IMAP at once (no trickle wait); a guess does not."""
+    limits = LimitsConfig(failure_budget=3, trickle_interval=0)
+    auth, backend, clock = make(CacheConfig(ttl=60, stale_if_error=0), limits)
+    assert Verdict.OK == await check(auth, PW)
+    clock.advance(61)  # the cache entry is gone
+    for n in range(3):
+        await check(auth, f"guess {n}")
+    assert Verdict.TEMPFAIL == await check(auth, "guess 9")
+    assert Verdict.OK == await check(auth, PW)
+    assert 5 == len(backend.calls)
+
+
+async def test_the_remembered_password_survives_a_new_authenticator() -> None:
+    """A reload builds a new authenticator with empty caches; handed the old one's memo of
+    verified passwords, it lets the user's password through a spent budget."""
+    limits = LimitsConfig(failure_budget=2, trickle_interval=0)
+    auth, backend, clock = make(limits=limits)
+    assert Verdict.OK == await check(auth, PW)
+    fresh = Authenticator(UsersConfig(), backend, clock, limits=limits, verified=auth.verified)
+    for n in range(2):
+        await check(fresh, f"guess {n}")
+    assert Verdict.TEMPFAIL == await check(fresh, "guess 9")
+    assert Verdict.OK == await check(fresh, PW)
+
+
+async def test_a_password_the_server_now_refuses_is_forgotten() -> None:
+    """After a password change the old password, refused once by IMAP, is held back like
+    any guess."""
+    limits = LimitsConfig(failure_budget=1, trickle_interval=0)
+    auth, backend, clock = make(CacheConfig(ttl=60, stale_if_error=0, negative_ttl=1), limits)
+    assert Verdict.OK == await check(auth, PW)
+    clock.advance(61)
+    backend.users[USER] = "new password"
+    assert Verdict.NO == await check(auth, PW)  # reaches IMAP: refused, budget spent
+    clock.advance(2)
+    assert Verdict.TEMPFAIL == await check(auth, PW)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
@@ -75,3 +78,27 @@ def test_over_the_budget_the_saslauthd_socket_trickles(
             break
         assert protocol.reply_is_ok(reply)
         assert time.monotonic() - started < 2.0
+
+
+def test_a_user_verified_before_a_reload_is_not_held_back_by_guesses(
+    workroot: Path, dovecot: Dovecot, tls: TlsFiles
+) -> None:
+    """SIGHUP flushes the caches and budgets; guesses then spend the budget (no trickle), yet
+    the user's password, verified before the reload, reaches IMAP and gets OK at once."""
+    d = SaslimapDaemon(
+        workroot / "reload",
+        {"imap": {"url": dovecot.imap_url("imap"), "ca_file": str(tls.ca_cert)},
+         "limits": {"failure_budget": 3, "trickle_interval": 0.0}},
+    )  # fmt: skip
+    with d:
+        user, password = b"spaces@example.com", USERS["spaces@example.com"].encode()
+        assert b"OK" == saslauthd_client.query(d.socket_path, user, password, b"smtp")
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "caches flushed" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for n in range(3):
+            assert b"NO" == saslauthd_client.query(d.socket_path, user, b"g%d" % n, b"smtp")[:2]
+        with pytest.raises(saslauthd_client.NoReply):  # "try later"
+            saslauthd_client.query(d.socket_path, user, b"g9", b"smtp")
+        assert b"OK" == saslauthd_client.query(d.socket_path, user, password, b"smtp")
