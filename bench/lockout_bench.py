@@ -12,7 +12,9 @@ Three set-ups, each against a fresh real Dovecot and daemon:
 
 - saslimap's Dovecot-protocol listener (Postfix ``smtpd_sasl_type = dovecot``:
   the client's address is known), default limits;
-- saslimap's saslauthd socket (no address), default limits;
+- saslimap's saslauthd socket (no address), default limits, with the real
+  user never verified since the start, and again with the user verified once
+  before a ``SIGHUP`` that flushed the caches;
 - ``saslauthd -a rimap`` (the reference), which has no limits.
 
 A login that answers "try later" is retried every half second for up to
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -49,6 +52,7 @@ OTHER, OTHER_PW = "user1@example.com", "password 1"
 USERS = {f"user{n}@example.com": f"password {n}" for n in range(20)}
 ATTACKER, VICTIM_ADDR, OTHER_ADDR = "192.0.2.66", "198.51.100.7", "198.51.100.8"
 TRUSTED = "login_trusted_networks = 127.0.0.0/8\n"
+RELOADED = "saslimap, saslauthd socket, user verified before a SIGHUP"
 
 Check = Callable[[str, str, str], str]  # (user, password, client address) -> ok/no/later
 
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[Figures] = []
     try:
         for name in ("saslimap, Dovecot listener", "saslimap, saslauthd socket",
-                     "saslauthd -a rimap"):  # fmt: skip
+                     RELOADED, "saslauthd -a rimap"):  # fmt: skip
             say(f"{name}: {args.guesses} guesses")
             work = root / name.split(",")[0].split()[0] / str(len(rows))
             with Dovecot(work / "dovecot", USERS, tls=tls, fast_failures=fast,
@@ -187,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
                     "server": {"max_connections": 2048},
                 }  # fmt: skip
                 with SaslimapDaemon(work / "saslimap", settings) as d:
+                    if name == RELOADED:  # verified once, then the caches flushed
+                        assert mux_check(d.socket_path)(VICTIM, VICTIM_PW, "") == "ok"
+                        d.signal(signal.SIGHUP)
+                        while "caches flushed" not in d.log_text():
+                            time.sleep(0.05)
                     check = (
                         dovecot_check(auth_socket) if "Dovecot" in name
                         else mux_check(d.socket_path)
