@@ -28,6 +28,7 @@ import os
 import pwd
 import secrets
 import ssl
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -226,7 +227,9 @@ class Dovecot(Launcher):
         users = self.passwd_path
         if not self._fast_failures:
             # Dovecot's defaults: auth_failure_delay = 2 s and the per-IP auth
-            # penalty (2-15 s after a failure from the same address).
+            # penalty (2-15 s after a failure from the same address).  Settings
+            # in extra_config (conf/dovecot/'s gateway snippet) come after this
+            # passdb, as a conf.d file comes after Debian's 10-auth.conf.
             return f"""
 passdb {{
   driver = passwd-file
@@ -432,8 +435,22 @@ service imap-login {{
             return 0
         return data.count(_AUTH_FINISHED)
 
-    def _doveadm(self, *args: str, input: bytes | None = None) -> None:
-        run_checked(
+    def penalties(self) -> dict[str, int]:
+        """The auth penalty anvil holds per client address now (``doveadm penalty``).
+
+        An address appears at its first failure that raised a penalty (IPv6 as
+        its /48), and stays, at 0 once a success reset it, until anvil expires
+        it.  Each step doubles the delay before that address's next login is
+        even looked at: 1 = 2 s, 2 = 4 s, 3 = 8 s, 4 = 15 s (auth-penalty.h).
+        """
+        out = self._doveadm("penalty").stdout.decode("utf-8", "replace")
+        rows = (line.split() for line in out.splitlines()[1:])  # after the header
+        return {row[0]: int(row[1]) for row in rows if len(row) >= 2}
+
+    def _doveadm(
+        self, *args: str, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return run_checked(
             ["doveadm", "-c", str(self.config_path), *args],
             what=f"doveadm {args[0]}",
             input=input,

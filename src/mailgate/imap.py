@@ -17,7 +17,10 @@ fall back to ``LOGIN`` with properly quoted strings, or literals for 8-bit value
 
 Secrets: imapclient turns on imaplib's protocol trace and logs sent commands at
 DEBUG level, which would include the password.  The trace is switched off on
-every connection and imapclient's loggers are capped at WARNING.
+every connection and imapclient's loggers are capped at WARNING.  A server may
+also quote the command it refuses (the AUTHENTICATE token, LOGIN's quoted or
+literal password) in a BAD, NO, BYE or new challenge, so server text from the
+login exchange is never logged and never put in an error (:func:`unavailable`).
 """
 
 from __future__ import annotations
@@ -208,7 +211,8 @@ class Session:
         try:
             self.imap._simple_command("ID", f'("x-originating-ip" "{address}")')
         except imaplib.IMAP4.error as err:
-            log.debug("IMAP server refused ID: %s", err)
+            # Not its text: the login exchange has begun, and server text is never logged.
+            log.debug("IMAP server refused ID (%s); logging in without it", type(err).__name__)
 
     def _plain(self, user: str, password: str) -> LoginResult:
         # RFC 4616: authzid NUL authcid NUL passwd, UTF-8, then base64 (RFC 3501 6.2.2).
@@ -346,7 +350,9 @@ def unavailable(err: BaseException, password: str) -> BackendUnavailable:
         kind = "connect"
     else:
         kind = "protocol"
-    if password and isinstance(err, imaplib.IMAP4.error | IMAPClientError):
+    if password and not isinstance(err, OSError):
+        # Only the OS and the TLS library write OSError texts; anything else may
+        # quote the server (imaplib's errors, imapclient's, a decoding error).
         return BackendUnavailable(kind, f"{type(err).__name__} during login (server text withheld)")
     return BackendUnavailable(kind, scrub(f"{type(err).__name__}: {err}", password)[:300])
 
