@@ -97,7 +97,7 @@ class ImapConfig:
     mechanism: Literal["auto", "plain", "login"] = opt("auto", choice("auto", "plain", "login"))
     warm_connections: int = opt(2, integer(0, 64))
     warm_max_idle: float = opt(20.0, number(1, 3600))
-    send_client_address: bool = opt(False, boolean)
+    send_client_address: bool = opt(True, boolean)
 
     @property
     def target(self) -> ImapTarget:
@@ -112,6 +112,7 @@ class UsersConfig:
     realm: Literal["join", "ignore"] = opt("join", choice("join", "ignore"))
     lowercase: bool = opt(False, boolean)
     allowed_domains: tuple[str, ...] = opt((), _domains)
+    name_chars: str = opt("", string)
 
 
 @dataclass(frozen=True)

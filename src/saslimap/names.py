@@ -2,8 +2,11 @@
 
 This module owns what makes a request well-formed before anything is looked
 up: valid UTF-8, no control characters, no empty login or password; the realm
-joined or ignored and the name lowercased as configured; and the
-allowed-domains guard against relaying for foreign accounts.
+joined or ignored and the name lowercased as configured; the allowed-domains
+guard against relaying for foreign accounts; and, with ``users.name_chars``,
+the characters the IMAP server accepts in a name (a name it would refuse
+unasked never reaches it: Dovecot answers such a name with its failure delay
+and raises the gateway's penalty, which no passdb setting can waive).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Names:
     def __init__(self, users: UsersConfig) -> None:
         self.users = users
         self._allowed = frozenset(users.allowed_domains)
+        self._name_chars = frozenset(users.name_chars)  # empty: any character
 
     def imap_user(self, login: str, realm: str) -> str:
         """The user name the IMAP server is asked about (login joined with the realm)."""
@@ -77,6 +81,8 @@ class Names:
         service_s = _text("service", service, required=False)
         realm_s = _text("realm", realm, required=False)
         user = self.imap_user(login_s, realm_s)
+        if self._name_chars and not self._name_chars.issuperset(user):
+            raise Refused("user name has a character the IMAP server refuses", user)
         if not self.domain_allowed(user):
             raise Refused("domain not allowed", user)
         return (user, realm_s, service_s), password_s

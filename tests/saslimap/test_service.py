@@ -96,6 +96,27 @@ async def test_domain_outside_allowed_list_is_no_without_imap() -> None:
     assert [] == backend.calls
 
 
+DOVECOT_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@"
+
+
+@pytest.mark.parametrize("login", ["jürgen", "a b", "x+tag", "名前", "o'brien"])
+async def test_a_name_the_imap_server_refuses_is_no_without_imap(login: str) -> None:
+    """With name_chars set, a name holding another character is NO (bad_request), unasked."""
+    auth, backend = make(UsersConfig(name_chars=DOVECOT_CHARS))
+    result = await auth.verify(login, "x", "smtp", "example.com")
+    assert (Verdict.NO, "bad_request") == (result.verdict, result.label)
+    assert "user name has a character the IMAP server refuses" == result.reason
+    assert [] == backend.calls
+
+
+async def test_names_within_name_chars_are_checked() -> None:
+    """Names made of allowed characters (realm joined) reach IMAP as before."""
+    auth, backend = make(UsersConfig(name_chars=DOVECOT_CHARS))
+    result = await auth.verify("alice", "right pw", "smtp", "example.com")
+    assert Verdict.OK == result.verdict
+    assert ["alice@example.com"] == backend.calls
+
+
 async def test_bare_name_is_outside_allowed_domains() -> None:
     """With an allow-list, a name without a domain is refused too."""
     auth, backend = make(UsersConfig(allowed_domains=("example.com",)))
