@@ -54,6 +54,28 @@ log = logging.getLogger(__name__)
 # (65534) is above Dovecot's first_valid_uid = 500, which refuses system uids
 # such as 'dovecot' (103) unless lowered.  Creating a dedicated vmail user
 # would mean editing /etc/passwd for a throw-away instance.
+_CONF = Path(__file__).resolve().parents[1] / "conf" / "dovecot"
+_PLACEHOLDER = "10.0.0.25"  # the gateway's address in the shipped files
+_LISTED_AT = "/etc/dovecot/mailgate-gateways"
+
+
+def gateway_snippet(directory: Path, gateway: str) -> str:
+    """The shipped conf/dovecot/ settings for a gateway at ``gateway``, as ``extra_config``.
+
+    Its address list is written to ``directory`` (readable by Dovecot's auth
+    process); the snippet is returned with that path and the address put in.
+    """
+    listed = directory / "mailgate-gateways"
+    addresses = (_CONF / "mailgate-gateways").read_text()
+    snippet = (_CONF / "conf.d" / "99-mailgate-gateway.conf").read_text()
+    if _PLACEHOLDER not in addresses or _PLACEHOLDER not in snippet or _LISTED_AT not in snippet:
+        raise ValueError("conf/dovecot/ no longer holds the placeholders this fills in")
+    directory.mkdir(parents=True, exist_ok=True)
+    listed.write_text(addresses.replace(_PLACEHOLDER, gateway))
+    listed.chmod(0o644)
+    return snippet.replace(_PLACEHOLDER, gateway).replace(_LISTED_AT, str(listed))
+
+
 _MAIL_USER = "nobody"
 
 # Dovecot's auth process runs as default_internal_user = dovecot and must read

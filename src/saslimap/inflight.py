@@ -56,7 +56,7 @@ class Pending:
     client_addr: str = ""
     digest: bytes = field(default=b"", repr=False)  # the password's HMAC, as counted in flight
     counted: str = ""  # the budget's key (budget_key: user and client network)
-    name: str = ""  # the user's own key (the undecided budget and the ceiling)
+    name: str = ""  # the user's own key (the ceiling, the trickle, the verified memo)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,11 @@ class Stores:
     cache: CredentialCache
     negative: NegativeCache
     budget: FailureBudget  # wrong passwords, per budget_key (user and client network)
-    # Distinct passwords whose check ended without a verdict (IMAP slow or down). Under
-    # Dovecot's per-IP penalty a guess can outlast the response deadline; without this
-    # such guesses would reach IMAP forever without ever filling the budget above.
+    # Distinct passwords whose check ended without a verdict (IMAP slow or down), keyed
+    # like the budget above. Under Dovecot's per-IP penalty a guess can outlast the
+    # response deadline; without this such guesses would reach IMAP forever without
+    # ever filling the budget above. Per client network too: keyed on the user alone,
+    # an attacker slowed by the penalty on its own address would lock the user out.
     undecided: FailureBudget
     ceiling: FailureBudget  # wrong passwords per user from every address together
     trickle: Trickle  # over a spent budget or ceiling: one check per user per interval
@@ -152,7 +154,7 @@ class SharedLogins:
                 return Result(Verdict.TEMPFAIL, held, user, kind="ratelimited", source="budget")
         self.metrics.cache_misses.inc()
         digest = self._hasher.digest(name, password)
-        for budget, where in ((s.budget, counted), (s.undecided, name), (s.ceiling, name)):
+        for budget, where in ((s.budget, counted), (s.undecided, counted), (s.ceiling, name)):
             budget.begin(where, digest)
         return Pending(key, password, freshness, client_addr, digest, counted, name)
 
@@ -164,19 +166,20 @@ class SharedLogins:
         let an attacker get the real user refused, or banned by fail2ban.
         """
         s = self.stores
-        if s.budget.exhausted(counted) or s.ceiling.exhausted(name):
-            if not (s.budget.spent(counted) or s.ceiling.spent(name)):
-                # Only checks still in flight fill a budget: they may yet be right.
-                return "too many checks in progress, try later"
-            if client_addr and s.budget.spent(counted) and not s.ceiling.spent(name):
-                # This address's guesses: held back, and no trickle, so what reaches
-                # IMAP from it stays at the budget; other addresses are not affected.
-                return "too many failed logins from this address, try later"
-            if not s.trickle.take(name):
-                return "too many failed logins for this user, try later"
-        if s.undecided.exhausted(name):
-            # An outage must not look like a wrong password either.
-            return "too many checks without a verdict, try later"
+        here = (s.budget, s.undecided)  # both per user and client network (when known)
+        if not (any(b.exhausted(counted) for b in here) or s.ceiling.exhausted(name)):
+            return ""
+        spent_here = any(b.spent(counted) for b in here)
+        if not (spent_here or s.ceiling.spent(name)):
+            # Only checks still in flight fill a budget: they may yet be right.
+            return "too many checks in progress, try later"
+        if client_addr and spent_here and not s.ceiling.spent(name):
+            # This address's guesses (wrong, or slowed past the deadline by the IMAP
+            # server's own penalty for that address): held back, and no trickle, so
+            # what reaches IMAP from it stays at the budget; other addresses go on.
+            return "too many failed or unanswered checks from this address, try later"
+        if not s.trickle.take(name):
+            return "too many failed or unanswered checks for this user, try later"
         return ""
 
     async def complete(self, pending: Pending) -> Result:
@@ -186,7 +189,7 @@ class SharedLogins:
             return await self._ask(pending)
         finally:  # begun by admit()
             s.budget.end(pending.counted, pending.digest)
-            s.undecided.end(pending.name, pending.digest)
+            s.undecided.end(pending.counted, pending.digest)
             s.ceiling.end(pending.name, pending.digest)
 
     async def _ask(self, pending: Pending) -> Result:
@@ -200,7 +203,7 @@ class SharedLogins:
             answer = await self._login_once(key, password, digest, pending.client_addr)
         except BackendUnavailable as err:
             elapsed = self.clock() - start
-            s.undecided.spend(pending.name, digest)
+            s.undecided.spend(pending.counted, digest)
             if freshness is Freshness.STALE:
                 self.metrics.count_hit("stale")
                 return Result(
@@ -212,7 +215,7 @@ class SharedLogins:
                 err.kind, err.detail, source="imap",
             )  # fmt: skip
         elapsed = self.clock() - start
-        s.undecided.forget(pending.name)
+        s.undecided.forget(pending.counted)
         if answer is LoginResult.ACCEPTED:
             s.cache.store(key, password)
             s.verified.learn(pending.name, password)

@@ -91,7 +91,7 @@ async def test_shared_outage_reaches_every_waiter() -> None:
 async def test_checks_without_verdict_are_bounded_too() -> None:
     """Guesses that only time out reach IMAP at most the budget's worth, then get 'try later'
     (never NO) at once; the cached password still works."""
-    auth, backend, _ = make(limits=LimitsConfig(failure_budget=5))
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=5, trickle_interval=0))
     assert Verdict.OK == await check(auth, PW)
     backend.down = "timeout"
     results = [await auth.verify(USER, f"guess {n}", "smtp") for n in range(20)]
@@ -99,3 +99,17 @@ async def test_checks_without_verdict_are_bounded_too() -> None:
     assert {Verdict.TEMPFAIL} == {r.verdict for r in results}
     assert "ratelimited" == results[-1].label
     assert Verdict.OK == await check(auth, PW)
+
+
+async def test_an_address_whose_checks_time_out_does_not_hold_back_another() -> None:
+    """Guesses from one address that never get a verdict (the IMAP server's penalty for that
+    address outlasts the deadline) fill that address's budget only: the user's right password
+    from another address still reaches IMAP."""
+    auth, backend, _ = make(limits=LimitsConfig(failure_budget=3, trickle_interval=0))
+    backend.down = "timeout"
+    for n in range(10):
+        await auth.verify(USER, f"guess {n}", "smtp", client_addr="192.0.2.66")
+    assert 3 == len(backend.calls)
+    backend.down = None
+    result = await auth.verify(USER, PW, "smtp", client_addr="198.51.100.7")
+    assert Verdict.OK == result.verdict

@@ -26,18 +26,14 @@ from pathlib import Path
 import pytest
 
 from devstack.daemons import SaslimapDaemon
-from devstack.dovecot import Dovecot
+from devstack.dovecot import Dovecot, gateway_snippet
 from devstack.tls import TlsFiles
 from saslimap import saslauthd_client
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
-SNIPPET = ROOT / "conf" / "dovecot" / "conf.d" / "99-mailgate-gateway.conf"
-GATEWAYS = ROOT / "conf" / "dovecot" / "mailgate-gateways"
 SHIPPED_SASLIMAP = ROOT / "conf" / "saslimap.toml"
-PLACEHOLDER = "10.0.0.25"  # the gateway's address in the shipped files
-LISTED_AT = "/etc/dovecot/mailgate-gateways"
 
 USERS = {f"{name}@example.com": f"{name} pw" for name in ("alice", "bob", "carol", "dave", "erin")}
 ATTACKER = "192.0.2.66"
@@ -72,15 +68,7 @@ class Stack:
 
 def gateway_config(directory: Path, gateway: str) -> str:
     """The shipped snippet for a gateway at ``gateway``; its address list goes in ``directory``."""
-    listed = directory / "mailgate-gateways"
-    addresses = GATEWAYS.read_text()
-    snippet = SNIPPET.read_text()
-    assert PLACEHOLDER in addresses
-    assert PLACEHOLDER in snippet
-    assert LISTED_AT in snippet
-    listed.write_text(addresses.replace(PLACEHOLDER, gateway))
-    listed.chmod(0o644)  # read by Dovecot's unprivileged auth process
-    return snippet.replace(PLACEHOLDER, gateway).replace(LISTED_AT, str(listed))
+    return gateway_snippet(directory, gateway)
 
 
 def start_stack(root: Path, tls: TlsFiles, extra_config: str, name_chars: str = "") -> Stack:
