@@ -90,6 +90,7 @@ class _Connection(asyncio.Protocol):
         self.handshaken = False  # the client's CPID line has arrived
         self.checking = 0  # checks of this connection's requests under way
         self.timer: asyncio.TimerHandle | None = None
+        self.phase = ""  # what the running timer is for: "busy", "idle" or none
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -110,17 +111,26 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _arm(self) -> None:
-        """(Re)start the deadline this connection is under now, if any.
+    def _arm(self, *, restart: bool = False) -> None:
+        """Put the connection under the deadline of what it is doing now, if any.
 
         While a check runs there is none (the IMAP step has its own); a handshake,
         a part-sent line or an exchange waiting for its next step gets
-        ``read_timeout``; a connection between requests gets ``idle_timeout``.
+        ``read_timeout``, counted from when it began: more bytes do not extend it
+        (one byte every so often must not hold a connection open), only our own
+        answer (``restart``) does; a connection between requests gets ``idle_timeout``.
         """
-        self._disarm()
         if self.checking or self.transport is None or self.transport.is_closing():
+            self._disarm()
+            self.phase = ""
             return
-        if not self.handshaken or self.buf or self.pending:
+        busy = not self.handshaken or bool(self.buf) or bool(self.pending)
+        phase = "busy" if busy else "idle"
+        if phase == self.phase and self.timer is not None and not restart:
+            return  # the deadline already running goes on
+        self._disarm()
+        self.phase = phase
+        if busy:
             seconds, what = self.server.read_timeout, "handshake or request not completed"
         else:
             seconds, what = self.server.idle_timeout, "idle"
@@ -193,14 +203,19 @@ class _Connection(asyncio.Protocol):
             await asyncio.sleep(delay)  # the address's penalty, as Dovecot delays a failure
             self._write(proto.fail(auth.id, "authentication failed", user=creds.user))
         else:
+            await asyncio.sleep(delay)  # an address over its limit still waits its penalty
             # Dovecot's protocol has "FAIL ... temp", but Postfix 3.7's xsasl_dovecot client
             # answers 535 to any FAIL (seen in this project's tests); a lost connection is
             # what it answers with 454, so an outage hangs up (Postfix reconnects next time).
-            log.info('dovecot listener: IMAP unavailable for user="%s"; closing so Postfix '
-                     "answers 454", shown(creds.user))  # fmt: skip
+            # A limit's "try later" was logged by the authenticator already: once is enough
+            # under a flood of guesses.
+            level = logging.DEBUG if result.kind == "ratelimited" else logging.INFO
+            log.log(level, 'dovecot listener: %s for user="%s"; closing so Postfix answers 454',
+                    result.reason, shown(creds.user))  # fmt: skip
             self.close()
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-            self._arm()  # an answer sent: the connection is between requests (or mid-exchange)
+            # An answer sent: between requests, or the client's turn in an exchange.
+            self._arm(restart=True)

@@ -91,10 +91,15 @@ class Stores:
         The budgets track as many users as the cache holds entries (at least
         ``MIN_TRACKED``): a flood of made-up names evicts the least recently
         failing, and the bound is the operator's, not a constant.  ``verified``:
-        the previous configuration's, kept across a reload.
+        the previous configuration's, kept across a reload unless its settings
+        changed (``remember_verified = 0`` then empties it).
         """
         limit, window = limits.failure_budget, limits.failure_window
         tracked = max(MIN_TRACKED, cache.max_entries)
+        if verified is None or (verified.remember, verified.max_users) != (
+            limits.remember_verified, tracked,
+        ):  # fmt: skip
+            verified = Verified(clock, limits.remember_verified, tracked)  # settings changed
         return cls(
             CredentialCache(
                 hasher, clock, ttl=cache.ttl, refresh_after=cache.refresh_after,
@@ -105,7 +110,7 @@ class Stores:
             FailureBudget(clock, limit=limit, window=window, max_users=tracked),
             FailureBudget(clock, limit=limits.user_ceiling, window=window, max_users=tracked),
             Trickle(clock, limits.trickle_interval, tracked),
-            verified or Verified(clock, limits.remember_verified, tracked),
+            verified,
             limits.fold_case,
         )  # fmt: skip
 
@@ -147,10 +152,21 @@ class SharedLogins:
         name = budget_key(user, fold_case=s.fold_case)
         counted = budget_key(user, client_addr, fold_case=s.fold_case)
         if freshness is None:
-            held = self._held(name, counted, client_addr)
+            held = self._held(name, counted)
             # The user's own last verified password is never held back (its HMAC is
             # computed only here, for a check that would otherwise be held).
             if held and not s.verified.knows(name, password):
+                guessed = s.budget.spent(counted) or s.ceiling.spent(name)
+                if guessed and (s.cache.entry(key) is not None or name in s.verified):
+                    # A password of the user's is known and this is not it: answered as
+                    # the wrong password it almost surely is, so held guesses still count
+                    # (per-IP limits, fail2ban on 535) and the known password cannot be
+                    # tested against for free.  A changed password waits for a trickle
+                    # slot or the window, as before.
+                    return Result(
+                        Verdict.NO, "authentication failed", user, kind="ratelimited",
+                        source="budget",
+                    )  # fmt: skip
                 return Result(Verdict.TEMPFAIL, held, user, kind="ratelimited", source="budget")
         self.metrics.cache_misses.inc()
         digest = self._hasher.digest(name, password)
@@ -158,12 +174,13 @@ class SharedLogins:
             budget.begin(where, digest)
         return Pending(key, password, freshness, client_addr, digest, counted, name)
 
-    def _held(self, name: str, counted: str, client_addr: str) -> str:
+    def _held(self, name: str, counted: str) -> str:
         """Why a check of a password never verified is held back ("try later"), or "".
 
-        Every answer here is "try later", never "wrong password": the real user's
-        right password may be among the held, and a wrong-password answer would
-        let an attacker get the real user refused, or banned by fail2ban.
+        "Try later", not "wrong password": the real user's right password may be
+        among the held, and a wrong-password answer would let an attacker get the
+        real user refused, or banned by fail2ban (:meth:`admit` answers NO only
+        where a password of the user's is known and this one is not it).
         """
         s = self.stores
         here = (s.budget, s.undecided)  # both per user and client network (when known)
@@ -173,7 +190,7 @@ class SharedLogins:
         if not (spent_here or s.ceiling.spent(name)):
             # Only checks still in flight fill a budget: they may yet be right.
             return "too many checks in progress, try later"
-        if client_addr and spent_here and not s.ceiling.spent(name):
+        if counted != name and spent_here and not s.ceiling.spent(name):
             # This address's guesses (wrong, or slowed past the deadline by the IMAP
             # server's own penalty for that address): held back, and no trickle, so
             # what reaches IMAP from it stays at the budget; other addresses go on.

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -100,14 +101,30 @@ class WindowCounter:
         self._keys.pop(key, None)
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def budget_key(user: str, client_addr: str = "", *, fold_case: bool = True) -> str:
     """What a per-user budget counts under: the user as the IMAP server sees it.
 
-    Case-folded by default, as Dovecot's ``%Lu`` folds it (each case variant must
-    not get a fresh budget), and with the client's network when it is known.
+    Lower-cased by default as Dovecot's ``%Lu`` lower-cases it, ASCII letters only
+    (each case variant must not get a fresh budget, and two names the server
+    tells apart, such as "straße" and "strasse", must not share one), and with
+    the client's network when an address is known and is one (anything else in
+    the field, such as "ip;port", would give every port a budget of its own).
     """
-    name = user.casefold() if fold_case else user
-    return f"{name}\0{network_key(client_addr)}" if client_addr else name
+    name = user.translate(_ASCII_LOWER) if fold_case else user
+    return f"{name}\0{network_key(client_addr)}" if _is_ip(client_addr) else name
+
+
+def _is_ip(address: str) -> bool:
+    if not address:
+        return False
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class Trickle:
@@ -139,6 +156,8 @@ class Verified:
     """
 
     def __init__(self, clock: Clock, remember: float, max_users: int = 100_000) -> None:
+        self.remember = remember
+        self.max_users = max_users
         self.enabled = remember > 0
         self._hasher = Hasher()
         self._known: TTLCache[str, bytes] = TTLCache(max_users, remember or 1e-9, timer=clock)
@@ -157,6 +176,10 @@ class Verified:
         """The IMAP server refused ``password`` for ``name``: forget it if it was the one known."""
         if self.knows(name, password):
             del self._known[name]
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a password was verified for ``name`` within the memo's time."""
+        return name in self._known
 
     def __len__(self) -> int:
         return len(self._known)

@@ -13,16 +13,17 @@ per-IP limits (:mod:`saslimap.limits`), the replay memo of the fast paths
 Order of decisions for a well-formed request:
 
 0. (Dovecot listener only: the client's address is known) the address over its
-   failure budget -> NO (``ratelimited``), without asking IMAP, or "try later"
-   when checks in flight fill it; every NO then adds to the address's penalty,
-   a delay before the answer;
+   failure budget, or filled by checks in flight -> "try later" (``ratelimited``),
+   without asking IMAP or any cache; every NO adds to the address's penalty, a
+   delay before the answer;
 1. a fresh cached success for this password -> OK (re-verified in the
    background once older than ``refresh_after``);
 2. the same wrong password seen within ``negative_ttl`` -> NO;
 3. user over the failure budget (per user and client network where the address
-   is known), and the password is not their cached one -> "try later"
-   (``ratelimited``, never NO), without asking IMAP, but for one check per user
-   per ``trickle_interval`` (:mod:`saslimap.inflight`);
+   is known), and the password is not their cached or last verified one -> NO
+   when one of theirs is known (it is almost surely wrong, and must count), else
+   "try later"; without asking IMAP, but for one check per user per
+   ``trickle_interval`` (:mod:`saslimap.inflight`);
 4. ask IMAP (concurrent identical checks share one login); accepted -> OK and
    cache; rejected -> NO, remember, spend budget; unavailable -> OK only from a
    stale cached success, else TEMPFAIL.
@@ -134,12 +135,14 @@ class Authenticator:
             self.metrics.count_request("ratelimited")
             log.info('auth user="%s" rip=%s result=ratelimited source=ip-limit',
                      shown(login), shown(client_addr))  # fmt: skip
-            if decision.busy:
-                busy = "too many checks in progress from this address, try later"
-                return Result(Verdict.TEMPFAIL, busy, kind="ratelimited", source="ip-limit"), 0.0
-            refused = Result(
-                Verdict.NO, "authentication failed", kind="ratelimited", source="ip-limit"
-            )
+            # "Try later", never a wrong password: a user sharing the address (a carrier
+            # NAT) must not be refused or banned for someone else's guesses.  Decided
+            # before any cache is looked at, so it tests no password either.
+            why = (
+                "too many checks in progress from this address, try later" if decision.busy
+                else "too many failed logins from this address, try later"
+            )  # fmt: skip
+            refused = Result(Verdict.TEMPFAIL, why, kind="ratelimited", source="ip-limit")
             return refused, decision.penalty
         # The pair counts in flight from now (before the first await) until answered.
         user = budget_key(login, fold_case=self.limits.fold_case)

@@ -192,7 +192,8 @@ async def test_a_user_verified_before_is_never_held_back_after_the_cache_forgets
     clock.advance(61)  # the cache entry is gone
     for n in range(3):
         await check(auth, f"guess {n}")
-    assert Verdict.TEMPFAIL == await check(auth, "guess 9")
+    held = await auth.verify(USER, "guess 9", "smtp")  # a known password, not this one: NO
+    assert (Verdict.NO, "ratelimited") == (held.verdict, held.label)
     assert Verdict.OK == await check(auth, PW)
     assert 5 == len(backend.calls)
 
@@ -206,8 +207,9 @@ async def test_the_remembered_password_survives_a_new_authenticator() -> None:
     fresh = Authenticator(UsersConfig(), backend, clock, limits=limits, verified=auth.verified)
     for n in range(2):
         await check(fresh, f"guess {n}")
-    assert Verdict.TEMPFAIL == await check(fresh, "guess 9")
+    assert Verdict.NO == await check(fresh, "guess 9")  # held, and not the known password
     assert Verdict.OK == await check(fresh, PW)
+    assert 4 == len(backend.calls)
 
 
 async def test_a_password_the_server_now_refuses_is_forgotten() -> None:
@@ -221,3 +223,18 @@ async def test_a_password_the_server_now_refuses_is_forgotten() -> None:
     assert Verdict.NO == await check(auth, PW)  # reaches IMAP: refused, budget spent
     clock.advance(2)
     assert Verdict.TEMPFAIL == await check(auth, PW)
+
+
+async def test_held_guesses_for_a_user_with_a_known_password_are_wrong_passwords() -> None:
+    """Over budget, a guess that is not the user's cached password is NO (counted by per-IP
+    limits and fail2ban), so the cache cannot be tested against for free; for a user with no
+    known password the same guess is "try later"."""
+    limits = LimitsConfig(failure_budget=2, trickle_interval=0)
+    auth, backend, _ = make(limits=limits)
+    assert Verdict.OK == await check(auth, PW)
+    for user in (USER, "nobody@example.com"):
+        for n in range(2):
+            await check(auth, f"guess {n}", user)
+    assert Verdict.NO == await check(auth, "guess 9")
+    assert Verdict.TEMPFAIL == await check(auth, "guess 9", "nobody@example.com")
+    assert 5 == len(backend.calls)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from saslimap.limits import FailureBudget, IpLimiter, WindowCounter, network_key
+import pytest
+
+from saslimap.limits import FailureBudget, IpLimiter, WindowCounter, budget_key, network_key
 from tests.clock import FakeClock
 
 # -- the counter --------------------------------------------------------------------------
@@ -198,3 +200,23 @@ def test_ipv6_success_exempts_the_whole_64() -> None:
     lim.succeeded("2001:db8::1")
     lim.failed("2001:db8::2", b"a")
     assert lim.decide("2001:db8::3").allowed
+
+
+@pytest.mark.parametrize(
+    ("user", "addr", "key"),
+    [
+        ("Alice@Example.COM", "", "alice@example.com"),
+        ("straße", "", "straße"),  # Dovecot lowers ASCII only: not "strasse"
+        ("\u212aelvin", "", "\u212aelvin"),  # the Kelvin sign is not a K to Dovecot
+        ("bob", "192.0.2.7", "bob\x00192.0.2.7"),
+        ("bob", "::ffff:192.0.2.7", "bob\x00192.0.2.7"),
+        ("bob", "2001:db8::1", "bob\0002001:db8::/64"),
+        ("bob", "192.0.2.7;25", "bob"),  # not an address: as if none were known
+        ("bob", "unknown", "bob"),
+    ],
+)
+def test_budget_keys_fold_as_dovecot_does_and_keep_only_real_addresses(
+    user: str, addr: str, key: str
+) -> None:
+    """Budgets key on the name as Dovecot's %Lu sees it, with the client network if any."""
+    assert key == budget_key(user, addr)

@@ -169,8 +169,9 @@ def make_ip(**limits: object) -> tuple[Authenticator, FakeBackend, FakeClock]:
 async def test_address_over_its_budget_is_refused_without_imap(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """At the budget an address gets NO (ratelimited, logged with rip=) and the longest delay,
-    even with the right password; another address is not affected."""
+    """At the budget an address gets "try later" (ratelimited, logged with rip=; never a
+    wrong password: a user behind the same NAT is slowed, not refused) after the longest
+    delay, without IMAP or the cache; another address is not affected."""
     auth, backend, _ = make_ip(budget=3, base_delay=1.0, max_delay=8.0)
     for n in range(3):
         result, _ = await auth.verify_client("alice@example.com", f"guess {n}", "smtp", "192.0.2.7")
@@ -180,7 +181,7 @@ async def test_address_over_its_budget_is_refused_without_imap(
         result, delay = await auth.verify_client(
             "alice@example.com", "right pw", "smtp", "192.0.2.7"
         )
-    assert (Verdict.NO, "ratelimited", "ip-limit", 8.0) == (
+    assert (Verdict.TEMPFAIL, "ratelimited", "ip-limit", 8.0) == (
         result.verdict, result.label, result.source, delay,
     )  # fmt: skip
     assert calls == len(backend.calls)

@@ -90,13 +90,13 @@ def test_wrong_password_is_535(stack: Stack) -> None:
 
 
 def test_per_ip_limits_hold_while_another_address_authenticates(stack: Stack) -> None:
-    """After its budget of wrong passwords 127.0.0.2 is refused even the right password,
-    while 127.0.0.1 keeps authenticating."""
+    """After its budget of wrong passwords 127.0.0.2 is told "try later" (454, never a wrong
+    password) even for the right password, while 127.0.0.1 keeps authenticating."""
     for n in range(3):
         with connect(stack, "127.0.0.2") as smtp:
             assert 535 == auth_plain(smtp, "quotes@example.com", f"guess {n}")[0]
     with connect(stack, "127.0.0.2") as smtp:
-        assert 535 == auth_plain(smtp, "quotes@example.com", USERS["quotes@example.com"])[0]
+        assert 454 == auth_plain(smtp, "quotes@example.com", USERS["quotes@example.com"])[0]
     with connect(stack, "127.0.0.1") as smtp:
         assert 235 == auth_plain(smtp, "quotes@example.com", USERS["quotes@example.com"])[0]
     eventually(stack.saslimap.log_text, "rip=127.0.0.2 result=ratelimited")
