@@ -35,11 +35,13 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -198,20 +200,58 @@ def connect(cfg: LearnConfig, deadline: Deadline | None = None) -> ImapMailbox:
     password = _password(cfg)
     try:
         # Until the login, mailgate.imap reads by itself: each wait is at most the
-        # time left, though not the whole exchange (mailgate.mailbox says why).
+        # time left, and the whole exchange ends at the deadline by an alarm.
         timeout = deadline.cap(cfg.timeout)
         settings = imap.ImapSettings.from_url(
             cfg.imap_url, cfg.ca_file, key="learn.imap_url",
             connect_timeout=timeout, response_timeout=timeout,
         )  # fmt: skip
-        return mailbox.open_mailbox(
-            settings, cfg.username, password,
-            deadline=deadline, allowance=Allowance(cfg.max_response, "learn.max_response"),
-        )  # fmt: skip
+        with _alarm(deadline) as rang:
+            try:
+                return mailbox.open_mailbox(
+                    settings, cfg.username, password,
+                    deadline=deadline, allowance=Allowance(cfg.max_response, "learn.max_response"),
+                )  # fmt: skip
+            except BackendError:
+                if rang:  # the alarm's error, turned into "protocol" by the library's layers
+                    raise deadline.error("before the login") from None
+                raise
     except ConfigError as err:
         raise LearnError(str(err)) from None
     except BackendError as err:  # its text never carries the password
         raise LearnError(f"IMAP {cfg.imap_url}: {err}") from None
+
+
+class _Rang(list[bool]):
+    """Truthy once the alarm went off."""
+
+
+@contextlib.contextmanager
+def _alarm(deadline: Deadline) -> Iterator[_Rang]:
+    """The run's deadline as a SIGALRM while the session is opened, before the login.
+
+    There imaplib reads the greeting and the STARTTLS exchange by itself, each
+    read under its own timeout: a server trickling one byte at a time would keep
+    every read inside it and the run alive for ever.  The alarm interrupts the
+    read wherever it is.  Only in the main thread (signals go nowhere else): the
+    command always runs there.
+    """
+    rang = _Rang()
+    if threading.current_thread() is not threading.main_thread():
+        yield rang
+        return
+
+    def ring(signum: int, frame: object) -> None:
+        rang.append(True)
+        raise deadline.error("before the login")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(deadline.left(), 0.001))
+    try:
+        yield rang
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _Taught(set[int]):

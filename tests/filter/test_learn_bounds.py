@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
@@ -308,3 +311,34 @@ def test_command_exits_1_with_one_clear_line(
     assert PASSWORD not in run.stderr
     assert before == state.read_bytes()
     assert time.monotonic() - begin < 10  # 1.5 s of run, plus starting Python
+
+
+def test_a_greeting_trickled_a_byte_at_a_time_ends_at_the_deadline(cfg: LearnConfig) -> None:
+    """Before the login imaplib reads by itself; a greeting sent one byte every 0.2 s (each
+    read well inside its timeout) still ends the run at run_timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            for byte in itertools.cycle(b"* OK still greeting "):
+                if stop.wait(0.2):
+                    return
+                conn.sendall(bytes([byte]))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    cfg = dataclasses.replace(
+        cfg, imap_url=f"imap+plaintext://127.0.0.1:{listener.getsockname()[1]}",
+        username="admin", run_timeout=1.0, timeout=10.0,
+    )  # fmt: skip
+    begin = time.monotonic()
+    try:
+        with pytest.raises(LearnError) as caught:
+            learn.connect(cfg)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - begin < 1.5
+    assert "learn.run_timeout (1 s) passed before the login" in str(caught.value)
