@@ -11,7 +11,9 @@ server (Dovecot's own count of finished authentications).
 Three set-ups, each against a fresh real Dovecot and daemon:
 
 - saslimap's Dovecot-protocol listener (Postfix ``smtpd_sasl_type = dovecot``:
-  the client's address is known), default limits;
+  the client's address is known), default limits (whose per-address delay
+  slows the attacker to a few guesses a second), and again with that delay off,
+  so that every guess arrives;
 - saslimap's saslauthd socket (no address), default limits, with the real
   user never verified since the start, and again with the user verified once
   before a ``SIGHUP`` that flushed the caches;
@@ -54,6 +56,7 @@ OTHER, OTHER_PW = "user1@example.com", "password 1"
 USERS = {f"user{n}@example.com": f"password {n}" for n in range(20)}
 ATTACKER, VICTIM_ADDR, OTHER_ADDR = "192.0.2.66", "198.51.100.7", "198.51.100.8"
 RELOADED = "saslimap, saslauthd socket, user verified before a SIGHUP"
+NO_DELAY = "saslimap, Dovecot listener, its per-address delay off"
 
 Check = Callable[[str, str, str], str]  # (user, password, client address) -> ok/no/later
 
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     fast = not args.dovecot_defaults
     rows: list[Figures] = []
     try:
-        for name in ("saslimap, Dovecot listener", "saslimap, saslauthd socket",
+        for name in ("saslimap, Dovecot listener", NO_DELAY, "saslimap, saslauthd socket",
                      RELOADED, "saslauthd -a rimap"):  # fmt: skip
             say(f"{name}: {args.guesses} guesses")
             work = root / name.split(",")[0].split()[0] / str(len(rows))
@@ -198,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
                     "dovecot": {"socket": str(auth_socket), "socket_mode": "0666"},
                     "server": {"max_connections": 2048},
                 }  # fmt: skip
+                if name == NO_DELAY:  # every guess arrives at once: the worst case for IMAP
+                    settings["iplimits"] = {"base_delay": 0.0, "max_delay": 0.0}
                 with SaslimapDaemon(work / "saslimap", settings) as d:
                     if name == RELOADED:  # verified once, then the caches flushed
                         assert mux_check(d.socket_path)(VICTIM, VICTIM_PW, "") == "ok"
@@ -205,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                         while "caches flushed" not in d.log_text():
                             time.sleep(0.05)
                     check = (
-                        dovecot_check(auth_socket) if "Dovecot" in name
+                        dovecot_check(auth_socket) if "Dovecot listener" in name
                         else mux_check(d.socket_path)
                     )  # fmt: skip
                     figures = attack(name, check, dovecot, args.guesses, args.patience, args.limit)
