@@ -22,8 +22,8 @@ def test_guesses_from_one_address_leave_the_user_free_from_another(
 ) -> None:
     """300 guesses from one address through the Dovecot listener reach IMAP at most the
     budget's worth (case variants included), are never answered as if the budget were a
-    wrong password for the real user, and the real user, never cached, logs in at once
-    from another address."""
+    wrong password for the real user, and the real user, never cached, logs in at the first
+    try from another address."""
     auth_socket = workroot / "lockout" / "run" / "auth"
     d = SaslimapDaemon(
         workroot / "lockout",
@@ -44,9 +44,9 @@ def test_guesses_from_one_address_leave_the_user_free_from_another(
         assert outcomes.count("fail") <= 10 + 8  # the budget, and a few answered at once
         time.sleep(0.3)  # Dovecot logs just after answering
         assert dovecot.auth_attempts() - before <= 10
-        started = time.monotonic()
+        # At once: the first try is answered OK (a held check would be a hang-up);
+        # how fast is bench/lockout_bench.py's to say, not a test's.
         assert "ok" == dovecot_auth(auth_socket, VICTIM, USERS[VICTIM], "198.51.100.7")
-        assert time.monotonic() - started < 2.0
         # Held guesses were "try later" (a hang-up) while no password of bob's was known;
         # now one is, a held guess is a wrong password again (counted by the per-IP limit).
         assert "closed" in outcomes
@@ -68,16 +68,15 @@ def test_over_the_budget_the_saslauthd_socket_trickles(
         for n in range(3):
             reply = saslauthd_client.query(d.socket_path, user, f"g{n}".encode(), b"smtp")
             assert not protocol.reply_is_ok(reply)
-        started = time.monotonic()
-        while True:
+        replies = []
+        for _ in range(50):  # a trickle slot opens every second: well within 10 s
             try:
-                reply = saslauthd_client.query(d.socket_path, user, b"alice pw", b"smtp")
-            except saslauthd_client.NoReply:  # "try later" (Postfix: 454)
+                replies.append(saslauthd_client.query(d.socket_path, user, b"alice pw", b"smtp"))
+                break
+            except saslauthd_client.NoReply:  # "try later" (Postfix: 454), never NO
                 time.sleep(0.2)
-                continue
-            break
-        assert protocol.reply_is_ok(reply)
-        assert time.monotonic() - started < 2.0
+        assert 1 == len(replies)
+        assert protocol.reply_is_ok(replies[0])
 
 
 def test_a_user_verified_before_a_reload_is_not_held_back_by_guesses(
