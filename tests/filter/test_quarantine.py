@@ -172,42 +172,39 @@ def plant(kind: str, path: Path, other: Path, tmp_path: Path) -> None:
         os.link(secret, path)
 
 
+@pytest.mark.parametrize(
+    ("suffix", "what", "other_file"),
+    [(".eml", "message file", ".json"), (".json", "metadata", ".eml")],
+)
 @pytest.mark.parametrize(("kind", "said"), PLANTED)
-def test_a_planted_message_file_is_refused_by_every_command(
-    q: Quarantine, sink: Sink, tmp_path: Path, kind: str, said: str
+def test_a_planted_entry_file_is_refused_by_every_command(
+    q: Quarantine,
+    sink: Sink,
+    tmp_path: Path,
+    kind: str,
+    said: str,
+    suffix: str,
+    what: str,
+    other_file: str,
 ) -> None:
-    """show, release and delete refuse it in one line naming only that entry; list skips it."""
+    """A planted message or metadata file: show, release and delete refuse it in one line
+    naming only that entry; list skips it; nothing is delivered or deleted."""
     other, entry = held(q.store), held(q.store)
-    plant(kind, q.path(entry.id, ".eml"), q.path(other.id, ".eml"), tmp_path)
+    plant(kind, q.path(entry.id, suffix), q.path(other.id, suffix), tmp_path)
     for action in ("show", "release", "delete"):
         ran = q.run(action, entry.id)
         assert 1 == ran.code
-        assert_one_clean_line(ran.err, f"{entry.id}: message file {said}", never=other.id)
+        assert_one_clean_line(ran.err, f"{entry.id}: {what} {said}", never=other.id)
         assert "secret-hash" not in ran.out + ran.err
     ran = q.run("list")
     assert (0, [other.id]) == (ran.code, listed(ran))
-    assert f"{entry.id}: message file {said}" in ran.err
+    assert f"{entry.id}: {what} {said}" in ran.err
+    if suffix == ".json":
+        line = ran.err.splitlines()[0]
+        assert_one_clean_line(line, f"{entry.id}: {what} {said}", never=other.id)
     assert [] == sink.messages
-    assert q.path(entry.id, ".json").exists()  # refused, not deleted: evidence for the admin
+    assert q.path(entry.id, other_file).exists()  # refused, not deleted: evidence for the admin
     assert SECRET == (tmp_path / "shadow").read_bytes()
-
-
-@pytest.mark.parametrize(("kind", "said"), PLANTED)
-def test_a_planted_metadata_file_is_refused_by_every_command(
-    q: Quarantine, sink: Sink, tmp_path: Path, kind: str, said: str
-) -> None:
-    """show, release and delete refuse it in one line naming only that entry; list skips it."""
-    other, entry = held(q.store), held(q.store)
-    plant(kind, q.path(entry.id, ".json"), q.path(other.id, ".json"), tmp_path)
-    for action in ("show", "release", "delete"):
-        ran = q.run(action, entry.id)
-        assert 1 == ran.code
-        assert_one_clean_line(ran.err, f"{entry.id}: metadata {said}", never=other.id)
-    ran = q.run("list")
-    assert (0, [other.id]) == (ran.code, listed(ran))
-    assert_one_clean_line(ran.err.splitlines()[0], f"{entry.id}: metadata {said}", never=other.id)
-    assert [] == sink.messages
-    assert q.path(entry.id, ".eml").exists()
     assert SECRET == (tmp_path / "shadow").read_bytes()
 
 
