@@ -222,12 +222,8 @@ def connect(cfg: LearnConfig, deadline: Deadline | None = None) -> ImapMailbox:
         raise LearnError(f"IMAP {cfg.imap_url}: {err}") from None
 
 
-class _Rang(list[bool]):
-    """Truthy once the alarm went off."""
-
-
 @contextlib.contextmanager
-def _alarm(deadline: Deadline) -> Iterator[_Rang]:
+def _alarm(deadline: Deadline) -> Iterator[list[bool]]:
     """The run's deadline as a SIGALRM while the session is opened, before the login.
 
     There imaplib reads the greeting and the STARTTLS exchange by itself, each
@@ -236,7 +232,7 @@ def _alarm(deadline: Deadline) -> Iterator[_Rang]:
     read wherever it is.  Only in the main thread (signals go nowhere else): the
     command always runs there.
     """
-    rang = _Rang()
+    rang: list[bool] = []  # non-empty once the alarm went off
     if threading.current_thread() is not threading.main_thread():
         yield rang
         return

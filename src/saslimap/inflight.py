@@ -3,12 +3,14 @@
 This module owns the last step of the decision order (:mod:`saslimap.service`)
 and the work behind it:
 
-- a check is held back while the user's budgets are used up (by wrong
-  passwords, by checks still in flight, or by checks that ended without a
-  verdict): answered "try later", never "wrong password", so the answer cannot
-  lock the real user out or get them banned; over a spent budget one check per
-  user per ``trickle_interval`` still goes to IMAP (except where the budget is
-  one client address's: that address alone is held back).  A check is
+- a check of a password never verified is held back while the user's budgets
+  are used up (by wrong passwords, by checks still in flight, or by checks that
+  ended without a verdict): answered "try later", so the answer cannot lock the
+  real user out or get them banned, except where a password of the user's is
+  known and this is not it (NO, so held guesses still count); over a spent
+  budget one check per user per ``trickle_interval`` still goes to IMAP (except
+  where the budget is one client address's: that address alone is held
+  back).  A check is
   otherwise counted against the budgets from the moment it is decided
   (:meth:`SharedLogins.admit`), not from when its task first runs: the mux
   server decides every request of one event-loop turn before any task starts,
@@ -285,13 +287,13 @@ class SharedLogins:
         task.add_done_callback(lambda _t: self._refreshing.discard(key))
 
     async def _refresh(self, key: Key, password: str) -> None:
-        digest = self._hasher.digest(budget_key(key[0], fold_case=self.stores.fold_case), password)
+        name = budget_key(key[0], fold_case=self.stores.fold_case)
+        digest = self._hasher.digest(name, password)
         try:
             answer = await self._login_once(key, password, digest)
         except BackendUnavailable as err:
             log.info('refresh user="%s" kept: IMAP unavailable (%s)', shown(key[0]), err.kind)
             return
-        name = budget_key(key[0], fold_case=self.stores.fold_case)
         if answer is LoginResult.ACCEPTED:
             self.stores.cache.store(key, password)
             self.stores.verified.learn(name, password)

@@ -19,7 +19,8 @@ driven by an injected clock (no sockets, no sleeping):
   - each counted failure raises a penalty, a delay before the failure answer
     (``base_delay`` doubling up to ``max_delay``), as Dovecot does;
   - at ``budget`` failures within ``window``, checks in flight included, the
-    address is refused at once, without asking IMAP, until the window slides on;
+    address is told "try later" at once, without asking IMAP or any cache,
+    until the window slides on;
   - a successful login exempts the address for ``exempt_after_success`` seconds
     (an office NAT with one user's typo does not punish the others);
   - addresses in ``trusted_networks`` are never limited.
@@ -181,9 +182,6 @@ class Verified:
         """Whether a password was verified for ``name`` within the memo's time."""
         return name in self._known
 
-    def __len__(self) -> int:
-        return len(self._known)
-
 
 class FailureBudget:
     """Distinct wrong passwords per user within a sliding window, and checks in flight."""
@@ -249,7 +247,7 @@ class Decision:
 
     allowed: bool  # False: refuse without asking IMAP
     penalty: float  # seconds to wait before a FAIL answer
-    busy: bool = False  # refused only because of checks in flight: "try later", not FAIL
+    busy: bool = False  # refused only because of checks in flight (no penalty to wait)
 
 
 class IpLimiter:
