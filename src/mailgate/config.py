@@ -363,3 +363,90 @@ def imap_url(key: str, value: object) -> str:
     if text:
         parse_imap_url(text, key)
     return text
+
+
+# -- shared state between gateway hosts (both daemons' [state]) ---------------
+
+_STATE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def state_url(key: str, value: object) -> str:
+    """``""`` (in-process memory), ``redis://``, ``rediss://`` or ``unix:///path``.
+
+    A password in the URL is refused: config files are read by more people
+    than secrets should be; it belongs in ``password_file``.
+    """
+    text = string(key, value)
+    if not text:
+        return text
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {text!r} is not a valid URL ({err})") from err
+    if parts.scheme not in _STATE_SCHEMES:
+        raise ConfigError(
+            f"{key}: must be redis://host[:port][/db], rediss://host[:port][/db] (TLS) "
+            f"or unix:///path/redis.sock; got {text!r}"
+        )
+    if parts.password is not None:
+        raise ConfigError(f"{key}: put the password in state.password_file, not in the URL")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/") or parts.netloc:
+            raise ConfigError(f"{key}: unix:///absolute/path/redis.sock; got {text!r}")
+    elif not parts.hostname:
+        raise ConfigError(f"{key}: {text!r} names no host")
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if db and not db.isdigit():
+        raise ConfigError(f"{key}: the database must be a number (redis://host/0); got {db!r}")
+    return text
+
+
+def _hostports(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f'{key}: must be a list such as ["10.0.0.1:26379"]')
+    return tuple(hostport(f"{key}[{n}]", item) for n, item in enumerate(value))
+
+
+def _prefix(key: str, value: object) -> str:
+    text = string(key, value)
+    if not text or len(text) > 64 or not all(c.isprintable() and not c.isspace() for c in text):
+        raise ConfigError(f"{key}: 1 to 64 printable characters without spaces; got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where state shared by several gateway hosts lives (``url = ""``: in this process)."""
+
+    url: str = opt("", state_url)
+    password_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    key_prefix: str = opt("mailgate:", _prefix)
+    sentinels: tuple[str, ...] = opt((), _hostports)
+    sentinel_service: str = opt("mymaster", string)
+    secret_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    timeout: float = opt(0.05, number(0.001, 10))
+    connect_timeout: float = opt(1.0, number(0.01, 60))
+    retry_interval: float = opt(1.0, number(0.05, 300))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a shared store is configured at all."""
+        return bool(self.url or self.sentinels)
+
+
+def require_state(key: str, cfg: StateConfig) -> None:
+    """Whole-section checks of ``[state]`` (files present; the secret's own checks at start)."""
+    if not cfg.enabled:
+        return
+    if cfg.secret_file is None:
+        raise ConfigError(
+            f"{key}.secret_file: required with a shared state (32 random bytes, mode 0600, "
+            "the same file on every host)"
+        )
+    for name, path in (("password_file", cfg.password_file), ("ca_file", cfg.ca_file)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{key}.{name}: {path} is not a readable file")
+    if cfg.ca_file is not None and not cfg.url.startswith("rediss://"):
+        raise ConfigError(f"{key}.ca_file: only used with rediss:// (TLS)")

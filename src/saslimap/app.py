@@ -22,6 +22,7 @@ from mailgate import lifecycle, metrics_http, sdnotify
 from mailgate.lifecycle import ConfigSource, Listener
 from mailgate.metrics_http import MetricsServer
 from mailgate.sockets import bind_unix_socket, unlink_if_ours
+from mailgate.state import SharedState, open_shared
 from saslimap import config as config_mod
 from saslimap.config import Config
 from saslimap.dovecot_server import DovecotAuthServer
@@ -30,6 +31,7 @@ from saslimap.limits import Verified
 from saslimap.metrics import Metrics
 from saslimap.server import MuxServer
 from saslimap.service import Authenticator
+from saslimap.shared import SharedChecks
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,30 @@ def _warn_about(cfg: Config) -> None:
 
 
 def build_authenticator(
-    cfg: Config, backend: ImapBackend, metrics: Metrics, verified: Verified | None = None
+    cfg: Config,
+    backend: ImapBackend,
+    metrics: Metrics,
+    verified: Verified | None = None,
+    state: SharedState | None = None,
 ) -> Authenticator:
     """The policy object for a config (fresh caches every time; ``verified``, the last
-    verified password per user, is kept across a reload: it never answers a check)."""
+    verified password per user, is kept across a reload: it never answers a check;
+    ``state``: the store shared with other gateway hosts, if one is configured)."""
+    shared = (
+        None if state is None
+        else SharedChecks(state, cfg.cache, cfg.limits, cfg.iplimits, backend.deadline)
+    )  # fmt: skip
     return Authenticator(
         cfg.users, backend, cache=cfg.cache, limits=cfg.limits, metrics=metrics,
-        iplimits=cfg.iplimits, verified=verified,
+        iplimits=cfg.iplimits, verified=verified, shared=shared,
     )  # fmt: skip
+
+
+def open_state(cfg: Config, metrics: Metrics) -> SharedState | None:
+    """The shared store ``[state]`` names (``None``: this host's memory only)."""
+    if not cfg.state.enabled:
+        return None
+    return open_shared(cfg.state, metrics.state_gauge())
 
 
 class Daemon:
@@ -61,12 +79,14 @@ class Daemon:
         self.source = source
         self.metrics = Metrics()
         self.backend = ImapBackend.from_config(cfg.imap)
-        self.auth = build_authenticator(cfg, self.backend, self.metrics)
+        self.state = open_state(cfg, self.metrics)
+        self.auth = build_authenticator(cfg, self.backend, self.metrics, state=self.state)
         self.metrics.watch_cache_sizes(lambda: self.auth.cache_sizes())
         self.server: MuxServer | None = None
         self.metrics_server: MetricsServer | None = None
         self.dovecot: DovecotAuthServer | None = None
         self.dovecot_socket: tuple[Path, int] | None = None  # path and inode we bound
+        self._closing: asyncio.TimerHandle | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
@@ -89,6 +109,8 @@ class Daemon:
             listeners.append(self.dovecot)
             log.info("Dovecot-protocol listener on %s", d.socket)
         self.backend.start()
+        if self.state is not None:
+            self.state.start()  # in the background: a missing Redis delays nothing
         log.info("saslimap ready: IMAP server %s", self.cfg.imap.target)
         # Both listeners stop accepting at once and share one drain deadline.
         await lifecycle.serve_until_stopped(
@@ -99,6 +121,8 @@ class Daemon:
             unlink_if_ours(*self.dovecot_socket)
         self.auth.close()
         self.backend.close()
+        if self.state is not None:
+            await self.state.close()
         return lifecycle.finished(log, self.metrics_server)
 
     def reload(self) -> None:
@@ -106,9 +130,16 @@ class Daemon:
         new = self.source.reload(self.cfg)
         if new is None:
             return
-        old_backend, old_auth = self.backend, self.auth
+        old_backend, old_auth, old_state = self.backend, self.auth, self.state
         self.backend = ImapBackend.from_config(new.imap)
-        self.auth = build_authenticator(new, self.backend, self.metrics, old_auth.verified)
+        if new.state != self.cfg.state:
+            # Another store (or none): the old one's connections go once checks using it end.
+            self.state = open_state(new, self.metrics)
+            if self.state is not None:
+                self.state.start()
+        self.auth = build_authenticator(
+            new, self.backend, self.metrics, old_auth.verified, self.state
+        )
         if self.server is not None:
             self.server.checker = self.auth
         if self.dovecot is not None:
@@ -121,8 +152,15 @@ class Daemon:
         old_auth.close()
         # Checks already waiting on the old backend finish within its deadline; then it goes.
         loop.call_later(old_backend.deadline + 1, old_backend.close)
+        if old_state is not None and old_state is not self.state:
+            self._closing = loop.call_later(
+                old_backend.deadline + 1, lambda: loop.create_task(old_state.close())
+            )
         _warn_about(self.cfg)
-        log.info("reloaded configuration from %s; caches flushed", self.source)
+        log.info(
+            "reloaded configuration from %s; this host's caches flushed%s", self.source,
+            " (the shared ones are kept: saslimap flush)" if self.state is not None else "",
+        )  # fmt: skip
         sdnotify.notify("READY=1")
 
 

@@ -154,11 +154,11 @@ class CredentialCache:
             return Freshness.REFRESH
         return Freshness.STALE
 
-    def store(self, key: Key, password: str) -> None:
-        """Remember a password the IMAP server just accepted."""
+    def store(self, key: Key, password: str, age: float = 0.0) -> None:
+        """Remember a password the IMAP server accepted ``age`` seconds ago (on any host)."""
         if self._store.maxsize > 0:
             self.drop(key)
-            self._store[key] = Entry(self.hasher.digest(key[0], password), self.clock())
+            self._store[key] = Entry(self.hasher.digest(key[0], password), self.clock() - age)
 
     def drop(self, key: Key) -> None:
         """Forget a user's entry (IMAP now rejects it: the password changed)."""

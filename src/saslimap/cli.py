@@ -1,22 +1,27 @@
 """The ``saslimap`` command: argument parsing, logging setup and exit codes.
 
-Subcommands: ``serve`` (the daemon), ``check-config FILE`` and ``test`` (a
-``testsaslauthd`` equivalent).  Exit codes follow sysexits: 78 (EX_CONFIG) for
+Subcommands: ``serve`` (the daemon), ``check-config FILE``, ``test`` (a
+``testsaslauthd`` equivalent) and ``flush`` (the state shared between gateway
+hosts in Redis).  Exit codes follow sysexits: 78 (EX_CONFIG) for
 a bad configuration, which systemd units list in ``RestartPreventExitStatus``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import sys
 from pathlib import Path
 
 from mailgate import command
-from saslimap import app, saslauthd_client
-from saslimap.config import ServerConfig
+from mailgate.errors import ConfigError
+from mailgate.state import StateUnavailable, for_tool
+from saslimap import app, saslauthd_client, shared
+from saslimap.config import Config, ServerConfig
 
 EX_CONFIG = command.EX_CONFIG
+EX_UNAVAILABLE = 69  # sysexits.h: a service this command needs is down
 DEFAULT_CONFIG = Path("/etc/saslimap/saslimap.toml")
 
 
@@ -38,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ca-file", help="CA certificates for the IMAP server (overrides imap.ca_file)"
     )
+
+    flush = sub.add_parser(
+        "flush",
+        help="forget what the gateway hosts share in Redis (limits and caches); "
+        "SIGHUP flushes one host's own memory",
+    )
+    flush.add_argument(
+        "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
+    )
+    which = flush.add_mutually_exclusive_group()
+    which.add_argument("--user", help="only this IMAP user's entries (every realm and service)")
+    which.add_argument("--address", help="only this client address's per-IP limit")
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
@@ -71,6 +88,35 @@ def _check_config(args: argparse.Namespace) -> int:
         "saslimap", args.file, app.load_config,
         lambda cfg: f"IMAP server {cfg.imap.target}, socket {cfg.server.socket}",
     )  # fmt: skip
+
+
+def _flush(args: argparse.Namespace) -> int:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    try:
+        cfg = app.load_config(path, {})
+        count = asyncio.run(_flush_shared(cfg, args.user or "", args.address or ""))
+    except ConfigError as err:
+        print(f"saslimap flush: {err}", file=sys.stderr)
+        return EX_CONFIG
+    except StateUnavailable as err:
+        print(f"saslimap flush: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    what = (
+        f"user {args.user!r}" if args.user
+        else f"address {args.address}" if args.address else "every user and address"
+    )  # fmt: skip
+    print(f"saslimap flush: {count} shared keys removed ({what})")
+    return 0
+
+
+async def _flush_shared(cfg: Config, user: str, address: str) -> int:
+    state = await for_tool(cfg.state)
+    try:
+        return await shared.flush(state, cfg.limits, user=user, address=address)
+    finally:
+        await state.close()
 
 
 def _read_password() -> str:
@@ -112,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "flush":
+        return _flush(args)
     return _test(args)
 
 

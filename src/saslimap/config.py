@@ -20,6 +20,7 @@ from mailgate.config import (
     ImapTarget,
     LoggingConfig,
     MetricsConfig,
+    StateConfig,
     boolean,
     choice,
     event_loop,
@@ -33,6 +34,7 @@ from mailgate.config import (
     split_listen,
     string,
 )
+from mailgate.state import load_secret
 
 # Re-exported for callers that import them from here.
 __all__ = [
@@ -191,6 +193,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dovecot: DovecotConfig = field(default_factory=DovecotConfig)
     iplimits: IpLimitsConfig = field(default_factory=IpLimitsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 SCHEMA = confkit.Schema(Config)
@@ -208,3 +211,6 @@ def require_complete(cfg: Config) -> None:
         raise ConfigError("imap.url: no IMAP server configured (set it in the file or with --imap)")
     if cfg.imap.ca_file is not None and not cfg.imap.ca_file.is_file():
         raise ConfigError(f"imap.ca_file: {cfg.imap.ca_file} is not a readable file")
+    confkit.require_state("state", cfg.state)
+    if cfg.state.secret_file is not None:
+        load_secret(cfg.state.secret_file)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mailgate.imap import BackendUnavailable, LoginResult
@@ -38,6 +38,13 @@ from saslimap.config import CacheConfig, LimitsConfig
 from saslimap.limits import FailureBudget, Trickle, Verified, budget_key
 from saslimap.metrics import Metrics
 from saslimap.results import Result, Verdict, log, shown
+from saslimap.shared import Admission, Outcome, SharedChecks
+
+_HELD = {
+    "busy": "too many checks in progress, try later",
+    "address": "too many failed or unanswered checks from this address, try later",
+    "user": "too many failed or unanswered checks for this user, try later",
+}
 
 
 class LoginBackend(Protocol):
@@ -131,9 +138,11 @@ class SharedLogins:
         hasher: Hasher,
         clock: Callable[[], float],
         metrics: Metrics,
+        shared: SharedChecks | None = None,
     ) -> None:
         self.backend = backend
         self.stores = stores
+        self.shared = shared
         self.clock = clock
         self.metrics = metrics
         self._hasher = hasher
@@ -170,7 +179,6 @@ class SharedLogins:
                         source="budget",
                     )  # fmt: skip
                 return Result(Verdict.TEMPFAIL, held, user, kind="ratelimited", source="budget")
-        self.metrics.cache_misses.inc()
         digest = self._hasher.digest(name, password)
         for budget, where in ((s.budget, counted), (s.undecided, counted), (s.ceiling, name)):
             budget.begin(where, digest)
@@ -202,14 +210,61 @@ class SharedLogins:
         return ""
 
     async def complete(self, pending: Pending) -> Result:
-        """Ask the IMAP server (sharing an identical check in flight); not logged."""
+        """Ask the other hosts (if shared), then the IMAP server; not logged.
+
+        With a shared store, every host's caches and budgets are consulted
+        first (they may answer, or hold the check back, as this host's own
+        would); where the store is down this host's own decision stands.
+        """
         s = self.stores
+        admission: Admission | None = None
         try:
-            return await self._ask(pending)
+            if self.shared is not None:
+                known = pending.freshness is not None or s.verified.knows(
+                    pending.name, pending.password
+                )
+                admission = await self.shared.admit(
+                    pending.key, pending.password, pending.name, pending.counted,
+                    pending.client_addr, known,
+                )  # fmt: skip
+                if admission is not None and admission.kind != "go":
+                    return self._from_shared(pending, admission)
+                if admission is not None and admission.stale and pending.freshness is None:
+                    # Verified on another host long ago: OK only while IMAP is down.
+                    pending = replace(pending, freshness=Freshness.STALE)
+            self.metrics.cache_misses.inc()
+            result = await self._ask(pending)
+            if admission is not None and self.shared is not None:
+                await self.shared.settle(admission, _outcome(result))
+            return result
         finally:  # begun by admit()
             s.budget.end(pending.counted, pending.digest)
             s.undecided.end(pending.counted, pending.digest)
             s.ceiling.end(pending.name, pending.digest)
+
+    def _from_shared(self, pending: Pending, admission: Admission) -> Result:
+        """The answer another host's state gives, learned into this host's own."""
+        s, user = self.stores, pending.key[0]
+        if admission.kind == "hit":
+            self.metrics.count_hit("shared")
+            s.cache.store(pending.key, pending.password, age=admission.age)
+            s.verified.learn(pending.name, pending.password)
+            if admission.age >= s.cache.refresh_after:
+                self.refresh_later(pending.key, pending.password)
+            return Result(Verdict.OK, "authenticated", user, source="shared-cache")
+        if admission.kind == "neg":
+            self.metrics.count_hit("negative")
+            s.negative.add(pending.key, pending.password)
+            return Result(Verdict.NO, "authentication failed", user, source="shared-negative")
+        if admission.known:  # as admit() answers: a known password, and this is not it
+            return Result(
+                Verdict.NO, "authentication failed", user, kind="ratelimited",
+                source="shared-budget",
+            )  # fmt: skip
+        return Result(
+            Verdict.TEMPFAIL, _HELD.get(admission.held, _HELD["user"]), user, kind="ratelimited",
+            source="shared-budget",
+        )  # fmt: skip
 
     async def _ask(self, pending: Pending) -> Result:
         key, password, freshness, digest = (
@@ -294,7 +349,8 @@ class SharedLogins:
         except BackendUnavailable as err:
             log.info('refresh user="%s" kept: IMAP unavailable (%s)', shown(key[0]), err.kind)
             return
-        if answer is LoginResult.ACCEPTED:
+        accepted = answer is LoginResult.ACCEPTED
+        if accepted:
             self.stores.cache.store(key, password)
             self.stores.verified.learn(name, password)
             log.debug('refresh user="%s" still valid', shown(key[0]))
@@ -302,8 +358,19 @@ class SharedLogins:
             self.stores.cache.drop(key)
             self.stores.verified.reject(name, password)
             log.info('refresh user="%s" dropped: the IMAP server now rejects it', shown(key[0]))
+        if self.shared is not None:
+            await self.shared.learn(key, password, name, "ok" if accepted else "dropped")
 
     def close(self) -> None:
         """Cancel background refreshes (on shutdown or reload)."""
         for task in list(self.background):
             task.cancel()
+
+
+def _outcome(result: Result) -> Outcome:
+    """What a check's answer teaches the other hosts."""
+    if result.source != "imap":
+        return "unavailable"  # answered from a stale entry: IMAP gave no verdict
+    if result.verdict is Verdict.OK:
+        return "ok"
+    return "no" if result.verdict is Verdict.NO else "unavailable"

@@ -296,6 +296,10 @@ class IpLimiter:
             ip = ip.ipv4_mapped  # "::ffff:10.1.2.3" from a dual-stack listener is 10.1.2.3
         return any(ip in net for net in self.trusted)
 
+    def counts(self, address: str) -> bool:
+        """Whether checks from this address are limited at all (known, not trusted)."""
+        return bool(address) and not self._trusted(address)
+
     def decide(self, address: str) -> Decision:
         """Whether to ask IMAP for this address, and the penalty if the answer is FAIL."""
         if not address or self._trusted(address):

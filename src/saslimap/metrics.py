@@ -19,7 +19,7 @@ from mailgate.imap import BackendUnavailable
 log = logging.getLogger(__name__)
 
 RESULTS = ("ok", "no", "tempfail", "ratelimited", "bad_request")
-CACHE_KINDS = ("positive", "negative", "stale")
+CACHE_KINDS = ("positive", "negative", "stale", "shared")
 IMAP_ERROR_KINDS = BackendUnavailable.KINDS
 
 
@@ -81,6 +81,19 @@ class Metrics:
         )
         for kind in IMAP_ERROR_KINDS:
             self.imap_errors.labels(kind)
+        self._state_up: Gauge | None = None
+
+    def state_gauge(self) -> Callable[[bool], None]:
+        """Export ``saslimap_state_up`` (only where a shared store is configured); its setter."""
+        if self._state_up is None:
+            self._state_up = Gauge(
+                "saslimap_state_up",
+                "1 while the shared state store (Redis) answers within its deadline, else 0 "
+                "(limits and caches are then this host's alone).",
+                registry=self.registry,
+            )
+        gauge = self._state_up
+        return lambda up: gauge.set(1 if up else 0)
 
     def count_request(self, result: str) -> None:
         """One request answered with ``result`` (one of RESULTS)."""

@@ -41,11 +41,12 @@ from mailgate import logs
 from saslimap.cache import Freshness, Hasher
 from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConfig
 from saslimap.inflight import MIN_TRACKED, LoginBackend, Pending, SharedLogins, Stores
-from saslimap.limits import IpLimiter, Verified, budget_key
+from saslimap.limits import Decision, IpLimiter, Verified, budget_key
 from saslimap.metrics import Metrics
 from saslimap.names import Names, Refused
 from saslimap.replay import ReplayMemo, Seen, SeenRefusal
 from saslimap.results import Kind, Result, Verdict, line, log, shown
+from saslimap.shared import IpAdmission, SharedChecks
 
 # Re-exported: importers have always found these here.
 __all__ = [
@@ -74,8 +75,10 @@ class Authenticator:
         metrics: Metrics | None = None,
         iplimits: IpLimitsConfig | None = None,
         verified: Verified | None = None,
+        shared: SharedChecks | None = None,
     ) -> None:
         self.users = users
+        self.shared = shared
         self.backend = backend
         self.clock = clock
         self.limits = limits = limits or LimitsConfig()
@@ -91,7 +94,7 @@ class Authenticator:
             max(MIN_TRACKED, (cache or CacheConfig()).max_entries),
         )
         self.names = Names(users)
-        self.logins = SharedLogins(backend, stores, hasher, clock, self.metrics)
+        self.logins = SharedLogins(backend, stores, hasher, clock, self.metrics, shared)
         self.background = self.logins.background
         self.memo = ReplayMemo(self.cache, clock, self.metrics)
         self.repeat = self.memo.repeat
@@ -131,6 +134,17 @@ class Authenticator:
         address's penalty after a NO (on top of any failure delay), else 0.
         """
         decision = self.iplimits.decide(client_addr)
+        user = budget_key(login, fold_case=self.limits.fold_case)
+        shared: IpAdmission | None = None
+        if decision.allowed and self.shared is not None and self.iplimits.counts(client_addr):
+            # Every host's failures from this network (None: the store is down, and
+            # this host's own count above stands).
+            shared = await self.shared.ip_admit(client_addr, user, password)
+            if shared is not None and shared.kind in ("spent", "busy"):
+                decision = Decision(
+                    False, self.iplimits.max_delay if shared.kind == "spent" else 0.0,
+                    busy=shared.kind == "busy",
+                )  # fmt: skip
         if not decision.allowed:
             self.metrics.count_request("ratelimited")
             log.info('auth user="%s" rip=%s result=ratelimited source=ip-limit',
@@ -145,11 +159,15 @@ class Authenticator:
             refused = Result(Verdict.TEMPFAIL, why, kind="ratelimited", source="ip-limit")
             return refused, decision.penalty
         # The pair counts in flight from now (before the first await) until answered.
-        user = budget_key(login, fold_case=self.limits.fold_case)
         end = self.iplimits.begin(client_addr, user, password)
         try:
             result = await self.verify(login, password, service, "", client_addr)
-            return result, self.iplimits.answered(client_addr, result.verdict, user, password)
+            delay = self.iplimits.answered(client_addr, result.verdict, user, password)
+            if shared is not None and self.shared is not None and shared.kind == "go":
+                failures = await self.shared.ip_settle(shared, result.verdict.value)
+                if failures is not None and result.verdict is Verdict.NO:
+                    delay = max(delay, self.iplimits.penalty(failures))
+            return result, delay
         finally:
             end()
 
