@@ -133,18 +133,20 @@ class Authenticator:
         Returns the result and the seconds to wait before answering it: the
         address's penalty after a NO (on top of any failure delay), else 0.
         """
-        decision = self.iplimits.decide(client_addr)
         user = budget_key(login, fold_case=self.limits.fold_case)
         shared: IpAdmission | None = None
-        if decision.allowed and self.shared is not None and self.iplimits.counts(client_addr):
+        if self.shared is not None and self.iplimits.counts(client_addr):
             # Every host's failures from this network (None: the store is down, and
-            # this host's own count above stands).
+            # this host's own count stands).
             shared = await self.shared.ip_admit(client_addr, user, password)
-            if shared is not None and shared.kind in ("spent", "busy"):
-                decision = Decision(
-                    False, self.iplimits.max_delay if shared.kind == "spent" else 0.0,
-                    busy=shared.kind == "busy",
-                )  # fmt: skip
+            if shared is not None and shared.kind == "exempt":
+                self.iplimits.succeeded(client_addr)  # a right password came through another host
+        decision = self.iplimits.decide(client_addr)
+        if decision.allowed and shared is not None and shared.kind in ("spent", "busy"):
+            busy = shared.kind == "busy"
+            decision = Decision(False, 0.0 if busy else self.iplimits.max_delay, busy=busy)
+        if not decision.allowed and shared is not None and shared.kind == "go":
+            await self.shared_ip_end(shared)
         if not decision.allowed:
             self.metrics.count_request("ratelimited")
             log.info('auth user="%s" rip=%s result=ratelimited source=ip-limit',
@@ -163,13 +165,18 @@ class Authenticator:
         try:
             result = await self.verify(login, password, service, "", client_addr)
             delay = self.iplimits.answered(client_addr, result.verdict, user, password)
-            if shared is not None and self.shared is not None and shared.kind == "go":
+            if shared is not None and self.shared is not None and shared.kind in ("go", "exempt"):
                 failures = await self.shared.ip_settle(shared, result.verdict.value)
                 if failures is not None and result.verdict is Verdict.NO:
                     delay = max(delay, self.iplimits.penalty(failures))
             return result, delay
         finally:
             end()
+
+    async def shared_ip_end(self, admission: IpAdmission) -> None:
+        """End a check counted in flight by the shared per-IP limit without a verdict."""
+        if self.shared is not None:
+            await self.shared.ip_settle(admission, "refused")
 
     async def finish(self, decided: Result | Pending) -> Result:
         """What :meth:`decide` left: the IMAP login if needed, and any failure delay."""
