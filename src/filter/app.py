@@ -29,6 +29,7 @@ from filter.spamd import SpamdClient
 from mailgate import config as confkit
 from mailgate import lifecycle, metrics_http, sdnotify
 from mailgate.lifecycle import ConfigSource
+from mailgate.state import load_secret
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
             " scanned; lower the first or raise both (and clamd's StreamMaxLength)"
         )
     load_lists(cfg)  # validate the list files now: a bad line is a config error (exit 78)
+    confkit.require_state("state", cfg.state)
+    if cfg.state.secret_file is not None:
+        load_secret(cfg.state.secret_file)  # a weak or readable secret: refuse to start
     return cfg
 
 
