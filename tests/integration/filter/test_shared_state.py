@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import socketserver
@@ -83,9 +84,10 @@ def own_redis() -> Iterator[Redis]:
 
 @pytest.fixture
 def secret(tmp_path: Path) -> Path:
-    """The hosts' shared secret: 32 random bytes, mode 0600."""
+    """The hosts' shared secret: 32 random bytes in hex (raw ones may end in a newline,
+    which load_secret does not count), mode 0600."""
     path = tmp_path / "state.key"
-    path.write_bytes(os.urandom(32))
+    path.write_text(secrets.token_hex(32))
     path.chmod(0o600)
     return path
 
