@@ -26,9 +26,11 @@ fetched in parts that fit; a message too big to ever fit is skipped with a
 warning.  A server that breaks a bound ends the run with an error; the state
 keeps every part saved before.
 
-Exit status: 0 when everything went through, 1 when any message or folder
-failed or the run hit a bound (the state keeps what succeeded), 78 for a bad
-configuration.
+Exit status (:mod:`filter.cli`): 0 when everything went through, or when
+another gateway host holds the shared lock; 1 when any message or folder
+failed, the run hit a bound or lost the shared store (the state keeps what
+succeeded); 75 when the shared store cannot be reached at the start; 78 for a
+bad configuration.
 """
 
 from __future__ import annotations
