@@ -471,6 +471,7 @@ class Learner:
         taught = _Taught()
         if self.teach_many is None or self.dry_run:
             return taught
+        self.store.check()
         uids = [u for u in messages if state.learned.get(digests[u]) in (None, klass)]
         if not uids:
             return taught
@@ -498,6 +499,9 @@ class Learner:
             log.warning("learn: %s UID %d failed in %d runs; not trying again", folder, uid, tries)
 
     def _one(self, state: State, message: bytes, digest: str, klass: str) -> bool:
+        # A shared lock lost during the last teach (a spamd wait may outlast it): stop
+        # here, rather than teach what the host that has it now is teaching too.
+        self.store.check()
         before = state.learned.get(digest)
         if self.dry_run:
             self.totals.learned[klass] = self.totals.learned.get(klass, 0) + 1

@@ -198,6 +198,25 @@ def test_extending_checks_the_lock_is_still_ours(cfg: StateConfig) -> None:
     redis.close()
 
 
+def test_the_lock_is_extended_in_the_background_while_a_run_goes_on(cfg: StateConfig) -> None:
+    """Started, the lock's thread extends it every third of its ttl; released, it stops."""
+    redis = sync_client(cfg, 2.0)
+    key = learn_key(cfg.key_prefix, "lock")
+    lock = LearnLock(redis, key, "test", ttl=0.9)
+    lock.acquire()
+    redis.pexpire(key, 100_000)  # longer than any extension sets: one shows as a drop
+    lock.start()
+    deadline = time.monotonic() + 10
+    while int(redis.pttl(key)) > 900:
+        assert time.monotonic() < deadline, "the lock was never extended"
+        time.sleep(0.02)
+    lock.release()
+    assert lock._thread is not None
+    assert not lock._thread.is_alive()
+    assert redis.get(key) is None
+    redis.close()
+
+
 def test_a_lock_not_extended_for_its_ttl_counts_as_lost(cfg: StateConfig) -> None:
     """Once a whole ttl went by since the last extension, this host stops trusting its lock."""
     redis = sync_client(cfg, 2.0)
@@ -210,6 +229,23 @@ def test_a_lock_not_extended_for_its_ttl_counts_as_lost(cfg: StateConfig) -> Non
         lock.check()
     lock.release()
     redis.close()
+
+
+def test_the_blocking_client_reaches_redis_by_every_url_form(tls: TlsFiles, secret: Path) -> None:
+    """mailgate.state.sync_client: redis:// with a password file, unix://, and rediss://
+    verified against ca_file, as the asyncio client does."""
+    root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        with Redis(root / "r", unix_socket=True, password="pw-1", tls=tls) as server:
+            assert server.password_file is not None
+            base = StateConfig(secret_file=secret, password_file=server.password_file)
+            for url, ca in ((server.url, None), (server.unix_url, None),
+                            (server.tls_url, server.ca_file)):  # fmt: skip
+                client = sync_client(dataclasses.replace(base, url=url, ca_file=ca), 2.0)
+                assert client.ping(), url
+                client.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- learn's state in Redis (fake mailbox) ------------------------------------------
