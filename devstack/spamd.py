@@ -20,6 +20,11 @@ Layout of ``workdir``::
 The rules are Debian's ``/usr/share/spamassassin`` (4.0.1, body rules
 precompiled under /var/lib/spamassassin/compiled): no sa-update is needed or
 possible here.  Bayes needs 200 spam and 200 ham learned before it scores.
+
+With ``bayes_redis_dsn`` the Bayes database is a Redis server instead of the
+files under bayes/: etc/ then also holds the project's shipped
+``conf/spamassassin/bayes-redis.cf`` with that ``bayes_sql_dsn``, exactly as a
+gateway host would, so several instances can share one database.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from devstack.proc import (
     wait_until_ready,
 )
 
-__all__ = ["SPAMD_USER", "Spamd"]
+__all__ = ["BAYES_REDIS_CF", "SPAMD_USER", "Spamd", "bayes_redis_cf", "bayes_redis_dsn"]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,42 @@ SPAMD_USER = "debian-spamd"
 
 _DEBIAN_SITE_CONFIG = Path("/etc/spamassassin")
 
+BAYES_REDIS_CF = Path(__file__).resolve().parents[1] / "conf" / "spamassassin" / "bayes-redis.cf"
+"""The shipped settings that put every gateway host's Bayes in one Redis database."""
+
+_DSN_LINE = re.compile(r"^bayes_sql_dsn\s.*$", re.M)
+
 _PING = b"PING SPAMC/1.5\r\n\r\n"
 _PONG = b"SPAMD/1.5 0 PONG"
 
 # "0.000          0        123          0  non-token data: nspam"
 _MAGIC_LINE = re.compile(rb"^\S+\s+\S+\s+(\d+)\s+\S+\s+non-token data: (nspam|nham)\s*$", re.M)
+
+
+def bayes_redis_dsn(server: str, *, database: int, password: str | None = None) -> str:
+    """SpamAssassin's ``bayes_sql_dsn`` for BayesStore::Redis.
+
+    ``server`` is ``host:port`` or a Unix socket's absolute path.  The DSN
+    is split on ';' with no quoting, so no value may contain one.
+    """
+    if database < 0:
+        raise ValueError("database must be 0 or more")
+    values = [server] + ([password] if password is not None else [])
+    if any(";" in value or not value for value in values):
+        raise ValueError("server and password must be non-empty and without ';'")
+    fields = [f"server={server}"]
+    if password is not None:
+        fields.append(f"password={password}")
+    fields.append(f"database={database}")
+    return ";".join(fields)
+
+
+def bayes_redis_cf(dsn: str) -> str:
+    """The shipped conf/spamassassin/bayes-redis.cf with its ``bayes_sql_dsn`` set to ``dsn``."""
+    text = BAYES_REDIS_CF.read_text(encoding="utf-8")
+    if len(_DSN_LINE.findall(text)) != 1:
+        raise ValueError(f"{BAYES_REDIS_CF} no longer has exactly one bayes_sql_dsn line")
+    return _DSN_LINE.sub(lambda _: f"bayes_sql_dsn {dsn}", text)
 
 
 def _ping(port: int, timeout: float) -> bool:
@@ -78,7 +114,8 @@ class Spamd(Launcher):
 
     ``allow_tell`` adds ``--allow-tell`` so clients may learn spam/ham
     (``TELL``, ``spamc -L``).  ``extra_config`` is appended to local.cf, e.g.
-    ``"bayes_auto_learn 1"`` or ``"required_score 6.31"``.
+    ``"bayes_auto_learn 1"`` or ``"required_score 6.31"``.  ``bayes_redis_dsn``
+    (see bayes_redis_dsn()) keeps Bayes in Redis via the shipped bayes-redis.cf.
     """
 
     def __init__(
@@ -89,6 +126,7 @@ class Spamd(Launcher):
         children: int = 2,
         allow_tell: bool = True,
         extra_config: str = "",
+        bayes_redis_dsn: str | None = None,
     ) -> None:
         self.workdir = workdir.absolute()
         check_config_path(self.workdir)
@@ -98,6 +136,7 @@ class Spamd(Launcher):
         self._children = children
         self._allow_tell = allow_tell
         self._extra_config = extra_config
+        self._bayes_redis_dsn = bayes_redis_dsn
         self._process: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
         """Wall time the last start() took until PING answered PONG."""
@@ -210,6 +249,12 @@ bayes_auto_learn 0
         for pre in sorted(_DEBIAN_SITE_CONFIG.glob("*.pre")):
             shutil.copyfile(pre, self.siteconfig_dir / pre.name)
         (self.siteconfig_dir / "local.cf").write_text(self.local_cf_text(), encoding="utf-8")
+        if self._bayes_redis_dsn is not None:
+            # Next to local.cf, as on a gateway host: its bayes_path stays and
+            # is ignored once bayes_store_module names the Redis store.
+            (self.siteconfig_dir / "bayes-redis.cf").write_text(
+                bayes_redis_cf(self._bayes_redis_dsn), encoding="utf-8"
+            )
         user = pwd.getpwnam(SPAMD_USER)
         for directory in (self.bayes_dir, self.home_dir):
             directory.mkdir(exist_ok=True)
@@ -299,9 +344,11 @@ bayes_auto_learn 0
         Runs ``sa-learn --dump magic`` (about 0.6 s: Perl loads the whole
         ruleset) as debian-spamd with the same site config, hence the same
         bayes_path, as spamd.  Before anything was learned there is no
-        database and sa-learn fails; that counts as (0, 0).
+        database and sa-learn fails; that counts as (0, 0).  With Redis the
+        counts are the shared database's (sa-learn creates it empty if need
+        be), and an unreachable Redis is a RuntimeError.
         """
-        if not any(self.bayes_dir.glob("bayes_toks*")):
+        if self._bayes_redis_dsn is None and not any(self.bayes_dir.glob("bayes_toks*")):
             return (0, 0)
         result = run_checked(
             self._as_spamd_user(

@@ -1,9 +1,11 @@
 """Session fixtures for integration tests: one real Dovecot (with a generated CA) and
-one real ``saslimap serve`` in front of it, shared by every test that only reads."""
+one real ``saslimap serve`` in front of it, shared by every test that only reads, and
+one real Redis for state shared between gateway hosts, started only when asked for."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -14,6 +16,7 @@ import pytest
 
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
+from devstack.redis import Redis
 from devstack.tls import TlsFiles, make_tls
 
 # Users with the passwords the issue names as hard: spaces, quotes, backslashes,
@@ -86,3 +89,21 @@ def daemon(workroot: Path, dovecot: Dovecot, tls: TlsFiles) -> Iterator[Saslimap
     d.start()
     yield d
     assert 0 == d.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(workroot: Path, tls: TlsFiles) -> Iterator[Redis]:
+    """The session's Redis: TCP (``url``), Unix socket (``unix_url``) and TLS (``tls_url``,
+    verify with ``ca_file``), all behind a random password (``password``, ``password_file``).
+
+    It is shared: use a database number or key prefix of your own.  A test that
+    pauses, stops or restarts it resumes or starts it again before it ends
+    (``restart()`` leaves it running, and empty).
+    """
+    # token_urlsafe: [A-Za-z0-9_-], safe in redis.conf and SpamAssassin's bayes_sql_dsn.
+    server = Redis(
+        workroot / "redis", unix_socket=True, password=secrets.token_urlsafe(18), tls=tls
+    )
+    server.start()
+    yield server
+    server.stop()
