@@ -1,9 +1,9 @@
 """mail-filter with a shared store on a real redis-server: notice throttles across hosts,
 learn's lock, its fenced state, and two ``mail-filter learn`` runs against one Dovecot.
 
-The module starts its own throw-away redis-server (devstack.redis, loopback, no
-persistence); tests keep apart by key_prefix, and those that stop or pause a
-server get one of their own.
+The session's redis-server (tests/integration/conftest.py: loopback, a
+password, no persistence) is shared: tests keep apart by key_prefix; those
+that pause a server or make it refuse writes get one of their own.
 """
 
 from __future__ import annotations
@@ -64,15 +64,6 @@ MAIL_FILTER = str(Path(sys.executable).parent / "mail-filter")
 _counter = iter(range(1_000_000))
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Redis]:
-    """One redis-server for the module (the issue's session fixture may replace it)."""
-    root = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
-    with Redis(root / "redis") as server:
-        yield server
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture
 def own_redis() -> Iterator[Redis]:
     """A redis-server of the test's own, to stop or pause."""
@@ -92,10 +83,11 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
-def state_for(server: Redis, secret: Path, **more: Any) -> StateConfig:
-    """[state] for ``server`` under a key prefix no other test uses."""
+def state_for(server: Redis, secret: Path) -> StateConfig:
+    """[state] for ``server`` (its password file, if any) under a key prefix of its own."""
     prefix = f"t{next(_counter)}-{os.getpid()}:"
-    return StateConfig(url=server.url, secret_file=secret, key_prefix=prefix, **more)
+    return StateConfig(url=server.url, secret_file=secret, key_prefix=prefix,
+                       password_file=server.password_file)  # fmt: skip
 
 
 @pytest.fixture
@@ -231,21 +223,17 @@ def test_a_lock_not_extended_for_its_ttl_counts_as_lost(cfg: StateConfig) -> Non
     redis.close()
 
 
-def test_the_blocking_client_reaches_redis_by_every_url_form(tls: TlsFiles, secret: Path) -> None:
+def test_the_blocking_client_reaches_redis_by_every_url_form(
+    redis_server: Redis, secret: Path
+) -> None:
     """mailgate.state.sync_client: redis:// with a password file, unix://, and rediss://
     verified against ca_file, as the asyncio client does."""
-    root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    try:
-        with Redis(root / "r", unix_socket=True, password="pw-1", tls=tls) as server:
-            assert server.password_file is not None
-            base = StateConfig(secret_file=secret, password_file=server.password_file)
-            for url, ca in ((server.url, None), (server.unix_url, None),
-                            (server.tls_url, server.ca_file)):  # fmt: skip
-                client = sync_client(dataclasses.replace(base, url=url, ca_file=ca), 2.0)
-                assert client.ping(), url
-                client.close()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    base = state_for(redis_server, secret)
+    for url, ca in ((redis_server.url, None), (redis_server.unix_url, None),
+                    (redis_server.tls_url, redis_server.ca_file)):  # fmt: skip
+        client = sync_client(dataclasses.replace(base, url=url, ca_file=ca), 2.0)
+        assert client.ping(), url
+        client.close()
 
 
 # -- learn's state in Redis (fake mailbox) ------------------------------------------
@@ -424,7 +412,8 @@ def learn_config(path: Path, state: StateConfig, learn: dict[str, object], spamd
         "spamd": {"address": spamd},
         "learn": learn,
         "state": {"url": state.url, "secret_file": str(state.secret_file),
-                  "key_prefix": state.key_prefix},
+                  "key_prefix": state.key_prefix,
+                  "password_file": str(state.password_file or "")},
     }  # fmt: skip
     path.write_text(_toml(settings, ("spamd", "learn", "state")))
     return path
@@ -567,6 +556,8 @@ def test_two_hosts_learning_at_the_same_moment_teach_each_message_once(
         busy = [err for _, err in runs if "another gateway host is learning" in err]
         learned = [err for _, err in runs if "learn: spam=4 ham=3" in err]
         assert (1, 1) == (len(busy), len(learned)), runs
+        assert redis_server.password is not None
+        assert not [err for _, err in runs if redis_server.password in err]
         expected = [f"<race-spam-{n}@test>" for n in range(4)]
         expected += [f"<race-ham-{n}@test>" for n in range(3)]
         assert collections.Counter(expected) == collections.Counter(t[0] for t in spamd.tells)
