@@ -116,6 +116,7 @@ def test_shared_state_needs_a_secret_file(tmp_path: Path) -> None:
         (bytes(range(16)), 0o600, "at least 32"),
         (bytes(range(40)), 0o644, "readable by its owner only"),
     ],
+    ids=["repetitive", "short", "group-readable"],
 )
 def test_a_weak_or_readable_secret_is_refused(
     tmp_path: Path, content: bytes, mode: int, why: str
