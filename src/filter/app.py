@@ -1,18 +1,22 @@
 """mail-filter's composition root: build, listen, notify, wait, reload, drain.
 
-Config -> clamd and spamd clients, re-injector -> Filter -> aiosmtpd server,
-plus the metrics endpoint.  SIGTERM/SIGINT: stop accepting, let messages in
-progress finish within ``drain_timeout`` (Postfix retries anything cut off,
-since we never answered it), then exit.  SIGHUP: re-read the file; on error
-keep the old configuration and say so.
+Config -> clamd and spamd clients, re-injector, the shared store (``[state]``,
+if any, for the notice throttle) -> Filter -> aiosmtpd server, plus the
+metrics endpoint.  SIGTERM/SIGINT: stop accepting, let messages in progress
+finish within ``drain_timeout`` (Postfix retries anything cut off, since we
+never answered it), then exit.  SIGHUP: re-read the file; on error keep the
+old configuration and say so; the shared store's connection is kept unless
+``[state]`` changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from filter import config as config_mod
 from filter.clamd import ClamdClient
@@ -24,11 +28,13 @@ from filter.policy import Lists
 from filter.quarantine import Store
 from filter.server import Handler, SmtpListener, start_server
 from filter.service import Filter
+from filter.shared import SharedNotices
 from filter.smtp_out import Reinjector
 from filter.spamd import SpamdClient
 from mailgate import config as confkit
 from mailgate import lifecycle, metrics_http, sdnotify
 from mailgate.lifecycle import ConfigSource
+from mailgate.state import SharedState, load_secret, open_shared
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,18 @@ def load_lists(cfg: Config) -> Lists:
     return Lists(**loaded)
 
 
-def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
-    """The per-message pipeline for a config (list files read here)."""
+def open_state(cfg: Config, metrics: Metrics) -> SharedState | None:
+    """The shared store ``[state]`` names (``None``: this host's memory only)."""
+    if not cfg.state.enabled:
+        return None
+    return open_shared(cfg.state, metrics.state_gauge())
+
+
+def build_filter(
+    cfg: Config, metrics: Metrics, state: SharedState | None = None
+) -> tuple[Filter, Reinjector]:
+    """The per-message pipeline for a config (list files read here; ``state``: the store
+    shared with other gateway hosts, if one is configured)."""
     host, port = config_mod.split_listen(cfg.reinject.address)
     reinjector = Reinjector(
         host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout,
@@ -60,7 +76,8 @@ def build_filter(cfg: Config, metrics: Metrics) -> tuple[Filter, Reinjector]:
         cfg.spamd.address, timeout=cfg.spamd.timeout, concurrency=cfg.spamd.concurrency,
         user=cfg.spamd.user,
     )  # fmt: skip
-    notices = Notices(cfg.notices, reinjector, cfg.server.name)
+    throttle = SharedNotices(state) if state is not None else None
+    notices = Notices(cfg.notices, reinjector, cfg.server.name, shared=throttle)
     service = Filter(
         cfg, clamd, spamd, reinjector, metrics,
         lists=load_lists(cfg), store=Store(cfg.quarantine.directory), notifier=notices,
@@ -75,9 +92,11 @@ class Daemon:
         self.cfg = cfg
         self.source = source
         self.metrics = Metrics()
-        self.service, self.reinjector = build_filter(cfg, self.metrics)
+        self.state = open_state(cfg, self.metrics)
+        self.service, self.reinjector = build_filter(cfg, self.metrics, self.state)
         self.handler = Handler(self.service, cfg.server.max_connections)
-        self._closing: set[asyncio.Task[None]] = set()  # old re-injection pools after reloads
+        # Old re-injection pools and shared stores after reloads, closing in the background.
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT."""
@@ -92,6 +111,8 @@ class Daemon:
             sock=inherited[0] if inherited else None,
             spool_threshold=self.cfg.server.spool_threshold,
         )  # fmt: skip
+        if self.state is not None:
+            self.state.start()  # in the background: a missing Redis delays nothing
         log.info(
             "mail-filter ready on %s; clamd %s, spamd %s, re-injecting to %s",
             self.cfg.server.listen, self.cfg.clamd.address,
@@ -102,6 +123,8 @@ class Daemon:
             drain_timeout=self.cfg.server.drain_timeout, reload=self.reload, status="filtering",
         )  # fmt: skip
         await self.reinjector.close()
+        if self.state is not None:
+            await self.state.close()
         return lifecycle.finished(log, metrics_server)
 
     def reload(self) -> None:
@@ -109,23 +132,43 @@ class Daemon:
         new = self.source.reload(self.cfg)
         if new is None:
             return
-        old = self.reinjector
+        old, old_state = self.reinjector, self.state
+        state = old_state
         try:
+            if new.state != self.cfg.state:
+                state = open_state(new, self.metrics)  # another store (or none)
             # Reads the list files again: one may have changed since load_config checked it.
             self.service, self.reinjector = build_filter(
-                replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics
+                replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics, state
             )
         except ConfigError as err:
+            if state is not None and state is not old_state:
+                self._background(state.close())
             log.error("reload failed, keeping the current configuration: %s", err)
             sdnotify.notify("READY=1")
             return
         self.handler.service = self.service
         self.cfg = new
-        closing = asyncio.get_running_loop().create_task(old.close())
-        self._closing.add(closing)  # a task nobody references may be collected mid-way
-        closing.add_done_callback(self._closing.discard)
+        self._background(old.close())
+        if state is not old_state:
+            self.state = state
+            if state is not None:
+                state.start()
+            if old_state is not None:
+                # Notices under way finish within its deadline (else they decide locally).
+                self._background(_close_later(old_state, old_state.timeout + 1))
         log.info("reloaded configuration from %s", self.source)
         sdnotify.notify("READY=1")
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)  # a task nobody references may be collected mid-way
+        task.add_done_callback(self._closing.discard)
+
+
+async def _close_later(state: SharedState, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await state.close()
 
 
 def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
@@ -141,6 +184,9 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
             " scanned; lower the first or raise both (and clamd's StreamMaxLength)"
         )
     load_lists(cfg)  # validate the list files now: a bad line is a config error (exit 78)
+    confkit.require_state("state", cfg.state)
+    if cfg.state.secret_file is not None:
+        load_secret(cfg.state.secret_file)  # a weak or readable secret: refuse to start
     return cfg
 
 

@@ -1,7 +1,10 @@
 """The ``mail-filter`` command: argument parsing, logging setup and exit codes.
 
-Subcommands: ``serve`` (the content filter) and ``check-config FILE``.
-Exit code 78 (EX_CONFIG) for a bad configuration.
+Subcommands: ``serve`` (the content filter), ``check-config FILE``,
+``quarantine ...`` and ``learn``.  Exit code 78 (EX_CONFIG) for a bad
+configuration; ``learn`` exits 75 (EX_TEMPFAIL) when its shared store
+(``[state]``) cannot be reached at the start, and 0 when another gateway host
+holds the learn lock.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from filter import app, learn, quarantine_cli
-from filter.config import ConfigError
+from filter import app, learn, quarantine_cli, shared
+from filter.config import Config, ConfigError
 from mailgate import command, logs
+from mailgate.bounds import Deadline
+from mailgate.state import StateUnavailable
 
 EX_CONFIG = command.EX_CONFIG
+EX_TEMPFAIL = 75  # sysexits.h: learn's shared store is unreachable; the next timer run retries
 DEFAULT_CONFIG = Path("/etc/mail-filter/filter.toml")
 log = logging.getLogger("filter")
 
@@ -91,6 +97,37 @@ def _learn(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(cfg.logging.level.upper())
     started = time.monotonic()
     deadline = learn.run_deadline(cfg.learn)  # one for the whole run: IMAP, teachers, learner
+    store: shared.SharedLearnStore | None = None
+    if cfg.state.enabled:
+        try:
+            store = shared.open_learn_store(cfg.state, args.dry_run)
+        except shared.LearnBusy as busy:
+            # The timer runs on every host; the one holding the lock does the work.
+            log.info("learn: another gateway host is learning (%s); not here", busy.holder)
+            logs.flush_all()
+            return 0
+        except StateUnavailable as err:
+            # Without the lock two hosts could learn the same messages: wait for Redis.
+            log.error("learn: %s; not learning without the shared lock, try again later", err)
+            logs.flush_all()
+            return EX_TEMPFAIL
+        except ConfigError as err:
+            log.error("configuration error: %s", err)
+            return EX_CONFIG
+    try:
+        return _learn_run(args, cfg, deadline, started, store)
+    finally:
+        if store is not None:
+            shared.close_learn_store(store)
+
+
+def _learn_run(
+    args: argparse.Namespace,
+    cfg: Config,
+    deadline: Deadline,
+    started: float,
+    store: shared.SharedLearnStore | None,
+) -> int:
     teach = (
         learn.sa_learn_teacher(cfg.learn, deadline)
         if cfg.learn.method == "sa-learn"
@@ -103,7 +140,7 @@ def _learn(args: argparse.Namespace) -> int:
     )
     learner = learn.Learner(
         cfg.learn, teach, teach_many=many, dry_run=args.dry_run,
-        progress=sys.stderr.isatty(), deadline=deadline,
+        progress=sys.stderr.isatty(), deadline=deadline, store=store,
     )  # fmt: skip
     try:
         client = learn.connect(cfg.learn, deadline)

@@ -19,6 +19,7 @@ from mailgate import config as confkit
 from mailgate.config import (
     ConfigError,
     LoggingConfig,
+    StateConfig,
     boolean,
     choice,
     event_loop,
@@ -300,6 +301,7 @@ class Config:
     learn: LearnConfig = field(default_factory=LearnConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 SCHEMA = confkit.Schema(Config)

@@ -5,11 +5,14 @@ the core's IMAP session (:mod:`mailgate.imap`: the same URL forms, CA options
 and safe AUTHENTICATE PLAIN / LOGIN-with-literals as saslimap), read new
 messages from each folder in batches, teach each one to spamd (``TELL``) or to
 a local ``sa-learn``, and remember per folder the UIDVALIDITY and the last UID
-learned, in a state file written atomically, so each message is learned once.
+learned, so each message is learned once: in a state file written atomically
+(:class:`FileStore`), or, with ``[state]`` configured, in the store the gateway
+hosts share, under a lock so that one host learns at a time
+(:mod:`filter.shared`; the run is the same, behind :class:`LearnStore`).
 A UIDVALIDITY change relearns that folder (Bayes de-duplicates, so nothing is
 counted twice).  A message that moved between folders is relearned as its new
 class (forgotten, then learned), recognised by a digest of its bytes kept in
-the state file.
+the state.
 
 A message that cannot be taught (spamd or sa-learn refused it, a timeout) is
 tried again in the next runs, up to ``MAX_TRIES`` runs in all, then given up
@@ -23,9 +26,11 @@ fetched in parts that fit; a message too big to ever fit is skipped with a
 warning.  A server that breaks a bound ends the run with an error; the state
 keeps every part saved before.
 
-Exit status: 0 when everything went through, 1 when any message or folder
-failed or the run hit a bound (the state keeps what succeeded), 78 for a bad
-configuration.
+Exit status (:mod:`filter.cli`): 0 when everything went through, or when
+another gateway host holds the shared lock; 1 when any message or folder
+failed, the run hit a bound or lost the shared store (the state keeps what
+succeeded); 75 when the shared store cannot be reached at the start; 78 for a
+bad configuration.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,7 +70,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_TRIES",
     "BatchTeacher",
+    "FileStore",
     "LearnError",
+    "LearnStore",
     "Learner",
     "State",
     "Teacher",
@@ -103,10 +110,18 @@ class FolderState:
 
 @dataclass
 class State:
-    """The state file: per folder, and digests of learned messages with their class."""
+    """A run's state: per folder, and digests of learned messages with their class."""
 
     folders: dict[str, FolderState] = field(default_factory=dict)
-    learned: dict[str, str] = field(default_factory=dict)  # sha256 of the message -> class
+    learned: dict[str, str] = field(default_factory=dict)  # digest of the message -> class
+    # Learned since the last save: the shared store writes only these (its ``learned``
+    # holds just the digests a run looked up, not every one ever learned).
+    fresh: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def remember(self, digest: str, klass: str) -> None:
+        """A message was taught as ``klass``: keep it for the next save."""
+        self.learned[digest] = klass
+        self.fresh[digest] = klass
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -144,6 +159,56 @@ class State:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        self.fresh.clear()
+
+
+class LearnStore(Protocol):
+    """Where a run's state lives: the local state file, or the store the gateway hosts share.
+
+    Every method may raise LearnError: the run cannot go on (what was saved stays).
+    """
+
+    def load(self) -> State:
+        """The state at the start of a run (folders; digests as the store keeps them)."""
+        ...
+
+    def digest(self, message: bytes) -> str:
+        """The name a learned message is remembered by."""
+        ...
+
+    def recall(self, state: State, digests: Collection[str]) -> None:
+        """Put into ``state.learned`` the class of each of ``digests`` learned before, if any."""
+        ...
+
+    def check(self) -> None:
+        """Raise LearnError if this run may no longer go on (the shared lock was lost)."""
+        ...
+
+    def save(self, state: State) -> None:
+        """Keep the folders and what was learned since the last save."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileStore:
+    """``learn.state_file``, read whole at the start and rewritten atomically after each part."""
+
+    path: Path
+
+    def load(self) -> State:
+        return State.load(self.path)
+
+    def digest(self, message: bytes) -> str:
+        return hashlib.sha256(message).hexdigest()
+
+    def recall(self, state: State, digests: Collection[str]) -> None:
+        """Nothing to do: the whole file is in ``state`` since load()."""
+
+    def check(self) -> None:
+        """A local file is this host's alone: always."""
+
+    def save(self, state: State) -> None:
+        state.save(self.path)
 
 
 @dataclass
@@ -270,6 +335,7 @@ class Learner:
         dry_run: bool = False,
         progress: bool = False,
         deadline: Deadline | None = None,
+        store: LearnStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.teach = teach
@@ -277,12 +343,13 @@ class Learner:
         self.dry_run = dry_run
         self.progress = progress
         self.deadline = deadline or run_deadline(cfg)  # share it with connect and the teachers
+        self.store = store if store is not None else FileStore(cfg.state_file)
         self.totals = Totals()
         self.started = time.monotonic()
 
     def run(self, client: Mailbox) -> Totals:
-        """Learn every folder; the state file is saved after each part of a batch."""
-        state = State.load(self.cfg.state_file)
+        """Learn every folder; the state is saved after each part of a batch."""
+        state = self.store.load()
         for folder, klass in ((self.cfg.spam_folder, "spam"), (self.cfg.ham_folder, "ham")):
             try:
                 self._in_time(f"before folder {folder}")
@@ -297,9 +364,11 @@ class Learner:
         return self.totals
 
     def _in_time(self, where: str) -> None:
-        """Raise LearnError once the run's deadline has passed; what was saved stays."""
+        """Raise LearnError once the run's deadline has passed or the store says stop
+        (the shared lock is no longer this host's); what was saved stays."""
         if self.deadline.expired:
             raise LearnError(f"{self.deadline.error(where)}; the rest waits for the next run")
+        self.store.check()
 
     def _folder(self, client: Mailbox, state: State, folder: str, klass: str) -> None:
         writable = self.cfg.after != "leave" and not self.dry_run
@@ -326,7 +395,7 @@ class Learner:
                 for uid, size in too_big:
                     self._too_big(fstate, folder, uid, size)
                 if not self.dry_run:
-                    state.save(self.cfg.state_file)
+                    self.store.save(state)
                 self._show(folder)
         if self.cfg.after in ("move", "delete") and not self.dry_run:
             client.expunge()
@@ -369,10 +438,14 @@ class Learner:
                 fstate.retry.pop(str(uid), None)
             else:
                 messages[uid] = message
-        taught = self._many(state, messages, klass)
+        digests = {uid: self.store.digest(m) for uid, m in messages.items()}
+        self.store.recall(state, digests.values())
+        taught = self._many(state, messages, digests, klass)
         done: list[int] = []
         for uid, message in messages.items():
-            if uid in taught or (uid not in taught.failed and self._one(state, message, klass)):
+            if uid in taught or (
+                uid not in taught.failed and self._one(state, message, digests[uid], klass)
+            ):
                 done.append(uid)
                 fstate.retry.pop(str(uid), None)
             else:
@@ -391,12 +464,14 @@ class Learner:
         fstate.retry.pop(str(uid), None)
         fstate.last_uid = max(fstate.last_uid, uid)
 
-    def _many(self, state: State, messages: dict[int, bytes], klass: str) -> _Taught:
+    def _many(
+        self, state: State, messages: dict[int, bytes], digests: dict[int, str], klass: str
+    ) -> _Taught:
         """Teach in one go what needs no forgetting first, if the method can."""
         taught = _Taught()
         if self.teach_many is None or self.dry_run:
             return taught
-        digests = {uid: hashlib.sha256(m).hexdigest() for uid, m in messages.items()}
+        self.store.check()
         uids = [u for u in messages if state.learned.get(digests[u]) in (None, klass)]
         if not uids:
             return taught
@@ -409,7 +484,7 @@ class Learner:
             taught.failed.update(uids)
             return taught
         for uid in uids:
-            state.learned[digests[uid]] = klass
+            state.remember(digests[uid], klass)
         taught.update(uids)
         self.totals.learned[klass] = self.totals.learned.get(klass, 0) + learned
         self.totals.already += len(uids) - learned
@@ -423,8 +498,10 @@ class Learner:
         else:
             log.warning("learn: %s UID %d failed in %d runs; not trying again", folder, uid, tries)
 
-    def _one(self, state: State, message: bytes, klass: str) -> bool:
-        digest = hashlib.sha256(message).hexdigest()
+    def _one(self, state: State, message: bytes, digest: str, klass: str) -> bool:
+        # A shared lock lost during the last teach (a spamd wait may outlast it): stop
+        # here, rather than teach what the host that has it now is teaching too.
+        self.store.check()
         before = state.learned.get(digest)
         if self.dry_run:
             self.totals.learned[klass] = self.totals.learned.get(klass, 0) + 1
@@ -441,7 +518,7 @@ class Learner:
             if isinstance(err, SpamdError) and err.kind == "connect":
                 raise LearnError(f"spamd unreachable: {err}") from err
             return False
-        state.learned[digest] = klass
+        state.remember(digest, klass)
         if outcome == "already" and before == klass:
             self.totals.already += 1
         else:

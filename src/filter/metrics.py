@@ -6,6 +6,8 @@ never an address, subject or virus name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from filter.verdicts import Result
@@ -16,7 +18,7 @@ ERROR_KINDS = ("connect", "timeout", "protocol", "error")
 
 
 class Metrics:
-    """The filter's metrics; one instance per process."""
+    """The filter's metrics; one instance per process (kept across reloads)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -59,3 +61,16 @@ class Metrics:
                 self.scanner_errors.labels(scanner, kind)
         for kind in ("temporary", "permanent", "partial", "connection"):
             self.reinject_failures.labels(kind)
+        self._state_up: Gauge | None = None
+
+    def state_gauge(self) -> Callable[[bool], None]:
+        """Export ``mailfilter_state_up`` (only where a shared store is configured); its setter."""
+        if self._state_up is None:
+            self._state_up = Gauge(
+                "mailfilter_state_up",
+                "1 while the shared state store (Redis) answers within its deadline, else 0 "
+                "(notices are then throttled by this host alone).",
+                registry=self.registry,
+            )
+        gauge = self._state_up
+        return lambda up: gauge.set(1 if up else 0)

@@ -6,6 +6,13 @@ and mentioned in the next notice that goes out, so a virus outbreak produces
 a handful of mails, not thousands.  Notices go out through the re-injection
 listener like any other mail; a failure to send one is logged, never a reason
 to delay the message it is about.
+
+With a shared store (``[state]``) the hour and the held-back counts are every
+gateway host's together (:class:`filter.shared.SharedNotices`), so N hosts do
+not send N times ``max_per_hour``.  The store is asked under its deadline;
+when it does not answer, this host's own memory decides as with one host.
+This host records what it sent either way, so an outage does not give it a
+fresh hour.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from filter.config import NoticesConfig
 from filter.delivery import Forwarder
@@ -23,6 +31,14 @@ from filter.quarantine import Entry
 log = logging.getLogger(__name__)
 
 WINDOW = 3600.0
+
+
+class Throttle(Protocol):
+    """The throttle the gateway hosts share (:class:`filter.shared.SharedNotices`), or a fake."""
+
+    async def admit(self, category: str, per_hour: int) -> tuple[bool, int] | None:
+        """(send it?, held back by every host since the last one sent); None: no answer."""
+        ...
 
 
 class Notices:
@@ -34,32 +50,56 @@ class Notices:
         forwarder: Forwarder,
         hostname: str,
         clock: Callable[[], float] = time.monotonic,
+        shared: Throttle | None = None,
     ) -> None:
         self.cfg = cfg
         self.forwarder = forwarder
         self.hostname = hostname
         self.clock = clock
+        self.shared = shared
         self._sent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._held_back: collections.Counter[str] = collections.Counter()
 
-    def _allowed(self, category: str) -> bool:
+    def _recent(self, category: str) -> collections.deque[float]:
+        """This host's notices of ``category`` in the last hour."""
         now = self.clock()
         sent = self._sent[category]
         while sent and now - sent[0] >= WINDOW:
             sent.popleft()
+        return sent
+
+    def _allowed(self, category: str) -> bool:
+        sent = self._recent(category)
         if len(sent) >= self.cfg.max_per_hour:
             return False
-        sent.append(now)
+        sent.append(self.clock())
         return True
+
+    async def _admit(self, category: str) -> tuple[bool, int]:
+        """(send it?, notices of ``category`` held back since the last one sent).
+
+        Every host's hour and count when the store answers; else this host's.
+        """
+        if self.shared is not None:
+            answer = await self.shared.admit(category, self.cfg.max_per_hour)
+            if answer is not None:  # the store counted a held-back notice itself
+                send, held = answer
+                if send:
+                    self._recent(category).append(self.clock())  # for a later outage
+                    held += self._held_back.pop(category, 0)  # held here during one
+                return send, held
+        if not self._allowed(category):
+            self._held_back[category] += 1
+            return False, 0
+        return True, self._held_back.pop(category, 0)
 
     async def notify(self, entry: Entry, message: bytes) -> None:
         """Tell the administrators about a quarantined message, if due."""
         if not self.cfg.admins or entry.category not in self.cfg.categories:
             return
-        if not self._allowed(entry.category):
-            self._held_back[entry.category] += 1
+        send, held_back = await self._admit(entry.category)
+        if not send:
             return
-        held_back = self._held_back.pop(entry.category, 0)
         sender = self.cfg.sender or f"mail-filter@{self.hostname}"
         text = notice_text(entry, sender, self.cfg.admins, self.hostname, held_back)
         delivery = await self.forwarder.send(sender, list(self.cfg.admins), text)

@@ -275,3 +275,49 @@ async def for_tool(cfg: StateConfig, patience: float = 10.0) -> SharedState:
         raise StateUnavailable(f"shared state {state.where}: {err or 'no answer'}") from None
     state.up = True
     return state
+
+
+# -- for synchronous tools (mail-filter learn) ---------------------------------
+# Imported here rather than at the top only because this part was added later by
+# another hand than the asyncio part above; moving them up changes nothing.
+from redis import Redis as SyncRedis  # noqa: E402
+from redis.retry import Retry as SyncRetry  # noqa: E402
+from redis.sentinel import Sentinel as SyncSentinel  # noqa: E402
+
+
+def sync_client(cfg: StateConfig, timeout: float) -> SyncRedis:
+    """A blocking redis-py client for ``[state]``, for a tool that is not asyncio.
+
+    The same URL forms, TLS verification, password file and Sentinel lookup
+    as :func:`client`; each socket wait (connecting, and every read or write
+    of a command) is at most ``timeout``, and nothing is retried inside
+    redis-py, so a command's wait is bounded by it.
+    """
+    common: dict[str, Any] = {
+        "password": _read_password(cfg.password_file),
+        "socket_connect_timeout": max(timeout, cfg.connect_timeout),
+        "socket_timeout": timeout,
+        "retry": SyncRetry(NoBackoff(), 0),
+        "client_name": "mailgate",
+    }
+    parts = urlsplit(cfg.url) if cfg.url else None
+    if parts is not None and parts.username:
+        common["username"] = parts.username
+    if parts is not None and parts.scheme == "rediss":
+        common["ssl_cert_reqs"] = "required"
+        if cfg.ca_file is not None:
+            common["ssl_ca_certs"] = str(cfg.ca_file)
+    if cfg.sentinels:
+        db = int(parts.path.strip("/") or 0) if parts is not None and parts.path else 0
+        if parts is not None and parts.scheme == "rediss":
+            common["ssl"] = True
+        nodes = [Address.parse(s, unix=False) for s in cfg.sentinels]
+        sentinel = SyncSentinel(
+            [(n.host, n.port) for n in nodes],
+            sentinel_kwargs={"socket_connect_timeout": cfg.connect_timeout,
+                             "socket_timeout": timeout},
+            **common,
+        )  # fmt: skip
+        master: SyncRedis = sentinel.master_for(cfg.sentinel_service, db=db)
+        return master
+    return SyncRedis.from_url(cfg.url, **common)

@@ -40,6 +40,9 @@ def test_shipped_config_documents_every_key() -> None:
         ({"reinject": {"bogus": 1}}, "reinject.bogus"),
         ({"learn": {"run_timeout": 0}}, "learn.run_timeout"),
         ({"learn": {"max_response": 1000}}, "learn.max_response"),  # under 1 MiB
+        ({"state": {"url": "http://redis"}}, "state.url"),
+        ({"state": {"timeout": 0}}, "state.timeout"),
+        ({"state": {"sentinels": ["redis"]}}, "state.sentinels"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict[str, dict[str, object]], key: str) -> None:
@@ -89,3 +92,48 @@ def test_destinies_built_in_code_from_strings_still_compare() -> None:
     policy = PolicyConfig(spam_destiny="pass", quarantine=("spam",))  # type: ignore[arg-type]
     assert Destiny.PASS is policy.spam_destiny
     assert (Category.SPAM,) == policy.quarantine
+
+
+def _state_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "f.toml"
+    path.write_text(f'[state]\nurl = "redis://127.0.0.1:6379/0"\n{body}')
+    return path
+
+
+def test_shared_state_needs_a_secret_file(tmp_path: Path) -> None:
+    """[state] url without secret_file is refused, naming state.secret_file (exit 78)."""
+    path = _state_file(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"state\.secret_file: required"):
+        app.load_config(path, {})
+    assert 78 == cli.main(["check-config", str(path)])
+    assert 78 == cli.main(["learn", "--config", str(path)])
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "why"),
+    [
+        (b"k" * 40, 0o600, "does not look random"),
+        (bytes(range(16)), 0o600, "at least 32"),
+        (bytes(range(40)), 0o644, "readable by its owner only"),
+    ],
+    ids=["repetitive", "short", "group-readable"],
+)
+def test_a_weak_or_readable_secret_is_refused(
+    tmp_path: Path, content: bytes, mode: int, why: str
+) -> None:
+    """A short, repetitive or group-readable secret_file stops mail-filter from starting."""
+    secret = tmp_path / "state.key"
+    secret.write_bytes(content)
+    secret.chmod(mode)
+    path = _state_file(tmp_path, f'secret_file = "{secret}"\n')
+    with pytest.raises(ConfigError, match=why):
+        app.load_config(path, {})
+
+
+def test_a_good_secret_loads(tmp_path: Path) -> None:
+    """32 random bytes, mode 0600: the [state] section is accepted as written."""
+    secret = tmp_path / "state.key"
+    secret.write_bytes(bytes(range(32)))
+    secret.chmod(0o600)
+    cfg = app.load_config(_state_file(tmp_path, f'secret_file = "{secret}"\n'), {})
+    assert (True, secret) == (cfg.state.enabled, cfg.state.secret_file)
