@@ -29,9 +29,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry as SyncRetry
+from redis.sentinel import Sentinel as SyncSentinel
 
 from mailgate.config import Address, ConfigError, StateConfig
 
@@ -86,42 +90,70 @@ def _read_password(path: Path | None) -> str | None:
         raise ConfigError(f"state.password_file: cannot read {path}: {err}") from None
 
 
-def client(cfg: StateConfig) -> Redis:
-    """A redis-py asyncio client for ``[state]`` (nothing is connected yet).
+def _settings(cfg: StateConfig, connect: float, wait: float) -> dict[str, Any]:
+    """redis-py's connection settings for ``[state]``, the same for both clients.
 
     No retries inside redis-py: the caller's deadline is the whole budget of
     an operation, and a failure falls back to local memory at once.
     """
-    common: dict[str, Any] = {
+    settings: dict[str, Any] = {
         "password": _read_password(cfg.password_file),
-        "socket_connect_timeout": cfg.connect_timeout,
-        "socket_timeout": max(cfg.timeout, cfg.connect_timeout),
-        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": connect,
+        "socket_timeout": wait,
         "client_name": "mailgate",
     }
     parts = urlsplit(cfg.url) if cfg.url else None
     if parts is not None and parts.username:
-        common["username"] = parts.username
+        settings["username"] = parts.username
     if parts is not None and parts.scheme == "rediss":
-        common["ssl_cert_reqs"] = "required"
+        settings["ssl_cert_reqs"] = "required"
         if cfg.ca_file is not None:
-            common["ssl_ca_certs"] = str(cfg.ca_file)
-    if cfg.sentinels:
-        from redis.asyncio.sentinel import Sentinel
+            settings["ssl_ca_certs"] = str(cfg.ca_file)
+        if cfg.sentinels:
+            settings["ssl"] = True  # from_url would have said so; Sentinel needs telling
+    return settings
 
-        db = int(parts.path.strip("/") or 0) if parts is not None and parts.path else 0
-        if parts is not None and parts.scheme == "rediss":
-            common["ssl"] = True
-        nodes = [Address.parse(s, unix=False) for s in cfg.sentinels]
-        sentinel = Sentinel(
-            [(n.host, n.port) for n in nodes],
-            sentinel_kwargs={"socket_connect_timeout": cfg.connect_timeout,
-                             "socket_timeout": cfg.connect_timeout},
-            **common,
-        )  # fmt: skip
-        master: Redis = sentinel.master_for(cfg.sentinel_service, db=db)
+
+def _sentinel_setup(
+    cfg: StateConfig, wait: float
+) -> tuple[list[tuple[str, int]], dict[str, Any], int]:
+    """The sentinels' addresses, their own connection settings, and the database number."""
+    parts = urlsplit(cfg.url) if cfg.url else None
+    db = int(parts.path.strip("/") or 0) if parts is not None and parts.path else 0
+    nodes = [Address.parse(s, unix=False) for s in cfg.sentinels]
+    own = {"socket_connect_timeout": cfg.connect_timeout, "socket_timeout": wait}
+    return [(n.host, n.port) for n in nodes], own, db
+
+
+def client(cfg: StateConfig) -> Redis:
+    """A redis-py asyncio client for ``[state]`` (nothing is connected yet)."""
+    settings = _settings(cfg, cfg.connect_timeout, max(cfg.timeout, cfg.connect_timeout))
+    settings["retry"] = Retry(NoBackoff(), 0)
+    if cfg.sentinels:
+        nodes, own, db = _sentinel_setup(cfg, cfg.connect_timeout)
+        master: Redis = Sentinel(nodes, sentinel_kwargs=own, **settings).master_for(
+            cfg.sentinel_service, db=db
+        )
         return master
-    return aioredis.from_url(cfg.url, **common)
+    return aioredis.from_url(cfg.url, **settings)
+
+
+def sync_client(cfg: StateConfig, timeout: float) -> SyncRedis:
+    """A blocking client for ``[state]``, for a tool that is not asyncio (``mail-filter learn``).
+
+    The same URL forms, TLS verification, password file and Sentinel lookup as
+    :func:`client`; each socket wait is at most ``timeout`` and nothing is
+    retried, so a command's wait is bounded by it.
+    """
+    settings = _settings(cfg, max(timeout, cfg.connect_timeout), timeout)
+    settings["retry"] = SyncRetry(NoBackoff(), 0)
+    if cfg.sentinels:
+        nodes, own, db = _sentinel_setup(cfg, timeout)
+        master: SyncRedis = SyncSentinel(nodes, sentinel_kwargs=own, **settings).master_for(
+            cfg.sentinel_service, db=db
+        )
+        return master
+    return SyncRedis.from_url(cfg.url, **settings)
 
 
 class SharedState:
@@ -275,49 +307,3 @@ async def for_tool(cfg: StateConfig, patience: float = 10.0) -> SharedState:
         raise StateUnavailable(f"shared state {state.where}: {err or 'no answer'}") from None
     state.up = True
     return state
-
-
-# -- for synchronous tools (mail-filter learn) ---------------------------------
-# Imported here rather than at the top only because this part was added later by
-# another hand than the asyncio part above; moving them up changes nothing.
-from redis import Redis as SyncRedis  # noqa: E402
-from redis.retry import Retry as SyncRetry  # noqa: E402
-from redis.sentinel import Sentinel as SyncSentinel  # noqa: E402
-
-
-def sync_client(cfg: StateConfig, timeout: float) -> SyncRedis:
-    """A blocking redis-py client for ``[state]``, for a tool that is not asyncio.
-
-    The same URL forms, TLS verification, password file and Sentinel lookup
-    as :func:`client`; each socket wait (connecting, and every read or write
-    of a command) is at most ``timeout``, and nothing is retried inside
-    redis-py, so a command's wait is bounded by it.
-    """
-    common: dict[str, Any] = {
-        "password": _read_password(cfg.password_file),
-        "socket_connect_timeout": max(timeout, cfg.connect_timeout),
-        "socket_timeout": timeout,
-        "retry": SyncRetry(NoBackoff(), 0),
-        "client_name": "mailgate",
-    }
-    parts = urlsplit(cfg.url) if cfg.url else None
-    if parts is not None and parts.username:
-        common["username"] = parts.username
-    if parts is not None and parts.scheme == "rediss":
-        common["ssl_cert_reqs"] = "required"
-        if cfg.ca_file is not None:
-            common["ssl_ca_certs"] = str(cfg.ca_file)
-    if cfg.sentinels:
-        db = int(parts.path.strip("/") or 0) if parts is not None and parts.path else 0
-        if parts is not None and parts.scheme == "rediss":
-            common["ssl"] = True
-        nodes = [Address.parse(s, unix=False) for s in cfg.sentinels]
-        sentinel = SyncSentinel(
-            [(n.host, n.port) for n in nodes],
-            sentinel_kwargs={"socket_connect_timeout": cfg.connect_timeout,
-                             "socket_timeout": timeout},
-            **common,
-        )  # fmt: skip
-        master: SyncRedis = sentinel.master_for(cfg.sentinel_service, db=db)
-        return master
-    return SyncRedis.from_url(cfg.url, **common)
