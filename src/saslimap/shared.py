@@ -20,7 +20,7 @@ never waits for the network), and it only ever adds refusals or cached
 successes that some host verified: when the store is down every method
 answers ``None`` and the caller decides from its own memory alone.  Times
 come from Redis (``TIME``), so hosts' clocks need not agree.  Keys name users
-by an HMAC of the name, never the name; see docs/shared-state.md.
+by an HMAC of the name, never the name; see docs/saslimap.md.
 """
 
 from __future__ import annotations
