@@ -296,16 +296,22 @@ class SharedChecks:
         reply = await self.state.run(run, "admit")
         if reply is None:
             return None
-        kind = _text(reply[0])
-        if kind == "hit":
-            return Admission("hit", age=int(reply[1]) / 1000)
-        if kind == "neg":
-            return Admission("neg")
-        if kind == "held":
-            return Admission("held", held=_text(reply[1]), known=int(reply[2]) == 1)
-        return Admission(
-            "go", stale=int(reply[1]) == 1, keys=tuple(keys), member=member, digest=digest
-        )
+        try:
+            kind = _text(reply[0])
+            if kind == "hit":
+                return Admission("hit", age=int(reply[1]) / 1000)
+            if kind == "neg":
+                return Admission("neg")
+            if kind == "held":
+                return Admission("held", held=_text(reply[1]), known=int(reply[2]) == 1)
+            if kind == "go":
+                return Admission(
+                    "go", stale=int(reply[1]) == 1, keys=tuple(keys), member=member, digest=digest
+                )
+            raise ValueError(f"unknown answer {kind!r}")
+        except (IndexError, TypeError, ValueError) as err:  # not our script's answer
+            self.state.failed("admit", err)
+            return None
 
     async def settle(self, admission: Admission, outcome: Outcome) -> None:
         """Teach every host what this check's IMAP answer was."""
@@ -349,8 +355,14 @@ class SharedChecks:
         reply = await self.state.run(run, "ip-admit")
         if reply is None:
             return None
-        kind = _text(reply[0])
-        return IpAdmission(kind, int(reply[1]), tuple(keys), member, pair)  # type: ignore[arg-type]
+        try:
+            kind = _text(reply[0])
+            if kind not in ("exempt", "spent", "busy", "go"):
+                raise ValueError(f"unknown answer {kind!r}")
+            return IpAdmission(kind, int(reply[1]), tuple(keys), member, pair)  # type: ignore[arg-type]
+        except (IndexError, TypeError, ValueError) as err:  # not our script's answer
+            self.state.failed("ip-admit", err)
+            return None
 
     async def ip_settle(self, admission: IpAdmission, verdict: str) -> int | None:
         """Teach every host a check's verdict ("ok", "no", else only ends it); failures now."""
@@ -363,7 +375,11 @@ class SharedChecks:
             return await self._ip_settle(keys=keys, args=args)
 
         reply = await self.state.run(run, "ip-settle")
-        return None if reply is None else int(reply)
+        try:
+            return None if reply is None else int(reply)
+        except (TypeError, ValueError) as err:
+            self.state.failed("ip-settle", err)
+            return None
 
 
 def user_id(state: SharedState, name: str) -> str:
