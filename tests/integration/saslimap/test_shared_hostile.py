@@ -1,0 +1,224 @@
+"""Hostile cases for saslimap's shared state on a real redis-server (review of issue 16).
+
+A Redis that answers PING but refuses every write, a Redis that is slow but
+always within the deadline, and a Redis writer without the shared secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.ports import free_port
+from devstack.redis import Redis
+from mailgate.config import StateConfig
+from mailgate.state import SharedState, load_secret
+from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConfig
+from saslimap.service import Authenticator, Verdict
+from saslimap.shared import SharedChecks
+from tests.fakes import FakeBackend
+
+pytestmark = pytest.mark.integration
+
+USER = "alice@example.com"
+PW = "alice's right password"
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A redis-server of this module's own (tests here make it refuse writes)."""
+    r = Redis(tmp_path_factory.mktemp("redis"), unix_socket=True)
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The secret the hosts share."""
+    path = tmp_path_factory.mktemp("secret") / "state.key"
+    path.write_bytes(os.urandom(32).hex().encode())
+    path.chmod(0o600)
+    return path
+
+
+async def _up(state: SharedState) -> None:
+    state.start()
+    for _ in range(200):
+        if state.up:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the shared store never came up")
+
+
+class Host:
+    """One gateway host: its authenticator and its connection to the shared store."""
+
+    def __init__(self, auth: Authenticator, state: SharedState) -> None:
+        self.auth, self.state = auth, state
+
+
+MakeHost = Callable[..., Awaitable["Host"]]
+
+
+@pytest.fixture
+async def make_host(redis: Redis, secret_file: Path) -> AsyncIterator[MakeHost]:
+    """Build hosts on one fresh key prefix; closes them at the end."""
+    made: list[Host] = []
+    prefix = f"h{next(_prefixes)}:"
+
+    async def make(
+        backend: FakeBackend, url: str = "", deadline: float = 0.5,
+        cache: CacheConfig | None = None, password_file: Path | None = None,
+    ) -> Host:  # fmt: skip
+        cfg = StateConfig(
+            url=url or redis.unix_url, secret_file=secret_file, timeout=deadline,
+            retry_interval=0.1, key_prefix=prefix, password_file=password_file,
+        )  # fmt: skip
+        state = SharedState(cfg, load_secret(secret_file))
+        await _up(state)
+        limits = LimitsConfig(trickle_interval=0)
+        cache = cache or CacheConfig()
+        shared = SharedChecks(state, cache, limits, IpLimitsConfig(base_delay=0), 10.0)
+        auth = Authenticator(
+            UsersConfig(), backend, cache=cache, limits=limits,
+            iplimits=IpLimitsConfig(base_delay=0), shared=shared,
+        )  # fmt: skip
+        host = Host(auth, state)
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        host.auth.close()
+        await host.state.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_redis_that_answers_ping_but_refuses_writes_is_one_warning(
+    make_host: MakeHost, redis: Redis
+) -> None:
+    """A Redis that answers PING but refuses every write (a read-only replica, MISCONF
+    on a full disk, OOM) is one outage: one warning, not one per retry_interval."""
+    imap = FakeBackend({USER: PW})
+    host = await make_host(imap)
+    seen = _Records()
+    logger = logging.getLogger("mailgate.state")
+    logger.addHandler(seen)
+    redis.cli("REPLICAOF", "127.0.0.1", str(free_port()))  # a master that never answers
+    try:
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 1.5:  # 15 retry intervals
+            result = await host.auth.verify(f"user{n}@example.com", "x", "smtp")
+            assert Verdict.OK is not result.verdict
+            n += 1
+            await asyncio.sleep(0.03)
+    finally:
+        redis.cli("REPLICAOF", "NO", "ONE")
+        logger.removeHandler(seen)
+    warnings = [r for r in seen.records if r.levelno >= logging.WARNING]
+    assert 1 == len(warnings), [r.getMessage() for r in warnings]
+
+
+async def test_a_redis_writer_without_the_secret_cannot_keep_an_entry_fresh(
+    make_host: MakeHost, redis: Redis
+) -> None:
+    """Someone who can write to Redis but lacks the secret cannot keep a verified
+    password fresh past ``ttl``: after the password changed, the old one is asked of
+    IMAP (and refused), not answered OK from the shared cache for ever."""
+    imap = FakeBackend({USER: PW})
+    cache = CacheConfig(ttl=1.0, refresh_after=0.5, stale_if_error=0.0)
+    a = await make_host(imap, cache=cache)
+    b = await make_host(imap, cache=cache)
+    assert Verdict.OK == (await a.auth.verify(USER, PW, "smtp")).verdict
+    r = a.state.redis
+    [pos] = [k async for k in r.scan_iter(match=a.state.prefix + "sasl:u:*:pos:*")]
+    entry = await r.get(pos)
+    assert isinstance(entry, bytes)
+    digest, _at = entry.rsplit(b":", 1)
+    # The attacker: the same HMAC, a time far in the future, no expiry.
+    await r.set(pos, digest + b":" + str(int(time.time() * 1000) + 10**12).encode())
+    imap.users[USER] = "the new password"
+    await asyncio.sleep(1.2)  # past ttl (and past ttl + stale_if_error)
+    result = await b.auth.verify(USER, PW, "smtp")
+    assert Verdict.NO == result.verdict, result.source
+
+
+async def _delaying_proxy(host: str, port: int, delay: list[float]) -> asyncio.Server:
+    """A TCP proxy to Redis that holds each reply ``delay[0]`` seconds (a slow link)."""
+
+    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(host, port)
+
+        async def up() -> None:
+            while data := await cr.read(65536):
+                uw.write(data)
+                await uw.drain()
+            uw.close()
+
+        async def down() -> None:
+            while data := await ur.read(65536):
+                if delay[0]:
+                    await asyncio.sleep(delay[0])
+                cw.write(data)
+                await cw.drain()
+            cw.close()
+
+        await asyncio.gather(up(), down(), return_exceptions=True)
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_a_check_waits_for_redis_at_most_the_state_deadline_in_all(
+    make_host: MakeHost, redis: Redis
+) -> None:
+    """Redis answering every operation in 35 ms (each under the 50 ms deadline): one
+    check from the Dovecot listener waits for Redis at most about the deadline in all,
+    not once per operation (per-IP admit, admit, settle, per-IP settle)."""
+    imap = FakeBackend({USER: PW})
+    delay = [0.0]
+    hosts: list[Host] = []
+    proxy = await _delaying_proxy(redis.host, redis.port, delay)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        host = await make_host(
+            imap, url=f"redis://127.0.0.1:{port}/0", deadline=0.05,
+            password_file=redis.password_file,
+        )  # fmt: skip
+        hosts.append(host)
+        for n in range(3):  # scripts loaded, a connection open
+            await host.auth.verify_client(f"warm{n}@example.com", "x", "smtp", "192.0.2.1")
+        assert host.state.up
+        delay[0] = 0.035
+        waits = []
+        for n in range(3):
+            started = time.monotonic()
+            result, _delay = await host.auth.verify_client(
+                f"user{n}@example.com", "x", "smtp", "192.0.2.2"
+            )
+            waits.append(time.monotonic() - started)
+            assert Verdict.NO == result.verdict
+        assert host.state.up
+        assert max(waits) <= 0.05 + 0.02, [f"{w * 1000:.0f} ms" for w in waits]
+    finally:
+        for made in hosts:  # their connections end, and with them the proxy's tasks
+            await made.state.close()
+        proxy.close()
+        await asyncio.sleep(0.1)
