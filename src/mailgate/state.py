@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,12 +60,19 @@ def load_secret(path: Path, key: str = "state.secret_file") -> bytes:
     HMACs kept there.  ``head -c 32 /dev/urandom > FILE`` makes a good one.
     """
     try:
-        st = path.stat()
-        data = path.read_bytes()
+        # O_NONBLOCK, and the type checked on the open file before any read: a FIFO
+        # or a device (/dev/urandom) would block or never end the read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ConfigError(f"{key}: cannot read {path}: {err.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{key}: {path} is not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{key}: {path} is not a regular file")
+            data = file.read()
+        except OSError as err:
+            raise ConfigError(f"{key}: cannot read {path}: {err.strerror}") from None
     if st.st_mode & 0o077:
         raise ConfigError(
             f"{key}: {path} is mode {stat.S_IMODE(st.st_mode):04o}; "
