@@ -50,6 +50,8 @@ _MIN_DISTINCT = 8  # a 32-byte random (or 64 hex digits) has far more distinct b
 
 Redis = aioredis.Redis
 
+_PROBE_TTL_MS = 60_000  # the probe's key goes by itself
+
 
 def load_secret(path: Path, key: str = "state.secret_file") -> bytes:
     """The secret every host shares, refused if others may read it or it is weak.
@@ -233,13 +235,19 @@ class SharedState:
         return self.cfg.url
 
     async def _reconnect(self, first: bool = False) -> None:
-        """Ping until the store answers (``first``: at start, where nothing has warned yet)."""
+        """Probe until the store answers (``first``: at start, where nothing has warned yet).
+
+        The probe is a write under our prefix, not a PING: a Redis that answers PING
+        but refuses writes (a read-only replica, MISCONF on a full disk, OOM) is still
+        down for every operation here, and taking it for back would warn once per
+        ``retry_interval`` for the whole outage.
+        """
         while not self._closed:
             if not first:
                 await asyncio.sleep(self.cfg.retry_interval)
             try:
                 async with asyncio.timeout(self.cfg.connect_timeout + self.timeout):
-                    await self.redis.ping()
+                    await self.redis.set(self.key("state", "probe"), b"1", px=_PROBE_TTL_MS)
             except (RedisError, OSError, TimeoutError, ValueError) as err:
                 if first:
                     log.warning(
