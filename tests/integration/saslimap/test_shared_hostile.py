@@ -222,3 +222,24 @@ async def test_a_check_waits_for_redis_at_most_the_state_deadline_in_all(
             await made.state.close()
         proxy.close()
         await asyncio.sleep(0.1)
+
+
+async def test_a_password_this_host_saw_rejected_is_not_ok_from_a_stale_shared_entry(
+    make_host: MakeHost,
+) -> None:
+    """A background re-verification here found the cached password rejected, and Redis
+    missed being told: this host then answers that password as it would alone (asks
+    IMAP: NO), not OK from the shared entry it knows is wrong."""
+    imap = FakeBackend({USER: PW})
+    cache = CacheConfig(ttl=30.0, refresh_after=0.1, stale_if_error=0.0)
+    a = await make_host(imap, cache=cache)
+    assert Verdict.OK == (await a.auth.verify(USER, PW, "smtp")).verdict
+    imap.users[USER] = "the new password"  # the password changed on the IMAP server
+    await asyncio.sleep(0.2)
+    a.state.up = False  # Redis does not answer the refresh's "dropped" (a blip)
+    assert Verdict.OK == (await a.auth.verify(USER, PW, "smtp")).verdict  # due: refreshed
+    await asyncio.gather(*a.auth.background)
+    assert a.auth.cache.lookup((USER, "", "smtp"), PW) is None  # dropped here
+    a.state.up = True  # the blip is over
+    result = await a.auth.verify(USER, PW, "smtp")
+    assert Verdict.NO == result.verdict, result.source
