@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -49,6 +51,11 @@ MIN_SECRET = 32
 _MIN_DISTINCT = 8  # a 32-byte random (or 64 hex digits) has far more distinct bytes
 
 Redis = aioredis.Redis
+
+_until: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "mailgate_state_until", default=None
+)
+"""When the current request's share of the store's deadline ends (monotonic), if in one."""
 
 _PROBE_TTL_MS = 60_000  # the probe's key goes by itself
 
@@ -185,6 +192,7 @@ class SharedState:
         self._on_change = on_change or (lambda _up: None)
         self.up = False
         self._probe: asyncio.Task[None] | None = None
+        self._later: set[asyncio.Task[None]] = set()
         self._closed = False
         self._on_change(False)
 
@@ -204,15 +212,60 @@ class SharedState:
             self._probe = asyncio.get_running_loop().create_task(self._reconnect(first=True))
 
     async def run(self, op: Callable[[Redis], Awaitable[T]], what: str) -> T | None:
-        """``op``'s answer, or ``None`` if the store is down, errs or misses the deadline."""
+        """``op``'s answer, or ``None`` if the store is down, errs or misses the deadline.
+
+        Inside :meth:`request`, every operation shares what is left of one
+        deadline: a request never waits for the store longer than ``timeout``
+        in all.  An operation cut short by that sharing (left less than half the
+        deadline by the ones before it, which were answered) does not count as
+        the store failing.
+        """
         if not self.up:
             return None
+        until = _until.get()
+        limit = self.timeout if until is None else min(self.timeout, until - time.monotonic())
+        if limit <= 0:
+            return None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(limit):
                 return await op(self.redis)
-        except (RedisError, OSError, TimeoutError, ValueError) as err:
+        except TimeoutError as err:
+            if limit < self.timeout / 2:
+                # Cut short by the request's earlier operations, which the store did
+                # answer: not an outage (a store that is down misses its first one).
+                return None
             self.failed(what, err)
             return None
+        except (RedisError, OSError, ValueError) as err:
+            self.failed(what, err)
+            return None
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """One request's operations share one deadline (nested: the outer one's)."""
+        if _until.get() is not None:
+            yield
+            return
+        token = _until.set(time.monotonic() + self.timeout)
+        try:
+            yield
+        finally:
+            _until.reset(token)
+
+    def later(self, work: Awaitable[object]) -> None:
+        """Run ``work`` (say, recording a verdict) without the request waiting for it.
+
+        Outside any request's deadline (each operation gets the full one); the
+        store keeps the task until it ends, and :meth:`close` gives it a moment.
+        """
+        loop = asyncio.get_running_loop()
+
+        async def run() -> None:
+            await work
+
+        task = loop.create_task(run(), context=contextvars.Context())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     def failed(self, what: str, err: BaseException) -> None:
         """The store did not answer ``what``: warn once for this outage, probe until it is back."""
@@ -261,8 +314,15 @@ class SharedState:
             log.info("shared state %s available: limits and caches are shared", self.where)
             return
 
+    async def settled(self) -> None:
+        """Wait until the work :meth:`later` started has ended (tests, shutdown)."""
+        while self._later:
+            await asyncio.wait(list(self._later))
+
     async def close(self) -> None:
-        """Stop probing and close the connections."""
+        """Stop probing, let work still recording verdicts end (one deadline), close."""
+        if self._later:
+            await asyncio.wait(list(self._later), timeout=self.timeout)
         self._closed = True
         if self._probe is not None:
             self._probe.cancel()

@@ -120,8 +120,10 @@ class CredentialCache:
         self.clock = clock
         self.ttl = ttl
         self.refresh_after = refresh_after
+        self.lifetime = ttl + stale_if_error  # how long an entry is of any use
+        self.max_entries = max_entries
         # The store itself forgets entries once they are of no use, even as stale.
-        self._store = _Entries(maxsize=max_entries, ttl=ttl + stale_if_error, timer=clock)
+        self._store = _Entries(maxsize=max_entries, ttl=self.lifetime, timer=clock)
 
     def __len__(self) -> int:
         return len(self._store)

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from cachetools import TTLCache
+
 from mailgate.imap import BackendUnavailable, LoginResult
 from saslimap.cache import CredentialCache, Freshness, Hasher, Key, NegativeCache
 from saslimap.config import CacheConfig, LimitsConfig
@@ -147,6 +149,13 @@ class SharedLogins:
         self.metrics = metrics
         self._hasher = hasher
         self._pending: dict[tuple[Key, bytes], asyncio.Future[LoginResult]] = {}
+        # Passwords IMAP rejected here lately (user key, HMAC), for as long as another
+        # host's cached entry of them could live: such an entry is not answered from,
+        # even if the shared store missed being told (a blip during the rejection).
+        cache = stores.cache
+        self._rejected: TTLCache[tuple[Key, bytes], bool] = TTLCache(
+            max(1, min(cache.max_entries, MIN_TRACKED)), cache.lifetime or 1e-9, timer=clock
+        )
         self.background: set[asyncio.Task[None]] = set()
         self._refreshing: set[Key] = set()
 
@@ -223,10 +232,8 @@ class SharedLogins:
                 known = pending.freshness is not None or s.verified.knows(
                     pending.name, pending.password
                 )
-                admission = await self.shared.admit(
-                    pending.key, pending.password, pending.name, pending.counted,
-                    pending.client_addr, known,
-                )  # fmt: skip
+                with self.shared.state.request():  # one deadline for every step
+                    admission = await self._shared_admit(pending, known)
                 if admission is not None and admission.kind != "go":
                     return self._from_shared(pending, admission)
                 if admission is not None and admission.stale and pending.freshness is None:
@@ -235,12 +242,34 @@ class SharedLogins:
             self.metrics.cache_misses.inc()
             result = await self._ask(pending)
             if admission is not None and self.shared is not None:
-                await self.shared.settle(admission, _outcome(result))
+                self.shared.settle(admission, _outcome(result))  # the answer does not wait
             return result
         finally:  # begun by admit()
             s.budget.end(pending.counted, pending.digest)
             s.undecided.end(pending.counted, pending.digest)
             s.ceiling.end(pending.name, pending.digest)
+
+    async def _shared_admit(self, pending: Pending, known: bool) -> Admission | None:
+        """Every host's answer, where a cached entry is one this host may answer from."""
+        assert self.shared is not None
+        p = pending
+        admission = await self.shared.admit(
+            p.key, p.password, p.name, p.counted, p.client_addr, known
+        )
+        if (
+            admission is not None
+            and admission.kind == "hit"
+            and (
+                (p.key, p.digest) in self._rejected
+                or not self.shared.entry_is_genuine(p.key, admission)
+            )
+        ):
+            # Rejected here since, or not written by a host with the secret (a forged
+            # time): decided as if there were no entry.
+            admission = await self.shared.admit(
+                p.key, p.password, p.name, p.counted, p.client_addr, known, skip_entry=True
+            )
+        return admission
 
     def _from_shared(self, pending: Pending, admission: Admission) -> Result:
         """The answer another host's state gives, learned into this host's own."""
@@ -291,12 +320,14 @@ class SharedLogins:
         elapsed = self.clock() - start
         s.undecided.forget(pending.counted)
         if answer is LoginResult.ACCEPTED:
+            self._rejected.pop((key, digest), None)
             s.cache.store(key, password)
             s.verified.learn(pending.name, password)
             return Result(Verdict.OK, "authenticated", user, elapsed, source="imap")
         if freshness is Freshness.STALE:
             s.cache.drop(key)  # the IMAP server now rejects what it once accepted
         s.verified.reject(pending.name, password)
+        self._rejected[key, digest] = True
         s.negative.add(key, password)
         s.budget.spend(pending.counted, digest)
         s.ceiling.spend(pending.name, digest)
@@ -358,8 +389,12 @@ class SharedLogins:
             self.stores.cache.drop(key)
             self.stores.verified.reject(name, password)
             log.info('refresh user="%s" dropped: the IMAP server now rejects it', shown(key[0]))
+        if accepted:
+            self._rejected.pop((key, digest), None)
+        else:
+            self._rejected[key, digest] = True
         if self.shared is not None:
-            await self.shared.learn(key, password, name, "ok" if accepted else "dropped")
+            self.shared.learn(key, password, name, "ok" if accepted else "dropped")
 
     def close(self) -> None:
         """Cancel background refreshes (on shutdown or reload)."""

@@ -132,7 +132,17 @@ class Authenticator:
 
         Returns the result and the seconds to wait before answering it: the
         address's penalty after a NO (on top of any failure delay), else 0.
+        With a shared store, the per-IP and the per-user steps share one state
+        deadline: the check never waits for Redis longer than that in all.
         """
+        if self.shared is None:
+            return await self._verify_client(login, password, service, client_addr)
+        with self.shared.state.request():
+            return await self._verify_client(login, password, service, client_addr)
+
+    async def _verify_client(
+        self, login: str, password: str, service: str, client_addr: str
+    ) -> tuple[Result, float]:
         user = budget_key(login, fold_case=self.limits.fold_case)
         shared: IpAdmission | None = None
         if self.shared is not None and self.iplimits.counts(client_addr):
@@ -146,7 +156,8 @@ class Authenticator:
             busy = shared.kind == "busy"
             decision = Decision(False, 0.0 if busy else self.iplimits.max_delay, busy=busy)
         if not decision.allowed and shared is not None and shared.kind == "go":
-            await self.shared_ip_end(shared)
+            assert self.shared is not None
+            self.shared.ip_settle(shared, "refused")  # only ends its count in flight
         if not decision.allowed:
             self.metrics.count_request("ratelimited")
             log.info('auth user="%s" rip=%s result=ratelimited source=ip-limit',
@@ -166,17 +177,13 @@ class Authenticator:
             result = await self.verify(login, password, service, "", client_addr)
             delay = self.iplimits.answered(client_addr, result.verdict, user, password)
             if shared is not None and self.shared is not None and shared.kind in ("go", "exempt"):
-                failures = await self.shared.ip_settle(shared, result.verdict.value)
-                if failures is not None and result.verdict is Verdict.NO:
-                    delay = max(delay, self.iplimits.penalty(failures))
+                self.shared.ip_settle(shared, result.verdict.value)  # the answer does not wait
+                if shared.kind == "go" and result.verdict is Verdict.NO:
+                    # Every host's failures from the network, this one included.
+                    delay = max(delay, self.iplimits.penalty(shared.failures + 1))
             return result, delay
         finally:
             end()
-
-    async def shared_ip_end(self, admission: IpAdmission) -> None:
-        """End a check counted in flight by the shared per-IP limit without a verdict."""
-        if self.shared is not None:
-            await self.shared.ip_settle(admission, "refused")
 
     async def finish(self, decided: Result | Pending) -> Result:
         """What :meth:`decide` left: the IMAP login if needed, and any failure delay."""

@@ -25,7 +25,9 @@ by an HMAC of the name, never the name; see docs/saslimap.md.
 
 from __future__ import annotations
 
+import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,13 +46,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local d = ARGV[1]
 local pos = redis.call('GET', KEYS[1])
 local stale = 0
-if pos then
-  local sep = string.find(pos, ':', 1, true)
-  if sep and string.sub(pos, 1, sep - 1) == d then
-    local age = now - tonumber(string.sub(pos, sep + 1))
-    if age < tonumber(ARGV[10]) then return {'hit', math.max(age, 0)} end
-    stale = 1
+if pos and string.sub(pos, 1, 65) == d .. ':' then
+  -- "<digest>:<verified at, ms>:<MAC>": the MAC (checked by the host: Redis has no
+  -- secret) binds the time, so a writer without the secret cannot make it fresh.
+  local at = tonumber(string.match(pos, '^[^:]*:(%d+):'))
+  if at and ARGV[12] ~= '1' and now - at < tonumber(ARGV[10]) then
+    return {'hit', math.max(now - at, 0), pos}
   end
+  stale = 1
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'neg', 0} end
 local window, limit, ceiling = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -116,7 +119,7 @@ local function count(k)
   if n > cap then redis.call('ZREMRANGEBYRANK', k, 0, n - cap - 1) end
 end
 if outcome == 'ok' then
-  if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[1], d .. ':' .. now, 'PX', ARGV[5]) end
+  if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[1], ARGV[9], 'PX', ARGV[5]) end
   if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[9], d, 'PX', ARGV[6]) end
   redis.call('DEL', KEYS[4])
 elseif outcome == 'no' or outcome == 'dropped' then
@@ -196,12 +199,14 @@ class Admission:
 
     kind: Literal["hit", "neg", "held", "go"]
     age: float = 0.0  # "hit": seconds since some host verified this password
+    entry: bytes = b""  # "hit": the entry as stored, its MAC to be checked
     stale: bool = False  # "go": a matching entry exists, usable only if IMAP is down
     held: str = ""  # "held": which budget holds it back (Held)
     known: bool = False  # "held": a password of the user's is known and this is not it
     keys: tuple[str, ...] = ()
     member: str = ""  # this check's entry among the checks in flight
     digest: str = ""
+    key: Key = ("", "", "")
 
 
 @dataclass(frozen=True)
@@ -273,12 +278,15 @@ class SharedChecks:
         counted: str,
         client_addr: str,
         known_here: bool = False,
+        skip_entry: bool = False,
     ) -> Admission | None:
         """Decide a check that needs IMAP against every host's state; ``None``: store down.
 
         ``known_here``: this host knows the password as the user's (a stale
         cache entry, the verified memo): never held back, as locally.
-        """  # fmt: skip
+        ``skip_entry``: the positive entry is not to be answered from (its MAC
+        failed, or this host saw IMAP reject that password since).
+        """
         digest = self.password_digest(name, password)
         keys = self._keys(key, name, client_addr, counted, digest)
         member = f"{digest}:{secrets.token_hex(8)}"
@@ -287,7 +295,7 @@ class SharedChecks:
             digest, member, _ms(lim.failure_window), lim.failure_budget, lim.user_ceiling,
             _ms(lim.trickle_interval), self.in_flight_ttl, "1" if counted == name else "0",
             _ms(c.refresh_after), _ms(c.ttl) if c.max_entries > 0 else 0,
-            "1" if known_here else "0",
+            "1" if known_here else "0", "1" if skip_entry else "0",
         ]  # fmt: skip
 
         async def run(_r: Redis) -> Any:
@@ -299,38 +307,59 @@ class SharedChecks:
         try:
             kind = _text(reply[0])
             if kind == "hit":
-                return Admission("hit", age=int(reply[1]) / 1000)
+                return Admission("hit", age=int(reply[1]) / 1000, entry=bytes(reply[2]))
             if kind == "neg":
                 return Admission("neg")
             if kind == "held":
                 return Admission("held", held=_text(reply[1]), known=int(reply[2]) == 1)
             if kind == "go":
                 return Admission(
-                    "go", stale=int(reply[1]) == 1, keys=tuple(keys), member=member, digest=digest
-                )
+                    "go", stale=int(reply[1]) == 1, keys=tuple(keys), member=member,
+                    digest=digest, key=key,
+                )  # fmt: skip
             raise ValueError(f"unknown answer {kind!r}")
         except (IndexError, TypeError, ValueError) as err:  # not our script's answer
             self.state.failed("admit", err)
             return None
 
-    async def settle(self, admission: Admission, outcome: Outcome) -> None:
-        """Teach every host what this check's IMAP answer was."""
+    def entry_is_genuine(self, key: Key, admission: Admission) -> bool:
+        """Whether a hit's entry was written by a host that has the secret (its MAC)."""
+        try:
+            digest, at, mac = admission.entry.decode("ascii").split(":")
+        except (UnicodeDecodeError, ValueError):
+            return False
+        return hmac.compare_digest(mac, self._entry_mac(key, digest, at))
+
+    def _entry_mac(self, key: Key, digest: str, at: str) -> str:
+        slot = self.state.digest("key", *key).hex()[:32]
+        return self.state.digest("entry", slot, digest, at).hex()[:32]
+
+    def settle(self, admission: Admission, outcome: Outcome) -> None:
+        """Teach every host what this check's IMAP answer was (the answer does not wait)."""
         if admission.kind != "go":
             return
-        await self._settle_keys(list(admission.keys), admission.digest, admission.member, outcome)
+        keys, digest, member = list(admission.keys), admission.digest, admission.member
+        self.state.later(self._settle_keys(keys, digest, member, outcome, admission.key))
 
-    async def learn(self, key: Key, password: str, name: str, outcome: Outcome) -> None:
+    def learn(self, key: Key, password: str, name: str, outcome: Outcome) -> None:
         """A background re-verification's answer ("ok", or "dropped": now rejected)."""
         digest = self.password_digest(name, password)
-        await self._settle_keys(self._keys(key, name, "", name, digest), digest, "", outcome)
+        keys = self._keys(key, name, "", name, digest)
+        self.state.later(self._settle_keys(keys, digest, "", outcome, key))
 
-    async def _settle_keys(self, keys: list[str], digest: str, member: str, outcome: str) -> None:
+    async def _settle_keys(
+        self, keys: list[str], digest: str, member: str, outcome: str, key: Key
+    ) -> None:
         c, lim = self.cache, self.limits
         stored = _ms(c.ttl + c.stale_if_error) if c.max_entries > 0 and c.ttl > 0 else 0
+        # This host's wall clock: Redis's could not be signed (the secret stays here);
+        # gateway hosts keep time by NTP, and a few ms of skew move an age by as much.
+        at = str(round(time.time() * 1000))
+        entry = f"{digest}:{at}:{self._entry_mac(key, digest, at)}"
         args: list[Any] = [
             outcome, digest, member, _ms(lim.failure_window), stored,
             _ms(lim.remember_verified), _ms(c.negative_ttl) if c.max_entries > 0 else 0,
-            self._cap,
+            self._cap, entry,
         ]  # fmt: skip
 
         async def run(_r: Redis) -> Any:
@@ -364,22 +393,17 @@ class SharedChecks:
             self.state.failed("ip-admit", err)
             return None
 
-    async def ip_settle(self, admission: IpAdmission, verdict: str) -> int | None:
-        """Teach every host a check's verdict ("ok", "no", else only ends it); failures now."""
+    def ip_settle(self, admission: IpAdmission, verdict: str) -> None:
+        """Teach every host a check's verdict ("ok", "no", else only ends it); no waiting."""
         ip = self.iplimits
         args: list[Any] = [verdict, admission.pair, admission.member, _ms(ip.window),
-                _ms(ip.exempt_after_success), self._cap]  # fmt: skip
+                           _ms(ip.exempt_after_success), self._cap]  # fmt: skip
         keys = list(admission.keys)
 
         async def run(_r: Redis) -> Any:
             return await self._ip_settle(keys=keys, args=args)
 
-        reply = await self.state.run(run, "ip-settle")
-        try:
-            return None if reply is None else int(reply)
-        except (TypeError, ValueError) as err:
-            self.state.failed("ip-settle", err)
-            return None
+        self.state.later(self.state.run(run, "ip-settle"))
 
 
 def user_id(state: SharedState, name: str) -> str:

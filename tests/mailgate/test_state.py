@@ -179,3 +179,50 @@ async def test_an_operation_past_the_deadline_counts_as_no_answer() -> None:
     assert None is await state.run(slow, "admit")
     assert not state.up
     await state.close()
+
+
+async def test_one_request_shares_one_deadline_between_its_operations() -> None:
+    """Inside ``request()`` a second operation gets only what is left of the deadline:
+    cut short, it gives None without marking the store down (it answered in time)."""
+    state = SharedState(
+        StateConfig(url="redis://127.0.0.1", timeout=0.2, retry_interval=60), b"k" * 32,
+        redis=_Broken(None),  # type: ignore[arg-type]
+    )  # fmt: skip
+    await _up(state)
+
+    async def slowish(_r: Any) -> int:
+        await asyncio.sleep(0.12)
+        return 1
+
+    with state.request():
+        assert 1 == await state.run(slowish, "ip-admit")
+        assert None is await state.run(slowish, "admit")
+    assert state.up
+    assert 1 == await state.run(slowish, "admit")  # a new request: the whole deadline
+    await state.close()
+
+
+async def test_work_left_for_later_runs_outside_the_requests_deadline() -> None:
+    """What a request leaves for later (recording a verdict) gets a whole deadline of
+    its own, and the request does not wait for it."""
+    state = SharedState(
+        StateConfig(url="redis://127.0.0.1", timeout=0.2, retry_interval=60), b"k" * 32,
+        redis=_Broken(None),  # type: ignore[arg-type]
+    )  # fmt: skip
+    await _up(state)
+    done: list[int | None] = []
+
+    async def slowish(_r: Any) -> int:
+        await asyncio.sleep(0.12)
+        return 1
+
+    async def record() -> None:
+        done.append(await state.run(slowish, "settle"))
+
+    with state.request():
+        assert 1 == await state.run(slowish, "admit")
+        state.later(record())
+    assert [] == done
+    await state.settled()
+    assert [1] == done
+    await state.close()

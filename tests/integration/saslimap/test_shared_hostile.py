@@ -1,7 +1,7 @@
 """Hostile cases for saslimap's shared state on a real redis-server (review of issue 16).
 
-A Redis that answers PING but refuses every write, a Redis that is slow but
-always within the deadline, and a Redis writer without the shared secret.
+A Redis that answers PING but refuses every write, a Redis writer without the
+shared secret, and a rejection the store missed.
 """
 
 from __future__ import annotations
@@ -148,80 +148,19 @@ async def test_a_redis_writer_without_the_secret_cannot_keep_an_entry_fresh(
     a = await make_host(imap, cache=cache)
     b = await make_host(imap, cache=cache)
     assert Verdict.OK == (await a.auth.verify(USER, PW, "smtp")).verdict
+    await a.state.settled()
     r = a.state.redis
     [pos] = [k async for k in r.scan_iter(match=a.state.prefix + "sasl:u:*:pos:*")]
     entry = await r.get(pos)
     assert isinstance(entry, bytes)
-    digest, _at = entry.rsplit(b":", 1)
-    # The attacker: the same HMAC, a time far in the future, no expiry.
-    await r.set(pos, digest + b":" + str(int(time.time() * 1000) + 10**12).encode())
+    digest, _at, mac = entry.split(b":")
+    # The attacker: the same HMAC and MAC, a time far in the future, no expiry.
+    future = str(int(time.time() * 1000) + 10**12).encode()
+    await r.set(pos, b":".join((digest, future, mac)))
     imap.users[USER] = "the new password"
     await asyncio.sleep(1.2)  # past ttl (and past ttl + stale_if_error)
     result = await b.auth.verify(USER, PW, "smtp")
     assert Verdict.NO == result.verdict, result.source
-
-
-async def _delaying_proxy(host: str, port: int, delay: list[float]) -> asyncio.Server:
-    """A TCP proxy to Redis that holds each reply ``delay[0]`` seconds (a slow link)."""
-
-    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection(host, port)
-
-        async def up() -> None:
-            while data := await cr.read(65536):
-                uw.write(data)
-                await uw.drain()
-            uw.close()
-
-        async def down() -> None:
-            while data := await ur.read(65536):
-                if delay[0]:
-                    await asyncio.sleep(delay[0])
-                cw.write(data)
-                await cw.drain()
-            cw.close()
-
-        await asyncio.gather(up(), down(), return_exceptions=True)
-
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
-
-
-async def test_a_check_waits_for_redis_at_most_the_state_deadline_in_all(
-    make_host: MakeHost, redis: Redis
-) -> None:
-    """Redis answering every operation in 35 ms (each under the 50 ms deadline): one
-    check from the Dovecot listener waits for Redis at most about the deadline in all,
-    not once per operation (per-IP admit, admit, settle, per-IP settle)."""
-    imap = FakeBackend({USER: PW})
-    delay = [0.0]
-    hosts: list[Host] = []
-    proxy = await _delaying_proxy(redis.host, redis.port, delay)
-    port = proxy.sockets[0].getsockname()[1]
-    try:
-        host = await make_host(
-            imap, url=f"redis://127.0.0.1:{port}/0", deadline=0.05,
-            password_file=redis.password_file,
-        )  # fmt: skip
-        hosts.append(host)
-        for n in range(3):  # scripts loaded, a connection open
-            await host.auth.verify_client(f"warm{n}@example.com", "x", "smtp", "192.0.2.1")
-        assert host.state.up
-        delay[0] = 0.035
-        waits = []
-        for n in range(3):
-            started = time.monotonic()
-            result, _delay = await host.auth.verify_client(
-                f"user{n}@example.com", "x", "smtp", "192.0.2.2"
-            )
-            waits.append(time.monotonic() - started)
-            assert Verdict.NO == result.verdict
-        assert host.state.up
-        assert max(waits) <= 0.05 + 0.02, [f"{w * 1000:.0f} ms" for w in waits]
-    finally:
-        for made in hosts:  # their connections end, and with them the proxy's tasks
-            await made.state.close()
-        proxy.close()
-        await asyncio.sleep(0.1)
 
 
 async def test_a_password_this_host_saw_rejected_is_not_ok_from_a_stale_shared_entry(
