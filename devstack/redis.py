@@ -1,4 +1,5 @@
-"""A real Redis server (Debian's redis-server 7.0) on loopback, for tests and benchmarks.
+"""A real Redis server (Debian's redis-server 7.0) on loopback, for tests and benchmarks,
+and a Redis Sentinel (the same binary in sentinel mode) watching one.
 
 This module owns one throw-away redis-server: its generated configuration
 (no persistence, loopback only, optional password, Unix socket and TLS
@@ -20,6 +21,9 @@ Nothing is ever written to disk by Redis itself: ``save ""`` and
 back empty, which is what tests of "Redis restarted and lost everything"
 need.  It runs as root without complaint (no ``User`` option exists); the
 Debian package's /etc/redis/redis.conf and its systemd unit are not used.
+
+:class:`Sentinel` is one Redis Sentinel (quorum 1) watching such a server,
+for tests of ``[state] sentinels`` and of a failover.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from devstack.ports import LOOPBACK, free_port
 from devstack.proc import (
@@ -44,7 +49,7 @@ from devstack.proc import (
 )
 from devstack.tls import TlsFiles
 
-__all__ = ["Redis"]
+__all__ = ["Redis", "Sentinel"]
 
 log = logging.getLogger(__name__)
 
@@ -399,3 +404,224 @@ class Redis(Launcher):
             err = result.stderr.decode("utf-8", "replace").strip()
             raise RuntimeError(f"redis-cli {' '.join(args)} failed: {(out + ' ' + err).strip()}")
         return out
+
+
+# Sentinel and service names are written unquoted into sentinel.conf.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _read_strings(stream: BinaryIO) -> list[str]:
+    """One RESP2 reply that is an array of bulk strings (``SENTINEL MASTER``'s form).
+
+    Anything else (an error, a nested array) raises OSError, which a
+    readiness probe treats like no answer yet.
+    """
+    header = stream.readline()
+    if not header.startswith(b"*"):
+        raise OSError(f"unexpected reply {header[:80]!r}")
+    out = []
+    for _ in range(int(header[1:])):
+        size = stream.readline()
+        if not size.startswith(b"$"):
+            raise OSError(f"unexpected element {size[:80]!r}")
+        data = stream.read(int(size[1:]) + 2)
+        out.append(data[:-2].decode("utf-8", "replace"))
+    return out
+
+
+class Sentinel(Launcher):
+    """One Redis Sentinel on 127.0.0.1 watching ``master`` as ``service``.
+
+    It is Debian's redis-server in sentinel mode (``redis-server
+    sentinel.conf --sentinel``, the same binary; the ``redis-sentinel``
+    package only adds a symlink and a systemd unit), with a quorum of 1 so
+    that one sentinel alone can fail over.  The master's password, if any,
+    is given with ``sentinel auth-pass``; the sentinel itself has none
+    (StateConfig has no setting for one).  It watches the master's plain TCP
+    port, so the master must have one (not ``tls_only``).
+
+    Layout of ``workdir``::
+
+        sentinel.conf  generated on every start(); Sentinel rewrites it as it learns
+        sentinel.log   its stdout and stderr
+
+    start() returns once the sentinel has authenticated to the master and
+    read its INFO (so a wrong auth-pass fails start() instead of the test
+    that follows).  ``down_after`` and ``failover_timeout`` are short by
+    default so that a failover test takes about a second, not minutes.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        master: Redis,
+        *,
+        port: int | None = None,
+        service: str = "mymaster",
+        down_after: float = 1.0,
+        failover_timeout: float = 5.0,
+    ) -> None:
+        self.workdir = workdir.absolute()
+        check_config_path(self.workdir)
+        if not _SAFE_NAME.match(service):
+            raise ValueError("service must be 1-64 characters of [A-Za-z0-9._-]")
+        _ = master.port  # ValueError now for a tls_only master, which Sentinel cannot watch
+        self.master = master
+        self.service = service
+        self._port = port if port is not None else free_port()
+        self._down_after_ms = max(1, round(down_after * 1000))
+        self._failover_timeout_ms = max(1, round(failover_timeout * 1000))
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start_seconds: float | None = None
+        """Wall time the last start() took until the sentinel had read the master's INFO."""
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, as ``[state] sentinels`` lists it."""
+        return f"{LOOPBACK}:{self._port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "sentinel.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "sentinel.log"
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running sentinel, or None."""
+        if self._process is None or self._process.poll() is not None:
+            return None
+        return self._process.pid
+
+    # -- configuration ------------------------------------------------------
+
+    def config_text(self) -> str:
+        """The sentinel.conf this instance writes on start()."""
+        lines = [
+            "# Generated by devstack.redis.Sentinel; Sentinel appends what it learns.",
+            f"bind {LOOPBACK}",
+            f"port {self._port}",
+            "daemonize no",
+            'logfile ""',
+            "loglevel notice",
+            f"dir {self.workdir}",
+            # Quorum 1: this one sentinel may declare the master down and fail over.
+            f"sentinel monitor {self.service} {LOOPBACK} {self.master.port} 1",
+            f"sentinel down-after-milliseconds {self.service} {self._down_after_ms}",
+            f"sentinel failover-timeout {self.service} {self._failover_timeout_ms}",
+        ]
+        if self.master.password is not None:
+            lines.append(f"sentinel auth-pass {self.service} {self.master.password}")
+        return "\n".join(lines) + "\n"
+
+    def _prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh file each start: Sentinel's own additions (its id, epochs, replicas
+        # seen) would otherwise carry a previous test's topology into the next.
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+        # It holds the master's password; Sentinel must be able to rewrite it.
+        self.config_path.chmod(0o600)
+
+    # -- questions ----------------------------------------------------------
+
+    def _ask(self, timeout: float, *command: str) -> list[str]:
+        with socket.create_connection((LOOPBACK, self._port), timeout=timeout) as sock:
+            sock.sendall(_command(*command))
+            with sock.makefile("rb") as stream:
+                return _read_strings(stream)
+
+    def master_state(self, timeout: float = 1.0) -> dict[str, str]:
+        """``SENTINEL MASTER service`` as a dict (``ip``, ``port``, ``flags``, ...)."""
+        reply = self._ask(timeout, "SENTINEL", "MASTER", self.service)
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+
+    def master_address(self, timeout: float = 1.0) -> tuple[str, int]:
+        """Where the sentinel says the master is now (it changes after a failover)."""
+        host, port = self._ask(timeout, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return host, int(port)
+
+    def ready(self, timeout: float = 1.0) -> bool:
+        """True once the sentinel is connected to the master, authenticated, and has its INFO.
+
+        Before that ``flags`` says ``disconnected`` and ``info-refresh`` is 0; with a
+        wrong auth-pass it stays so, and after ``down_after`` it says ``s_down``.
+        """
+        try:
+            state = self.master_state(timeout)
+        except (OSError, ValueError):
+            return False
+        flags = state.get("flags", "").split(",")
+        return (
+            "master" in flags
+            and not {"disconnected", "s_down", "o_down"} & set(flags)
+            and state.get("info-refresh", "0") != "0"
+        )
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the sentinel and wait until it has read the (running) master's INFO."""
+        if self.pid is not None:
+            raise RuntimeError(f"sentinel already running in {self.workdir} (pid {self.pid})")
+        began = time.monotonic()
+        self._prepare()
+        with self.log_path.open("ab") as output:
+            self._process = subprocess.Popen(
+                ["redis-server", str(self.config_path), "--sentinel"],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C on pytest's terminal is for pytest
+            )
+        try:
+            wait_until_ready(
+                self._process, lambda t: self.ready(timeout=t), name="redis sentinel",
+                deadline=began + timeout, logs=(self.log_path, self.master.log_path),
+                pause=0.01,
+            )  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        log.info("redis sentinel %s started in %.3f s", self.workdir, self.start_seconds)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the sentinel and wait until it has exited; a no-op if not running."""
+        process = self._process
+        if process is None:
+            return
+        if terminate(process, timeout):
+            log.warning(
+                "redis sentinel %s ignored SIGTERM for %.1f s; killed it", self.workdir, timeout
+            )
+        self._process = None
+
+    def cli(self, *args: str, timeout: float = 10.0) -> str:
+        """Run one ``redis-cli`` command against the sentinel (raw output, errors raise)."""
+        result = subprocess.run(
+            ["redis-cli", "-e", "-h", LOOPBACK, "-p", str(self._port), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        out = result.stdout.decode("utf-8", "replace").removesuffix("\n")
+        if result.returncode != 0:
+            err = result.stderr.decode("utf-8", "replace").strip()
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed: {(out + ' ' + err).strip()}")
+        return out
+
+    def __repr__(self) -> str:
+        return f"Sentinel({self.workdir}, pid={self.pid}, port={self._port}, {self.service!r})"
