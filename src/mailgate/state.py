@@ -328,6 +328,13 @@ class SharedState:
             self._probe.cancel()
         with contextlib.suppress(RedisError, OSError):  # a dead connection: nothing to say
             await self.redis.aclose()
+        # With sentinels, the master's pool asks a Sentinel object of its own, whose
+        # connections to each sentinel the master's aclose() leaves open.
+        pool = getattr(self.redis, "connection_pool", None)  # a test's fake has none
+        manager = getattr(pool, "sentinel_manager", None)
+        if isinstance(manager, Sentinel):
+            with contextlib.suppress(RedisError, OSError):
+                await manager.aclose()
 
 
 def open_shared(
