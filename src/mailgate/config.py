@@ -370,32 +370,43 @@ def imap_url(key: str, value: object) -> str:
 _STATE_SCHEMES = ("redis", "rediss", "unix")
 
 
+def _hide_userinfo(url: str) -> str:
+    """``url`` as an error message may quote it: any ``user:password@`` replaced by ``***@``
+    (the authority ends at the first ``/``, ``?`` or ``#``, as for urlsplit)."""
+    scheme, sep, rest = url.partition("://")
+    end = min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))
+    at = rest.rfind("@", 0, end)
+    return url if not sep or at < 0 else f"{scheme}://***{rest[at:]}"
+
+
 def state_url(key: str, value: object) -> str:
     """``""`` (in-process memory), ``redis://``, ``rediss://`` or ``unix:///path``.
 
     A password in the URL is refused: config files are read by more people
-    than secrets should be; it belongs in ``password_file``.
+    than secrets should be; it belongs in ``password_file``.  No message here
+    quotes it back either (they reach journals and tickets).
     """
     text = string(key, value)
     if not text:
         return text
+    shown = _hide_userinfo(text)
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018  (raises on a bad port)
     except ValueError as err:
-        raise ConfigError(f"{key}: {text!r} is not a valid URL ({err})") from err
+        raise ConfigError(f"{key}: {shown!r} is not a valid URL ({err})") from err
     if parts.scheme not in _STATE_SCHEMES:
         raise ConfigError(
             f"{key}: must be redis://host[:port][/db], rediss://host[:port][/db] (TLS) "
-            f"or unix:///path/redis.sock; got {text!r}"
+            f"or unix:///path/redis.sock; got {shown!r}"
         )
     if parts.password is not None:
         raise ConfigError(f"{key}: put the password in state.password_file, not in the URL")
     if parts.scheme == "unix":
         if not parts.path.startswith("/") or parts.netloc:
-            raise ConfigError(f"{key}: unix:///absolute/path/redis.sock; got {text!r}")
+            raise ConfigError(f"{key}: unix:///absolute/path/redis.sock; got {shown!r}")
     elif not parts.hostname:
-        raise ConfigError(f"{key}: {text!r} names no host")
+        raise ConfigError(f"{key}: {shown!r} names no host")
     db = parts.path.strip("/") if parts.scheme != "unix" else ""
     if db and not db.isdigit():
         raise ConfigError(f"{key}: the database must be a number (redis://host/0); got {db!r}")

@@ -86,6 +86,19 @@ def test_state_urls_that_are_refused(url: str, why: str) -> None:
         state_url("state.url", url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:s3cret@10.0.0.5:99999", "http://user:s3cret@10.0.0.5", "redis://:s3cret@[::1/0",
+     "redis://u:s3cret@/0", "ftp://:s3c@ret@10.0.0.5/x"],
+)  # fmt: skip
+def test_a_password_in_a_refused_url_is_never_quoted(url: str) -> None:
+    """Whatever else is wrong with a URL holding a password, the message hides it."""
+    with pytest.raises(ConfigError) as refused:
+        state_url("state.url", url)
+    assert "s3c" not in str(refused.value)
+    assert "ret" not in str(refused.value).replace("redis://", "")
+
+
 def test_a_shared_store_needs_a_secret(tmp_path: Path) -> None:
     """``[state] url`` without ``secret_file`` is a config error naming the key."""
     with pytest.raises(ConfigError, match=r"state\.secret_file"):
