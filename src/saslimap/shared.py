@@ -31,7 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mailgate.state import Redis, SharedState, delete_matching, escape_glob
+from redis.exceptions import RedisError
+
+from mailgate.state import Redis, SharedState, StateUnavailable, delete_matching, escape_glob
 from saslimap.cache import Key
 from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig
 from saslimap.limits import budget_key, network_key
@@ -419,7 +421,11 @@ async def flush(
     state: SharedState, limits: LimitsConfig, *, user: str = "", address: str = ""
 ) -> int:
     """Delete saslimap's shared keys: all, one user's (every realm, service and
-    network), or one client network's per-IP limit; how many keys went."""
+    network), or one client network's per-IP limit; how many keys went.
+
+    Raises StateUnavailable if Redis refuses a command (a read-only replica, an
+    ACL) or stops answering midway; the keys deleted by then stay deleted.
+    """
     if user:
         name = budget_key(user, fold_case=limits.fold_case)
         pattern = escape_glob(state.key("sasl", "u", user_id(state, name))) + "*"
@@ -427,4 +433,7 @@ async def flush(
         pattern = escape_glob(state.key("sasl", "ip", network_key(address))) + ":*"
     else:
         pattern = escape_glob(state.key("sasl", "")) + "*"
-    return await delete_matching(state.redis, pattern)
+    try:
+        return await delete_matching(state.redis, pattern)
+    except (RedisError, OSError) as err:
+        raise StateUnavailable(f"shared state {state.where}: {err}") from None

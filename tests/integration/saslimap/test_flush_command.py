@@ -260,3 +260,23 @@ def test_a_password_written_into_the_url_is_exit_78_and_never_echoed(
     done = _flush(config, password=password)
     assert 78 == done.returncode
     assert "state.url" in done.stderr
+
+
+def test_a_redis_refusing_the_deletes_is_exit_69_not_a_traceback(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    """[state] points at a Redis that answers but refuses writes (a read-only replica, as
+    a master is after a failover): exit 69 naming the store and Redis's reason."""
+    with Redis(tmp_path / "replica", password="replica-pw") as replica:
+        replica.cli("SET", "ro:sasl:u:x", "1")
+        replica.cli("REPLICAOF", "127.0.0.1", str(free_port()))  # a master that never answers
+        config = _write_config(tmp_path, {
+            "url": replica.url, "password_file": str(replica.password_file),
+            "secret_file": str(secret_file), "key_prefix": "ro:",
+        })  # fmt: skip
+        done = _flush(config, password=replica.password)
+        assert "1" == replica.cli("EXISTS", "ro:sasl:u:x")
+    assert 69 == done.returncode, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"saslimap flush: shared state {replica.url}: " in done.stderr
+    assert "read only replica" in done.stderr
