@@ -1,16 +1,20 @@
-"""Gateway hosts for the shared-state tests: each an Authenticator on its own connection.
+"""Gateway hosts for the shared-state tests: each an Authenticator on its own connection;
+and ``saslimap flush`` run as a command against a config file written for it.
 
-Not a test module: the tests of Sentinel, TLS, Redis errors and hostile names
-build their hosts here, as test_shared_state.py does with a Unix socket.
+Not a test module: the tests of Sentinel, TLS, Redis errors, flush and hostile
+names build their hosts here, as test_shared_state.py does with a Unix socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from devstack.daemons import SaslimapDaemon
 from mailgate.config import StateConfig
 from mailgate.state import SharedState, load_secret
 from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConfig
@@ -86,3 +90,26 @@ async def close_hosts(hosts: list[Host]) -> None:
     for host in hosts:
         host.auth.close()
         await host.state.close()
+
+
+def write_config(workdir: Path, state: Mapping[str, object] | None) -> Path:
+    """A saslimap.toml as on a gateway host, with this [state] (written by devstack's
+    daemon launcher, never started); the IMAP URL is a placeholder flush never uses."""
+    settings: dict[str, Mapping[str, object]] = {"imap": {"url": "imaps://127.0.0.1"}}
+    if state is not None:
+        settings["state"] = state
+    daemon = SaslimapDaemon(workdir, settings)
+    daemon.write_config()
+    return daemon.config_path
+
+
+def run_flush(config: Path, *args: str, password: str | None) -> subprocess.CompletedProcess[str]:
+    """``python -m saslimap.cli flush --config FILE ARGS``; asserts that nothing it prints
+    holds the Redis ``password``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "saslimap.cli", "flush", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if password is not None:
+        assert password not in done.stdout + done.stderr
+    return done

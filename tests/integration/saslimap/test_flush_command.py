@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from devstack.daemons import SaslimapDaemon
 from devstack.ports import free_port
 from devstack.redis import Redis
 from mailgate.config import StateConfig
@@ -31,6 +29,8 @@ from tests.integration.saslimap.sharedhosts import (
     Host,
     close_hosts,
     make_hosts,
+    run_flush,
+    write_config,
     write_secret,
 )
 
@@ -44,27 +44,6 @@ _prefixes = itertools.count()
 def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The secret the hosts and the command share."""
     return write_secret(tmp_path_factory.mktemp("secret") / "state.key")
-
-
-def _write_config(workdir: Path, state: Mapping[str, object] | None) -> Path:
-    """A saslimap.toml as on a gateway host (written by devstack, never started)."""
-    settings: dict[str, Mapping[str, object]] = {"imap": {"url": "imaps://127.0.0.1"}}
-    if state is not None:
-        settings["state"] = state
-    daemon = SaslimapDaemon(workdir, settings)
-    daemon.write_config()
-    return daemon.config_path
-
-
-def _flush(config: Path, *args: str, password: str | None) -> subprocess.CompletedProcess[str]:
-    """Run the command; whatever it says, it never says the Redis password."""
-    done = subprocess.run(
-        [sys.executable, "-m", "saslimap.cli", "flush", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    if password is not None:
-        assert password not in done.stdout + done.stderr
-    return done
 
 
 class Store:
@@ -81,7 +60,7 @@ class Store:
         return self.keys(f"sasl:u:{user_id(self.hosts[0].state, name)}")
 
     def flush(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _flush(self.config, *args, password=self.redis.password)
+        return run_flush(self.config, *args, password=self.redis.password)
 
 
 @pytest.fixture
@@ -110,7 +89,7 @@ async def store(redis_server: Redis, secret_file: Path, tmp_path: Path) -> Async
     redis_server.cli("SET", f"{prefix}filter:notice", "kept")
     redis_server.cli("SET", f"other{prefix}sasl:u:x", "kept")
     try:
-        yield Store(hosts, redis_server, _write_config(tmp_path / "cfg", state))
+        yield Store(hosts, redis_server, write_config(tmp_path / "cfg", state))
     finally:
         await close_hosts(hosts)
 
@@ -180,12 +159,12 @@ def test_redis_down_is_exit_69_with_a_clear_message(
     """Nothing listens where [state] points: exit 69 (EX_UNAVAILABLE) at once, naming the
     store and the reason on stderr, nothing on stdout."""
     url = f"redis://127.0.0.1:{free_port()}/0"
-    config = _write_config(tmp_path, {
+    config = write_config(tmp_path, {
         "url": url, "password_file": str(redis_server.password_file),
         "secret_file": str(secret_file),
     })  # fmt: skip
     began = time.monotonic()
-    done = _flush(config, password=redis_server.password)
+    done = run_flush(config, password=redis_server.password)
     assert 69 == done.returncode
     assert time.monotonic() - began < 10
     assert "" == done.stdout
@@ -201,10 +180,10 @@ def test_a_wrong_password_is_exit_69_without_either_password(
     neither the password it sent nor the right one."""
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-session-password-42")
-    config = _write_config(tmp_path, {
+    config = write_config(tmp_path, {
         "url": redis_server.url, "password_file": str(wrong), "secret_file": str(secret_file),
     })  # fmt: skip
-    done = _flush(config, password=redis_server.password)
+    done = run_flush(config, password=redis_server.password)
     assert 69 == done.returncode
     assert "not-the-session-password-42" not in done.stdout + done.stderr
     assert "invalid username-password pair" in done.stderr
@@ -212,7 +191,7 @@ def test_a_wrong_password_is_exit_69_without_either_password(
 
 def test_no_state_configured_is_exit_78(tmp_path: Path) -> None:
     """Without [state] there is nothing shared to flush: a configuration error."""
-    done = _flush(_write_config(tmp_path, None), password=None)
+    done = run_flush(write_config(tmp_path, None), password=None)
     assert 78 == done.returncode
     assert "no shared state is configured" in done.stderr
 
@@ -233,11 +212,11 @@ def test_a_weak_secret_is_exit_78(
     secret = tmp_path / "weak.key"
     secret.write_bytes(content)
     secret.chmod(mode)
-    config = _write_config(tmp_path, {
+    config = write_config(tmp_path, {
         "url": redis_server.url, "password_file": str(redis_server.password_file),
         "secret_file": str(secret),
     })  # fmt: skip
-    done = _flush(config, password=redis_server.password)
+    done = run_flush(config, password=redis_server.password)
     assert 78 == done.returncode
     assert why in done.stderr
 
@@ -254,10 +233,10 @@ def test_a_password_written_into_the_url_is_exit_78_and_never_echoed(
     """A password put in state.url, however else the URL is wrong, is refused without
     the message quoting it (stderr ends up in journals and tickets)."""
     password = str(redis_server.password)
-    config = _write_config(
+    config = write_config(
         tmp_path, {"url": url.format(pw=password), "secret_file": str(secret_file)}
     )
-    done = _flush(config, password=password)
+    done = run_flush(config, password=password)
     assert 78 == done.returncode
     assert "state.url" in done.stderr
 
@@ -270,11 +249,11 @@ def test_a_redis_refusing_the_deletes_is_exit_69_not_a_traceback(
     with Redis(tmp_path / "replica", password="replica-pw") as replica:
         replica.cli("SET", "ro:sasl:u:x", "1")
         replica.cli("REPLICAOF", "127.0.0.1", str(free_port()))  # a master that never answers
-        config = _write_config(tmp_path, {
+        config = write_config(tmp_path, {
             "url": replica.url, "password_file": str(replica.password_file),
             "secret_file": str(secret_file), "key_prefix": "ro:",
         })  # fmt: skip
-        done = _flush(config, password=replica.password)
+        done = run_flush(config, password=replica.password)
         assert "1" == replica.cli("EXISTS", "ro:sasl:u:x")
     assert 69 == done.returncode, done.stderr
     assert "Traceback" not in done.stderr
