@@ -58,6 +58,10 @@ _until: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 """When the current request's share of the store's deadline ends (monotonic), if in one."""
 
 _PROBE_TTL_MS = 60_000  # the probe's key goes by itself
+# In a script, as every operation is: a Redis user whose ACL allows SET but no longer
+# EVALSHA would otherwise pass the probe and fail the next operation, once per
+# retry_interval for as long as the ACL stays so.
+_PROBE = "return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])"
 
 
 def load_secret(path: Path, key: str = "state.secret_file") -> bytes:
@@ -193,6 +197,7 @@ class SharedState:
         self.up = False
         self._probe: asyncio.Task[None] | None = None
         self._later: set[asyncio.Task[None]] = set()
+        self._probe_script = self.redis.register_script(_PROBE)
         self._closed = False
         self._on_change(False)
 
@@ -290,17 +295,19 @@ class SharedState:
     async def _reconnect(self, first: bool = False) -> None:
         """Probe until the store answers (``first``: at start, where nothing has warned yet).
 
-        The probe is a write under our prefix, not a PING: a Redis that answers PING
-        but refuses writes (a read-only replica, MISCONF on a full disk, OOM) is still
-        down for every operation here, and taking it for back would warn once per
-        ``retry_interval`` for the whole outage.
+        The probe is a scripted write under our prefix, not a PING: a Redis that answers
+        PING but refuses writes (a read-only replica, MISCONF on a full disk, OOM) or
+        scripts (an ACL) is still down for every operation here, and taking it for back
+        would warn once per ``retry_interval`` for the whole outage.
         """
         while not self._closed:
             if not first:
                 await asyncio.sleep(self.cfg.retry_interval)
             try:
                 async with asyncio.timeout(self.cfg.connect_timeout + self.timeout):
-                    await self.redis.set(self.key("state", "probe"), b"1", px=_PROBE_TTL_MS)
+                    await self._probe_script(
+                        keys=[self.key("state", "probe")], args=[_PROBE_TTL_MS]
+                    )
             except (RedisError, OSError, TimeoutError, ValueError) as err:
                 if first:
                     log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,13 @@ class _Broken:
             raise self.error
         return True
 
-    async def set(self, *_args: object, **_kwargs: object) -> bool:
-        return await self.ping()  # the probe writes
+    def register_script(self, _script: str) -> Callable[..., Awaitable[bool]]:
+        """The probe's script: fails as ``ping`` does."""
+
+        async def run(**_kwargs: object) -> bool:
+            return await self.ping()
+
+        return run
 
     async def aclose(self) -> None:
         return None
