@@ -98,7 +98,7 @@ class DirectoryStore:
     def _index(self, entries: Sequence[Entry]) -> None:
         try:
             self.index.put(entries)
-        except (QuarantineError, OSError, sqlite3.Error) as err:
+        except (QuarantineError, OSError, sqlite3.Error, ValueError) as err:  # never raises
             log.warning(
                 "quarantine index not updated for %s (%s); picked up by the next list",
                 ", ".join(e.id for e in entries[:3]), err,

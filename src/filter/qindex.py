@@ -191,8 +191,16 @@ def connect(path: Path, schema: str, busy_timeout: float) -> sqlite3.Connection:
     return db
 
 
+def _safe(text: str) -> str:
+    """``text`` as SQLite can bind it: a lone surrogate (an undecodable byte of a
+    header or a command-line argument) becomes U+FFFD, the same way for what is
+    stored and what is searched; the files keep the original, and every row is
+    checked against them (:func:`matches`)."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _lower(text: str) -> str:
-    return text.lower()
+    return _safe(text).lower()
 
 
 def _fields(entry: Entry) -> tuple[object, ...]:
@@ -203,11 +211,11 @@ def _fields(entry: Entry) -> tuple[object, ...]:
         entry.category,
         _lower(entry.mail_from),
         "\n".join(_lower(r) for r in entry.recipients),
-        entry.subject,
+        _safe(entry.subject),
         _lower(entry.subject),
         _number(first.get("at")) if first is not None else None,
-        str(first.get("by", "")) if first is not None else None,
-        str(first.get("to", "")) if first is not None else None,
+        _safe(str(first.get("by", ""))) if first is not None else None,
+        _safe(str(first.get("to", ""))) if first is not None else None,
     )
 
 
@@ -221,7 +229,7 @@ def _where(query: Query, alias: str) -> tuple[list[str], list[object]]:
     params: list[object] = []
     if query.category is not None:
         conditions.append(f"{alias}.category = ?")
-        params.append(query.category)
+        params.append(_safe(query.category))
     if query.since is not None:
         conditions.append(f"{alias}.received_at >= ?")
         params.append(query.since)
@@ -230,7 +238,7 @@ def _where(query: Query, alias: str) -> tuple[list[str], list[object]]:
         params.append(query.until)
     if query.id is not None:
         conditions.append(f"{alias}.id = ?")
-        params.append(query.id)
+        params.append(_safe(query.id))
     # instr() rather than LIKE: no wildcard escaping, and lower() in Python covers
     # more than SQLite's ASCII-only case folding.
     for column, needle in (
@@ -326,9 +334,9 @@ class Index:
                 (
                     entry.id,
                     _number(r.get("at")),
-                    str(r.get("by", "")),
-                    str(r.get("from", "")),
-                    str(r.get("note", "")),
+                    _safe(str(r.get("by", ""))),
+                    _safe(str(r.get("from", ""))),
+                    _safe(str(r.get("note", ""))),
                 )
                 for r in entry.requests
             ],

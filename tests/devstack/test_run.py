@@ -81,9 +81,12 @@ def test_two_gateway_hosts_share_one_budget_and_stop_cleanly(sockdir: Path) -> N
     assert "by gw2.gateway.test (Postfix) with ESMTPA" in output
     assert re.search(r"right password through gw1 +OK +logins at Dovecot: 1\n", output), output
     assert re.search(r"right password through gw2 +OK +logins at Dovecot: 0 ", output), output
-    guesses = re.search(r"100 wrong passwords.* NO x100 +logins at Dovecot: (\d+) of 100", output)
+    # NO, or now and then "no reply" (try later) for a guess that met the one before it
+    # still being recorded in Redis (it counts as in flight then): never OK.
+    guesses = re.search(r"100 wrong passwords.* NO x\d+(, no reply( x\d+)?)? +logins at Dovecot: "
+                        r"(\d+) of 100", output)  # fmt: skip
     assert guesses is not None, output
-    assert 10 <= int(guesses[1]) <= 12, output  # the budget, then one per 5 s (trickle)
+    assert 10 <= int(guesses[3]) <= 12, output  # the budget, then one per 5 s (trickle)
     assert re.search(r"right password through each host +OK x2 +logins at Dovecot: 0", output)
     assert len(ours) > 10  # it did find the daemons: Dovecot, Redis, Postfix, clamd ...
     assert set() == {pid for pid in ours if is_running(pid)}

@@ -175,6 +175,23 @@ def test_an_index_failure_neither_loses_nor_refuses_mail(store: DirectoryStore) 
     slow.close()
 
 
+def test_undecodable_bytes_in_a_sender_or_subject_are_indexed_and_searchable(
+    store: DirectoryStore,
+) -> None:
+    """Lone surrogates (undecodable bytes) in a sender, subject or search are indexed as
+    U+FFFD, never an exception while mail is held; the row still comes from its file."""
+    entry = Entry(
+        new_id() + "abc", "spam", "why", "x\udcff@example.net", ["alice@example.com"], T0, 10,
+        subject="caf\udce9 \ud800 offer",
+    )  # fmt: skip
+    store.add(entry, b"Subject: x\r\n\r\nbody\r\n")
+    assert not (store.directory / MARKER).exists()  # indexed, not left for later
+    page = store.search(Query(subject="\udce9 \ud800", sender="x\udcff"))
+    assert [entry.id] == ids(page.entries)
+    assert "x\udcff@example.net" == page.entries[0].mail_from
+    assert [] == store.search(Query(category="sp\udcffam", id="a\udcff")).entries
+
+
 def test_a_planted_index_is_refused_and_reindex_moves_it_aside(store: DirectoryStore) -> None:
     """A symlink at the index's name is not followed; garbage there is moved aside and rebuilt."""
     entry = hold(store, T0)
