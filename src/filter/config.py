@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES, Limits
 from filter.verdicts import Category, Destiny
@@ -254,6 +255,53 @@ class NoticesConfig:
     max_per_hour: int = opt(20, integer(0, 100_000))
 
 
+def _address(key: str, value: object) -> str:
+    """A plain ASCII mail address (or ""), for headers we write: no spaces, brackets, controls."""
+    text = string(key, value)
+    if text and not (
+        len(text) <= 254 and text.count("@") == 1 and text.isascii() and text.isprintable()
+        and not any(c in text for c in ' <>()",;:\\[]')
+        and all(text.split("@"))
+    ):  # fmt: skip
+        raise ConfigError(f"{key}: {text[:80]!r} is not a mail address like user@example.com")
+    return text
+
+
+def _portal_url(key: str, value: object) -> str:
+    """The portal's public base URL (http or https), without a trailing slash."""
+    text = string(key, value)
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if (
+        parts.scheme not in ("https", "http") or not parts.hostname or parts.query
+        or parts.fragment or not text.isascii() or not text.isprintable() or " " in text
+    ):  # fmt: skip
+        raise ConfigError(f"{key}: must be an http(s) URL like https://quarantine.example.com")
+    return text.rstrip("/")
+
+
+def _user_categories(key: str, value: object) -> tuple[str, ...]:
+    chosen = _categories(key, value)
+    for n, item in enumerate(chosen):
+        if item not in ("spam", "bad_header"):
+            raise ConfigError(f"{key}[{n}]: {item!r}: users release only spam and bad_header")
+    return chosen
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    """``mail-filter quarantine digest``: each recipient's daily list of held spam, with links."""
+
+    portal_url: str = opt("", _portal_url)  # "" = not configured: the digest refuses to run
+    sender: str = opt("", _address)  # "" = [notices] sender, else mail-filter@<hostname>
+    categories: tuple[str, ...] = opt(("spam",), _user_categories)
+    max_items: int = opt(100, integer(1, 1000))
+    link_days: float = opt(7.0, number(0.01, 365))
+    # The portal's secret (the same file as [portal] secret_file): it signs the links.
+    secret_file: Path | None = opt(Path("/etc/mail-filter/portal.key"), optional_path)  # noqa: RUF009
+
+
 @dataclass(frozen=True)
 class LearnConfig:
     """mail-filter learn: the admin mailbox and how its folders teach Bayes."""
@@ -301,6 +349,7 @@ class Config:
     banned: BannedConfig = field(default_factory=BannedConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     notices: NoticesConfig = field(default_factory=NoticesConfig)
+    digest: DigestConfig = field(default_factory=DigestConfig)
     learn: LearnConfig = field(default_factory=LearnConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -23,13 +23,16 @@ the portal's event loop never waits on SQLite or fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from filter import release_links
 from filter.qstore import (
     Actor,
     AllowEntry,
@@ -166,6 +169,68 @@ async def release(
         refused=", ".join(r for r, reply in delivery.recipients.items() if not reply.ok) or None,
     )  # fmt: skip
     return Released(entry, record, refused)
+
+
+# Who releases through a digest's link (the audit line's ``by``; ``to`` names the recipient).
+DIGEST = "digest"
+
+
+class LinkUsed(QuarantineError):
+    """A release link was used before (it is single-use)."""
+
+
+async def release_link(
+    store: QuarantineStore,
+    sender: Sender,
+    secret: bytes,
+    token: object,
+    address: str,
+    categories: Sequence[str] = ("spam", "bad_header"),
+    now: float | None = None,
+) -> Released:
+    """Release the entry a digest's link names to the recipient it names; once; audited.
+
+    For the portal's POST (its GET shows :func:`filter.release_links.check_token`'s
+    answer and a button, and changes nothing: mail scanners fetch links).
+    ``secret``: the portal's secret; ``address``: the client's IP address;
+    ``categories``: what users may release themselves.  Raises
+    :class:`filter.release_links.LinkRefused` (malformed, forged, expired),
+    :class:`LinkUsed`, :class:`filter.qstore.AlreadyReleased`, or :class:`QuarantineError`
+    (not held any more, not one of the entry's recipients, a category users may
+    not release, delivery failed); each writes one ``release`` audit line.
+
+    The link is spent before anything is sent, so two clicks deliver once; if
+    the release then delivered nothing (the claim was dropped), the link is
+    given back and may be used again.
+    """
+    actor = Actor(DIGEST, address)
+    when = time.time() if now is None else now
+    try:
+        link = release_links.check_token(secret, token, when)
+    except release_links.LinkRefused as err:
+        audit("release", actor, "refused", why=str(err))  # the token itself is never logged
+        raise
+    try:
+        entry = await asyncio.to_thread(store.get, link.entry_id)
+        wanted = link.recipient.lower()
+        to = next((r for r in entry.recipients if r.lower() == wanted), None)
+        if to is None:
+            raise QuarantineError(f"{entry.id}: {link.recipient} is not one of its recipients")
+        if entry.category not in categories:
+            raise QuarantineError(f"{entry.id}: {entry.category} is released by an administrator")
+        if not await asyncio.to_thread(store.spend_link, link.nonce, link.expires_at, when):
+            raise LinkUsed(f"{entry.id}: this release link was used already")
+    except QuarantineError as err:
+        _refused("release", actor, err, id=link.entry_id, to=link.recipient)
+        raise
+    try:
+        return await release(store, sender, entry.id, actor, [to])
+    except QuarantineError:
+        # Given back only if nothing went out: the entry is not claimed (any more).
+        with contextlib.suppress(QuarantineError):
+            if not (await asyncio.to_thread(store.get, entry.id)).releases:
+                await asyncio.to_thread(store.unspend_link, link.nonce)
+        raise
 
 
 def delete(store: QuarantineStore, entry_ids: Sequence[str], actor: Actor, on_skip: Skip) -> int:

@@ -34,7 +34,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from filter.qindex import ALLOW_NAME, INDEX_NAME, AllowList, Index, IndexUnavailable, encode_cursor
+from filter.qindex import (
+    ALLOW_NAME,
+    INDEX_NAME,
+    LEDGER_NAME,
+    AllowList,
+    Index,
+    IndexUnavailable,
+    Ledger,
+    encode_cursor,
+)
 from filter.qindex import matches as _matches
 from filter.qstore import (
     Actor,
@@ -85,6 +94,7 @@ class DirectoryStore:
         self.files = Store(directory)
         self.index = Index(directory / INDEX_NAME, busy_timeout)
         self.allow_list = AllowList(directory / ALLOW_NAME, busy_timeout)
+        self.ledger = Ledger(directory / LEDGER_NAME, busy_timeout)
 
     # Holding mail
 
@@ -450,7 +460,41 @@ class DirectoryStore:
         """Whether ``recipient`` allowed any of ``senders``."""
         return self.allow_list.any_of(recipient, senders)
 
+    # Release links and the digest (digest.sqlite3: not derived, never rebuilt)
+
+    def spend_link(self, nonce: bytes, expires_at: float, now: float | None = None) -> bool:
+        """Record a link's nonce once (an INSERT on its primary key); False if it was there."""
+        return self.ledger.spend(nonce, expires_at, now)
+
+    def unspend_link(self, nonce: bytes) -> None:
+        """Forget a link's nonce: it may be used again."""
+        self.ledger.unspend(nonce)
+
+    def digest_marks(self, recipient: str, entry_ids: Sequence[str]) -> set[str]:
+        """Which of ``entry_ids`` a digest to ``recipient`` listed already."""
+        if not self.directory.is_dir():
+            return set()
+        return self.ledger.marked(recipient, entry_ids)
+
+    def mark_digested(
+        self, recipient: str, entries: Sequence[tuple[str, float]], at: float
+    ) -> None:
+        """Record what a digest to ``recipient`` listed."""
+        self.ledger.mark(recipient, entries, at)
+
+    def digest_start(self) -> float | None:
+        """Where the next digest run scans from (None before the first run)."""
+        if not self.directory.is_dir():
+            return None  # nothing held yet; the filter makes the directory, with its owner
+        return self.ledger.start()
+
+    def finish_digest(self, next_start: float, forget_before: float) -> None:
+        """Record the next run's start and forget old marks."""
+        if self.directory.is_dir():
+            self.ledger.finish(next_start, forget_before)
+
     def close(self) -> None:
-        """Close both databases."""
+        """Close every database."""
         self.index.close()
         self.allow_list.close()
+        self.ledger.close()

@@ -2,11 +2,13 @@
 
 This module owns the index database (``index.sqlite3`` in the quarantine
 directory), its schema and its queries, and the allow list's database
-(``allow.sqlite3``, beside it).  The index is derived from the entries'
-metadata files and can be dropped and rebuilt at any time
-(:meth:`filter.qdir.DirectoryStore.reindex`); the allow list is not derived
-from anything, which is why it has its own file: deleting a broken index never
-loses it.
+(``allow.sqlite3``, beside it), and the digest's ledger (``digest.sqlite3``:
+spent release links, which entries each recipient's digest listed, where the
+next digest run starts).  The index is derived from the entries' metadata
+files and can be dropped and rebuilt at any time
+(:meth:`filter.qdir.DirectoryStore.reindex`); the allow list and the ledger are
+not derived from anything, which is why each has its own file: deleting a
+broken index never loses them.
 
 Concurrency: the filter daemon inserts while the CLI and the portal read,
 release and delete, in other processes.  WAL mode lets readers go on while one
@@ -42,6 +44,7 @@ from filter.quarantine import Entry, QuarantineError
 
 INDEX_NAME = "index.sqlite3"
 ALLOW_NAME = "allow.sqlite3"
+LEDGER_NAME = "digest.sqlite3"
 SCHEMA_VERSION = "2"
 
 _SCHEMA = """
@@ -92,6 +95,27 @@ CREATE TABLE IF NOT EXISTS allow (
     PRIMARY KEY (recipient, sender)
 ) WITHOUT ROWID;
 """
+
+_LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spent_links (
+    nonce BLOB PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS spent_links_by_expiry ON spent_links (expires_at);
+CREATE TABLE IF NOT EXISTS digested (
+    recipient TEXT NOT NULL,
+    id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (recipient, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS digested_by_time ON digested (received_at);
+CREATE TABLE IF NOT EXISTS digest_runs (key TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+# A spent nonce is kept this long past its link's expiry: a token checked just
+# before it expired may still be on its way to spend_link.
+SPENT_GRACE = 86400.0
 
 _CURSOR = re.compile(r"([0-9.e+-]{1,40}):([0-9a-f-]{1,64})")
 
@@ -559,3 +583,84 @@ class AllowList:
                 (_lower_address(recipient), *wanted),
             ).fetchone()
         return row is not None
+
+
+class Ledger:
+    """The digest's records in one SQLite file (see the module docstring); opened on first use."""
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at once (BEGIN IMMEDIATE), under the connection's lock."""
+        with self._lock:
+            if self._db is None:
+                self._db = connect(self.path, _LEDGER_SCHEMA, self.busy_timeout)
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as err:
+                raise IndexUnavailable(f"{self.path.name}: {err}") from err
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def spend(self, nonce: bytes, expires_at: float, now: float | None = None) -> bool:
+        """Insert the nonce unless present (one transaction); forget long-expired ones."""
+        now = time.time() if now is None else now
+        with self._writing() as db:
+            db.execute("DELETE FROM spent_links WHERE expires_at < ?", (now - SPENT_GRACE,))
+            cur = db.execute("INSERT OR IGNORE INTO spent_links VALUES (?, ?)", (nonce, expires_at))
+            return cur.rowcount == 1
+
+    def unspend(self, nonce: bytes) -> None:
+        """Forget a nonce."""
+        with self._writing() as db:
+            db.execute("DELETE FROM spent_links WHERE nonce = ?", (nonce,))
+
+    def marked(self, recipient: str, entry_ids: Sequence[str]) -> set[str]:
+        """Which of ``entry_ids`` are marked for ``recipient``."""
+        found: set[str] = set()
+        rcpt = _lower_address(recipient)
+        with self._writing() as db:  # a read, but it may be the file's first use
+            for start in range(0, len(entry_ids), 500):  # under SQLite's variable limit
+                chunk = list(entry_ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id FROM digested WHERE recipient = ? AND id IN ({marks})"  # noqa: S608
+                found.update(row[0] for row in db.execute(sql, (rcpt, *chunk)))
+        return found
+
+    def mark(self, recipient: str, entries: Sequence[tuple[str, float]], at: float) -> None:
+        """Mark (id, received_at) pairs for ``recipient``, sent at ``at``."""
+        rcpt = _lower_address(recipient)
+        with self._writing() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO digested VALUES (?, ?, ?, ?)",
+                [(rcpt, entry_id, received_at, at) for entry_id, received_at in entries],
+            )
+
+    def start(self) -> float | None:
+        """Where the next run scans from."""
+        with self._writing() as db:
+            row = db.execute("SELECT value FROM digest_runs WHERE key = 'start'").fetchone()
+        return float(row[0]) if row else None
+
+    def finish(self, next_start: float, forget_before: float) -> None:
+        """Set the next run's start; drop marks of mail received before ``forget_before``."""
+        with self._writing() as db:
+            db.execute("INSERT OR REPLACE INTO digest_runs VALUES ('start', ?)", (next_start,))
+            db.execute("DELETE FROM digested WHERE received_at < ?", (forget_before,))

@@ -12,6 +12,10 @@ filter's hold, :mod:`filter.qactions`), the portal's synchronous handlers run in
 its server's thread pool, the CLI calls it directly.  Implementations are
 therefore safe to call from several threads.
 
+Release links (the daily digest's) are single-use: the store records each
+link's nonce once (:meth:`QuarantineStore.spend_link`), and remembers which
+entries a digest told each recipient about, so the next run lists only new ones.
+
 Release happens once: :meth:`QuarantineStore.claim_release` is atomic across
 processes and hosts; the claim is recorded before anything is delivered, then
 confirmed with what the downstream server accepted, or abandoned when nothing
@@ -269,6 +273,41 @@ class QuarantineStore(Protocol):
 
     def is_allowed(self, recipient: str, senders: Sequence[str]) -> bool:
         """Whether ``recipient`` allowed any of ``senders`` (for the filter's policy)."""
+        ...
+
+    # Release links and the daily digest (filter.release_links, filter.digest): state
+    # that is not derived from the entries, so a rebuilt index never loses it.
+
+    def spend_link(self, nonce: bytes, expires_at: float, now: float | None = None) -> bool:
+        """Record a release link's nonce as used; False if it was used before.
+
+        Atomic across processes and hosts: of two uses at once, one gets True.
+        Nonces whose links expired more than a day before ``now`` are forgotten
+        (their tokens are refused as expired before they get here).
+        """
+        ...
+
+    def unspend_link(self, nonce: bytes) -> None:
+        """Give a link back: its release delivered nothing, so it may be tried again."""
+        ...
+
+    def digest_marks(self, recipient: str, entry_ids: Sequence[str]) -> set[str]:
+        """Which of ``entry_ids`` a digest to ``recipient`` (case-insensitive) listed already."""
+        ...
+
+    def mark_digested(
+        self, recipient: str, entries: Sequence[tuple[str, float]], at: float
+    ) -> None:
+        """Record that a digest sent at ``at`` told ``recipient`` of these (id, received_at)."""
+        ...
+
+    def digest_start(self) -> float | None:
+        """The receipt time the next digest run scans from (None: no run yet)."""
+        ...
+
+    def finish_digest(self, next_start: float, forget_before: float) -> None:
+        """Record where the next run scans from; forget marks of mail received before
+        ``forget_before`` (expired from the quarantine by then)."""
         ...
 
     def close(self) -> None:

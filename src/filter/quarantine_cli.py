@@ -31,12 +31,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TextIO
 
-from filter import qactions
-from filter.config import Config, split_listen
+from filter import digest, qactions
+from filter.config import Config, ConfigError, split_listen
 from filter.qdir import DirectoryStore
 from filter.qstore import Actor, Query
 from filter.quarantine import Entry, QuarantineError
 from filter.smtp_out import Reinjector
+from mailgate.state import load_secret
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +69,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     exp = actions.add_parser("expire", help="delete entries older than quarantine.max_age_days")
     exp.add_argument("--older-than", type=float, help="days (default: quarantine.max_age_days)")
     actions.add_parser("reindex", help="rebuild the quarantine's index from its files")
+    dig = actions.add_parser(
+        "digest", help="mail each recipient a list of their newly held spam, with release links"
+    )
+    # Also accepted after "digest" (as the timer's unit and the docs write it); SUPPRESS
+    # keeps an absent one from overwriting the value given before the subcommand.
+    dig.add_argument("--config", default=argparse.SUPPRESS, help="TOML file")
+    dig.add_argument(
+        "--dry-run", action="store_true", help="say who would get how many; send and mark nothing"
+    )
+    dig.add_argument(
+        "--since", type=float, metavar="HOURS",
+        help="list mail held in the last HOURS (default: since the last run; first run 24)",
+    )  # fmt: skip
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -247,6 +261,8 @@ def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Acto
             also = f"; {len(skipped)} kept, see above" if skipped else ""
             _emit(f"{deleted} entries older than {days:g} days deleted{also}")
             return 1 if skipped else 0
+        elif args.action == "digest":
+            return _digest(args, cfg, store)
         elif args.action == "reindex":
             indexed, dropped = store.reindex(on_skip=skip)
             qactions.audit("reindex", who, "partial" if skipped else "ok",
@@ -258,6 +274,44 @@ def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Acto
         _error(err)
         return 1
     return 0
+
+
+def _digest(args: argparse.Namespace, cfg: Config, store: DirectoryStore) -> int:
+    """Run the digest: 0 if every digest went out, 1 if any failed (the next run retries)."""
+    dcfg = cfg.digest
+    sender = dcfg.sender or cfg.notices.sender or f"mail-filter@{cfg.server.name}"
+    if not dcfg.portal_url:
+        raise QuarantineError("digest.portal_url is not set: the links need the portal's address")
+    if not digest.plausible_recipient(sender):
+        raise QuarantineError(f"digest.sender {sender!r} is not a plain address")
+    if dcfg.secret_file is None:
+        raise QuarantineError("digest.secret_file is not set: the links are signed with it")
+    try:
+        secret = load_secret(dcfg.secret_file, "digest.secret_file")
+    except ConfigError as err:
+        raise QuarantineError(str(err)) from None
+    if args.since is not None and not 0 < args.since <= 24 * 3650:
+        raise QuarantineError(f"--since {args.since:g}: hours, more than 0")
+    settings = digest.Settings(
+        portal_url=dcfg.portal_url, sender=sender, hostname=cfg.server.name, secret=secret,
+        categories=dcfg.categories, max_items=dcfg.max_items, link_days=dcfg.link_days,
+        keep_marks_days=max(cfg.quarantine.max_age_days, dcfg.link_days) + 1,
+    )  # fmt: skip
+    host, port = split_listen(cfg.reinject.address)
+    reinjector = Reinjector(host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout)
+
+    async def go() -> digest.Summary:
+        try:
+            return await digest.run(
+                store, reinjector, settings, since_hours=args.since, dry_run=args.dry_run,
+                report=lambda line: _emit(printable(line)), on_skip=_error,
+            )  # fmt: skip
+        finally:
+            await reinjector.close()
+
+    summary = asyncio.run(go())
+    _emit(summary.line(args.dry_run) + (" (dry run)" if args.dry_run else ""))
+    return 1 if summary.failed else 0
 
 
 async def _release(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from filter import qactions
+from filter import qactions, release_links
 from filter.qdir import MARKER, DirectoryStore
 from filter.qindex import INDEX_NAME
 from filter.qstore import Actor, AlreadyReleased, Query
@@ -383,3 +383,172 @@ def test_the_index_stays_out_of_the_list_of_entries(store: DirectoryStore) -> No
     names = sorted(os.listdir(store.directory))
     assert INDEX_NAME in names
     assert 1 == len(store.files.names())
+
+
+# Release links (single use) and the digest's ledger
+
+SECRET = b"portal secret for the tests, 32+ bytes long"
+
+
+def _spend_all(directory: str, nonces: list[bytes]) -> list[bytes]:
+    """In another process: try to spend every nonce; the ones this process spent."""
+    store = DirectoryStore(Path(directory))
+    won = [n for n in nonces if store.spend_link(n, T0 + DAY, now=T0)]
+    store.close()
+    return won
+
+
+def test_a_link_is_spent_once_across_processes(store: DirectoryStore) -> None:
+    """Four processes spend the same 50 nonces at once: each is spent exactly once."""
+    hold(store, T0)  # the directory exists once mail was held
+    nonces = [os.urandom(16) for _ in range(50)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(4, mp_context=context) as pool:
+        futures = [pool.submit(_spend_all, str(store.directory), nonces) for _ in range(4)]
+        won = [nonce for future in futures for nonce in future.result()]
+    assert sorted(nonces) == sorted(won)
+    assert not store.spend_link(nonces[0], T0 + DAY, now=T0)
+
+
+def test_a_given_back_link_can_be_spent_again(store: DirectoryStore) -> None:
+    """unspend_link forgets a nonce."""
+    hold(store, T0)
+    assert store.spend_link(b"n" * 16, T0 + DAY, now=T0)
+    store.unspend_link(b"n" * 16)
+    assert store.spend_link(b"n" * 16, T0 + DAY, now=T0)
+
+
+def test_spent_links_are_forgotten_a_day_after_they_expire(store: DirectoryStore) -> None:
+    """A nonce whose link expired over a day ago is pruned (its token is refused anyway)."""
+    hold(store, T0)
+    assert store.spend_link(b"a" * 16, T0, now=T0 - DAY)
+    assert not store.spend_link(b"a" * 16, T0, now=T0 + DAY - 1)
+    assert store.spend_link(b"b" * 16, T0 + 9 * DAY, now=T0 + DAY + 1)  # prunes a
+    assert store.spend_link(b"a" * 16, T0, now=T0 + DAY + 1)
+
+
+def test_the_ledger_survives_a_rebuilt_index(store: DirectoryStore) -> None:
+    """Spent links, marks and the next start live beside the index, not in it."""
+    entry = hold(store, T0)
+    store.spend_link(b"s" * 16, T0 + DAY, now=T0)
+    store.mark_digested("Alice@Example.com", [(entry.id, entry.received_at)], T0)
+    store.finish_digest(T0, forget_before=T0 - 30 * DAY)
+    (store.directory / INDEX_NAME).write_bytes(b"not a database")
+    store.close()
+    store.reindex()
+    assert not store.spend_link(b"s" * 16, T0 + DAY, now=T0)
+    assert {entry.id} == store.digest_marks("alice@example.com", [entry.id, "other"])
+    assert T0 == store.digest_start()
+
+
+def test_digest_marks_are_per_recipient_and_forgotten_with_old_mail(
+    store: DirectoryStore,
+) -> None:
+    """Marks are per (recipient, entry), case-insensitive; finish_digest prunes old ones."""
+    old, new = hold(store, T0 - 40 * DAY), hold(store, T0)
+    assert store.digest_start() is None
+    store.mark_digested("alice@example.com", [(old.id, old.received_at)], T0 - 39 * DAY)
+    store.mark_digested("ALICE@example.com", [(new.id, new.received_at)], T0)
+    assert {old.id, new.id} == store.digest_marks("Alice@example.com", [old.id, new.id])
+    assert set() == store.digest_marks("bob@example.com", [old.id, new.id])
+    store.finish_digest(T0 - 3600, forget_before=T0 - 31 * DAY)
+    assert {new.id} == store.digest_marks("alice@example.com", [old.id, new.id])
+    assert T0 - 3600 == store.digest_start()
+
+
+def test_nothing_held_yet_means_no_digest_state(tmp_path: Path) -> None:
+    """Before the filter made the quarantine directory, the digest reads and makes nothing."""
+    store = DirectoryStore(tmp_path / "not-yet")
+    assert store.digest_start() is None
+    assert set() == store.digest_marks("a@example.com", ["x"])
+    store.finish_digest(T0, forget_before=T0)
+    assert not (tmp_path / "not-yet").exists()
+    store.close()
+
+
+def _link(entry: Entry, rcpt: str = "alice@example.com", expires: float = T0 + 7 * DAY) -> str:
+    """A release link's token for ``entry`` and ``rcpt``."""
+    return release_links.make_token(SECRET, entry.id, rcpt, int(expires))
+
+
+async def test_a_link_releases_to_its_recipient_only_and_once(
+    store: DirectoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Alice's link delivers to Alice, not Bob; the second click sends nothing."""
+    caplog.set_level(logging.INFO, logger="filter.audit")
+    entry = hold(store, T0, rcpts=("Alice@Example.com", "bob@example.com"))
+    sender = FakeSender(accepted("Alice@Example.com"))
+    token = _link(entry)
+    done = await qactions.release_link(store, sender, SECRET, token, "198.51.100.9", now=T0)
+    assert [("a@example.net", ["Alice@Example.com"])] == [(s[0], s[1]) for s in sender.sent]
+    assert ("Alice@Example.com",) == done.release.to
+    with pytest.raises(qactions.LinkUsed):
+        await qactions.release_link(store, sender, SECRET, token, "198.51.100.9", now=T0)
+    assert 1 == len(sender.sent)
+    lines = [r.getMessage() for r in caplog.records if r.name == "filter.audit"]
+    assert (
+        f"quarantine action=release id={entry.id} by=digest from=198.51.100.9"
+        " to=Alice@Example.com result=ok"
+    ) == lines[0]
+    assert "result=refused" in lines[1]
+    assert not any(token in line for line in lines)
+
+
+async def test_a_link_whose_release_delivered_nothing_works_again(store: DirectoryStore) -> None:
+    """Nothing accepted: the claim is dropped and the link given back."""
+    entry = hold(store, T0)
+    token = _link(entry)
+    with pytest.raises(QuarantineError, match="release refused"):
+        await qactions.release_link(store, FakeSender(Delivery()), SECRET, token, "::1", now=T0)
+    ok = FakeSender(accepted("alice@example.com"))
+    await qactions.release_link(store, ok, SECRET, token, "::1", now=T0)
+    assert 1 == len(ok.sent)
+
+
+async def test_a_link_to_a_released_entry_is_refused(store: DirectoryStore) -> None:
+    """Released from the CLI first: the link's release is refused, nothing is sent."""
+    entry = hold(store, T0)
+    await qactions.release(store, FakeSender(accepted("alice@example.com")), entry.id, ADMIN)
+    sender = FakeSender(accepted("alice@example.com"))
+    with pytest.raises(AlreadyReleased):
+        await qactions.release_link(store, sender, SECRET, _link(entry), "::1", now=T0)
+    assert [] == sender.sent
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "category", "match"),
+    [
+        ("mallory@example.org", "spam", "not one of its recipients"),
+        ("alice@example.com", "virus", "released by an administrator"),
+    ],
+)
+async def test_a_link_outside_its_rights_is_refused_unspent(
+    store: DirectoryStore, rcpt: str, category: str, match: str
+) -> None:
+    """Not a recipient of the entry, or a category users may not release: refused."""
+    entry = hold(store, T0, category=category)
+    sender = FakeSender(accepted(rcpt))
+    token = _link(entry, rcpt)
+    with pytest.raises(QuarantineError, match=match):
+        await qactions.release_link(store, sender, SECRET, token, "::1", now=T0)
+    assert [] == sender.sent
+    assert store.spend_link(release_links.check_token(SECRET, token, T0).nonce, T0 + DAY, T0)
+
+
+@pytest.mark.parametrize(
+    ("secret", "now", "reason"),
+    [
+        (SECRET, T0 + 7 * DAY, release_links.Refusal.EXPIRED),
+        (b"another portal's secret, 32 bytes..", T0, release_links.Refusal.FORGED),
+    ],
+)
+async def test_an_expired_or_forged_link_is_refused(
+    store: DirectoryStore, secret: bytes, now: float, reason: release_links.Refusal
+) -> None:
+    """Expired, or signed under another secret: LinkRefused with the reason; nothing sent."""
+    entry = hold(store, T0)
+    sender = FakeSender(accepted("alice@example.com"))
+    with pytest.raises(release_links.LinkRefused) as caught:
+        await qactions.release_link(store, sender, secret, _link(entry), "::1", now=now)
+    assert reason == caught.value.reason
+    assert [] == sender.sent
