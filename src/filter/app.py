@@ -25,7 +25,7 @@ from filter.lookup import AddressList, ListError
 from filter.metrics import Metrics
 from filter.notices import Notices
 from filter.policy import Lists
-from filter.quarantine import Store
+from filter.qdir import DirectoryStore
 from filter.server import Handler, SmtpListener, start_server
 from filter.service import Filter
 from filter.shared import SharedNotices
@@ -78,9 +78,12 @@ def build_filter(
     )  # fmt: skip
     throttle = SharedNotices(state) if state is not None else None
     notices = Notices(cfg.notices, reinjector, cfg.server.name, shared=throttle)
+    # The index waits at most 1 s for a writer (a CLI release, a rebuild's batch):
+    # past that the message is held all the same and indexed later (filter.qdir).
+    store = DirectoryStore(cfg.quarantine.directory, busy_timeout=1.0)
     service = Filter(
         cfg, clamd, spamd, reinjector, metrics,
-        lists=load_lists(cfg), store=Store(cfg.quarantine.directory), notifier=notices,
+        lists=load_lists(cfg), store=store, notifier=notices,
     )  # fmt: skip
     return service, reinjector
 

@@ -239,6 +239,9 @@ class QuarantineConfig:
 
     directory: Path = opt(Path("/var/lib/mail-filter/quarantine"), optional_path)  # noqa: RUF009
     max_age_days: float = opt(30.0, number(0, 3650))
+    # Where `mail-filter quarantine` writes its audit lines: "syslog" (/dev/log, the
+    # journal; stderr where there is none), "stderr", or a file appended to.
+    audit_log: str = opt("syslog", string)
 
 
 @dataclass(frozen=True)

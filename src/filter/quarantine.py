@@ -1,7 +1,9 @@
 """The quarantine: held messages on disk, durable before Postfix is answered.
 
-This module owns the store's format and its operations (write, list, show,
-release bookkeeping, delete, expire).  Each entry is two files in one
+This module owns the entries' on-disk format and the hardened file operations
+(write, read back, list names, rewrite metadata, delete, the directory lock);
+:mod:`filter.qdir` puts an index and the :class:`filter.qstore.QuarantineStore`
+interface on top.  The files stay the truth.  Each entry is two files in one
 directory: ``<id>.eml`` (the message exactly as it would have been delivered,
 with ``X-Quarantine-ID``) and ``<id>.json`` (envelope, verdict, times,
 releases).  Both are written to temporary names, fsynced, renamed into place,
@@ -9,8 +11,8 @@ and the directory is fsynced; the JSON file is written last and is what makes
 an entry exist.  A crash before our answer to Postfix leaves at worst an extra
 entry (Postfix retries the message), never a lost one.
 
-Release itself (re-injection) is the CLI's job: this module only records it,
-and refuses to record a second release.
+Release itself (re-injection) is :mod:`filter.qactions`'s job; the claim that
+makes it happen once is :mod:`filter.qdir`'s, under :meth:`Store.locked`.
 
 The directory may be writable by others than the filter (a spool-adjacent
 group, a careless restore), so nothing read back is trusted: entry files that
@@ -23,6 +25,9 @@ or name another entry.
 
 from __future__ import annotations
 
+import contextlib
+import email.header
+import fcntl
 import itertools
 import json
 import os
@@ -34,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filter import headers
 
 # An entry's metadata is a few hundred bytes; even 1,000 recipients of 254 octets
 # each, JSON-escaped, stay under 1 MiB, so 4 MiB is room to spare.  The bound keeps
@@ -51,6 +58,10 @@ class QuarantineError(Exception):
     """An entry is missing, malformed, or the operation is not allowed (e.g. a second release)."""
 
 
+class NotFound(QuarantineError):
+    """No such entry (never held, deleted or expired)."""
+
+
 @dataclass
 class Entry:
     """One held message's metadata."""
@@ -65,6 +76,9 @@ class Entry:
     score: float | None = None
     queue_id: str = ""
     releases: list[dict[str, object]] = field(default_factory=list)
+    # Added for the portal (issue 17); optional, so entries written before still read.
+    subject: str = ""
+    requests: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def released(self) -> bool:
@@ -75,6 +89,25 @@ class Entry:
 def new_id() -> str:
     """A quarantine id: sortable by time, unguessable (it authorises a release)."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(5)
+
+
+# A subject longer than this is cut: it is for a list row and a search, not for delivery.
+MAX_SUBJECT_CHARS = 500
+
+
+def subject_of(message: bytes) -> str:
+    """The decoded Subject (RFC 2047 words decoded, unfolded, cut); "" if none. Never raises.
+
+    ``message``: the message or only its head (the first field only is read).
+    """
+    found = headers.first_field(message, b"subject")
+    if found is None:
+        return ""
+    raw = re.sub(rb"\r?\n(?=[ \t])", b"", found.split(b":", 1)[1]).strip()
+    text = raw.decode("utf-8", "replace")
+    with contextlib.suppress(Exception):  # a broken encoded word: keep the text as it is
+        text = str(email.header.make_header(email.header.decode_header(text)))
+    return text[:MAX_SUBJECT_CHARS]
 
 
 def _write_durably(path: Path, data: bytes, more: Iterable[bytes] = ()) -> None:
@@ -140,12 +173,17 @@ def _refuse_unless_plain(entry_id: str, what: str, st: os.stat_result) -> None:
         raise QuarantineError(f"{entry_id}: {what} has {st.st_nlink} hard links; refused")
 
 
-def _read_plain(path: Path, entry_id: str, what: str, limit: int | None = None) -> bytes:
-    """A plain file's bytes; anything else is refused, never followed, never waited on."""
+def _read_plain(
+    path: Path, entry_id: str, what: str, limit: int | None = None, head: int | None = None
+) -> bytes:
+    """A plain file's bytes; anything else is refused, never followed, never waited on.
+
+    ``limit``: a file larger is refused; ``head``: only the first ``head`` bytes are read.
+    """
     try:
         before = os.lstat(path)
     except FileNotFoundError:
-        raise QuarantineError(f"no quarantined message {entry_id}") from None
+        raise NotFound(f"no quarantined message {entry_id}") from None
     except OSError as err:
         raise QuarantineError(f"{entry_id}: {what} unreadable ({err.strerror})") from err
     _refuse_unless_plain(entry_id, what, before)
@@ -167,7 +205,7 @@ def _read_plain(path: Path, entry_id: str, what: str, limit: int | None = None) 
             raise QuarantineError(f"{entry_id}: {what} is over {limit} bytes; refused")
         chunks: list[bytes] = []
         total = 0
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := os.read(fd, 1 << 20 if head is None else max(0, head - total)):
             total += len(chunk)
             if limit is not None and total > limit:  # it grew after fstat()
                 raise QuarantineError(f"{entry_id}: {what} is over {limit} bytes; refused")
@@ -200,6 +238,8 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "score": (lambda v: v is None or _is_number(v), "a number or null"),
     "queue_id": (lambda v: isinstance(v, str), "a string"),
     "releases": (lambda v: _is_list_of(dict, v), "a list of objects"),
+    "subject": (lambda v: isinstance(v, str), "a string"),
+    "requests": (lambda v: _is_list_of(dict, v), "a list of objects"),
 }
 _REQUIRED = ("id", "category", "reason", "mail_from", "recipients", "received_at", "size")
 
@@ -270,6 +310,45 @@ class Store:
         """An entry's message bytes; QuarantineError if missing or not a plain file."""
         return _read_plain(self._path(entry_id, ".eml"), entry_id, "message file")
 
+    def message_head(self, entry_id: str, size: int = 64 * 1024) -> bytes:
+        """The first ``size`` bytes of an entry's message (for its Subject); refused as above."""
+        return _read_plain(self._path(entry_id, ".eml"), entry_id, "message file", head=size)
+
+    def rewrite(self, entry: Entry) -> None:
+        """Replace an entry's metadata durably (callers hold :meth:`locked`)."""
+        _write_durably(self._path(entry.id, ".json"), json.dumps(asdict(entry)).encode())
+        _fsync_dir(self.directory)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The directory's exclusive lock, for read-check-rewrite of metadata across processes.
+
+        flock(2) on the directory itself: no lock file anyone could plant as a
+        symlink or FIFO, and the kernel drops it when a holder dies.
+        """
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # also releases the lock
+
+    def names(self) -> list[str]:
+        """The names of the metadata files, without ``.json``, sorted; not yet checked as ids."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise QuarantineError(f"{self.directory}: unreadable ({err.strerror})") from err
+        return sorted(
+            n.removesuffix(".json") for n in names if n.endswith(".json") and not n.startswith(".")
+        )
+
+    def check_message_file(self, entry_id: str) -> None:
+        """Public name of :meth:`_check_message_file`, for the index layer."""
+        self._check_message_file(entry_id)
+
     def _check_message_file(self, entry_id: str) -> None:
         """Refuse an entry whose message file is there but is not a plain file.
 
@@ -295,15 +374,9 @@ class Store:
         An entry that cannot be trusted (see ``get``) is passed to ``on_skip``
         once, and skipped.
         """
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            raise QuarantineError(f"{self.directory}: unreadable ({err.strerror})") from err
-        for name in sorted(n for n in names if n.endswith(".json") and not n.startswith(".")):
+        for name in self.names():
             try:
-                entry = self.get(name.removesuffix(".json"))
+                entry = self.get(name)
                 self._check_message_file(entry.id)
             except QuarantineError as err:
                 on_skip(err)

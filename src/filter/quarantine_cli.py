@@ -1,10 +1,14 @@
-"""``mail-filter quarantine ...``: list, show, release, delete and expire held mail.
+"""``mail-filter quarantine ...``: list, show, release, delete, expire and reindex held mail.
 
-This module owns the administrator's side of the quarantine: reading the
-store named in the config, printing entries, and releasing one by re-injecting
-it with its original envelope (or to ``--to``) through the re-injection
-listener (127.0.0.1:10025, which has no content filter), then recording the
-release so a second one is refused.
+This module owns the administrator's shell side of the quarantine: parsing the
+command, printing entries, and exit codes.  Everything it does goes through
+the store interface (:class:`filter.qstore.QuarantineStore`, here the
+directory named in the config) and the actions the portal uses too
+(:mod:`filter.qactions`): a release is claimed before it is re-injected through
+the re-injection listener (127.0.0.1:10025, which has no content filter), so a
+second one is refused, and every action writes its audit line (to
+``quarantine.audit_log``), naming the Unix user (and ``sudo``'s caller) and the
+SSH client's address, if any.
 
 Everything printed that came from a message or from the store (addresses,
 reasons, the message in ``show``, server replies, even file names in errors)
@@ -16,13 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import logging.handlers
+import os
+import pwd
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TextIO
 
+from filter import qactions
 from filter.config import Config, split_listen
-from filter.quarantine import Entry, QuarantineError, Store
+from filter.qdir import DirectoryStore
+from filter.qstore import Actor, Query
+from filter.quarantine import Entry, QuarantineError
 from filter.smtp_out import Reinjector
 
 
@@ -34,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls = actions.add_parser("list", help="list held messages")
     ls.add_argument("--since", help="only newer: 2026-11-28, '2026-11-28 10:00', 12h, 7d")
     ls.add_argument("--category", choices=("virus", "banned", "unchecked", "spam", "bad_header"))
+    ls.add_argument("--recipient", help="only held for this envelope recipient (exact)")
+    ls.add_argument("--sender", help="only from senders containing this text")
+    ls.add_argument("--subject", help="only with subjects containing this text")
     show = actions.add_parser("show", help="print a held message (control characters escaped)")
     show.add_argument("id")
     show.add_argument(
@@ -44,8 +60,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rel = actions.add_parser("release", help="deliver a held message after all")
     rel.add_argument("id")
     rel.add_argument("--to", action="append", help="deliver to this address instead (repeatable)")
+    rel.add_argument(
+        "--retry-unconfirmed",
+        action="store_true",
+        help="take over a release that was started but never confirmed (it may deliver twice)",
+    )
     exp = actions.add_parser("expire", help="delete entries older than quarantine.max_age_days")
     exp.add_argument("--older-than", type=float, help="days (default: quarantine.max_age_days)")
+    actions.add_parser("reindex", help="rebuild the quarantine's index from its files")
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -110,26 +132,56 @@ def _line(e: Entry) -> str:
     )
 
 
-async def _release(
-    cfg: Config, store: Store, entry: Entry, message: bytes, to: list[str] | None
-) -> str:
-    host, port = split_listen(cfg.reinject.address)
-    reinjector = Reinjector(host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout)
-    recipients = to or entry.recipients
+def actor() -> Actor:
+    """Who runs this: ``unix:root`` or ``unix:root(sudo:alice)``, from ``local`` or ``ssh:ADDR``.
+
+    The SSH variables are the session's own word; they are audit context, not proof.
+    """
     try:
-        delivery = await reinjector.send(entry.mail_from, recipients, message)
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = str(os.getuid())
+    who = f"unix:{name}"
+    if os.environ.get("SUDO_USER"):
+        who += f"(sudo:{os.environ['SUDO_USER']})"
+    ssh = os.environ.get("SSH_CONNECTION", "").split()
+    return Actor(who, f"ssh:{ssh[0]}" if ssh else "local")
+
+
+@contextmanager
+def audit_to(where: str) -> Iterator[None]:
+    """Send the audit logger's lines to ``where`` (quarantine.audit_log) for one command."""
+    handler: logging.Handler
+    pid = os.getpid()  # not %(process)d: mailgate.logs may have turned that field off
+    if where == "syslog" and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(
+            "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter(f"mail-filter[{pid}]: %(message)s"))
+    elif where in ("syslog", "stderr"):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mail-filter: audit: %(message)s"))
+    else:
+        handler = logging.FileHandler(where, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(f"%(asctime)s mail-filter[{pid}]: %(message)s"))
+    logger = qactions.audit_log
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
     finally:
-        await reinjector.close()
-    if delivery.error:
-        raise QuarantineError(f"release failed: {delivery.error}")
-    assert delivery.data is not None
-    if not delivery.data.ok:
-        raise QuarantineError(f"release refused by {cfg.reinject.address}: {delivery.data}")
-    # Record what was delivered even if some recipients were refused, so a second
-    # release cannot deliver twice to the others.
-    store.record_release(entry.id, delivery.accepted, str(delivery.data))
-    refused = [f"<{r}>: {reply}" for r, reply in delivery.recipients.items() if not reply.ok]
-    return str(delivery.data) + (f"; refused {'; '.join(refused)}" if refused else "")
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+def _query(args: argparse.Namespace) -> Query:
+    since = parse_since(args.since) if args.since else None
+    return Query(
+        recipient=args.recipient, sender=args.sender, subject=args.subject,
+        category=args.category, since=since, oldest_first=True,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -139,7 +191,18 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     exits 0; ``expire`` exits 1 if it had to keep any (the timer's unit fails, so
     someone looks).
     """
-    store = Store(cfg.quarantine.directory)
+    store = DirectoryStore(cfg.quarantine.directory)
+    try:
+        with audit_to(cfg.quarantine.audit_log):
+            return _run(args, cfg, store, actor())
+    except OSError as err:
+        _error(QuarantineError(f"audit log {cfg.quarantine.audit_log}: {err.strerror}"))
+        return 1
+    finally:
+        store.close()
+
+
+def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Actor) -> int:
     skipped: list[QuarantineError] = []
 
     def skip(err: QuarantineError) -> None:
@@ -148,16 +211,16 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     try:
         if args.action == "list":
-            since = parse_since(args.since) if args.since else None
+            query = _query(args)
+            store.reconcile(on_skip=skip)  # the CLI's list also reports files it cannot index
             count = 0
-            for entry in store.entries(since, args.category, on_skip=skip):
+            for entry in store.entries(query, on_skip=skip):
                 _emit(_line(entry))
                 count += 1
             also = f", {len(skipped)} entries skipped" if skipped else ""
             _emit(printable(f"{count} message(s) in {store.directory}{also}"), sys.stderr)
         elif args.action == "show":
-            entry = store.get(args.id)
-            message = store.message(entry.id)  # both read before anything is printed
+            entry, message = qactions.show(store, args.id, who)
             if args.raw:
                 sys.stdout.flush()
                 sys.stdout.buffer.write(message)
@@ -165,22 +228,44 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 _emit(_line(entry))
                 _emit(_message_text(message).removesuffix("\n"))
         elif args.action == "release":
-            entry = store.get(args.id)
-            store.check_not_released(entry)
-            message = store.message(entry.id)  # refused before anything is connected
-            reply = asyncio.run(_release(cfg, store, entry, message, args.to))
-            to = ", ".join(args.to or entry.recipients)
-            _emit(printable(f"{entry.id} released to {to}: {reply}"))
+            host, port = split_listen(cfg.reinject.address)
+            reinjector = Reinjector(host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout)
+            done = asyncio.run(_release(store, reinjector, args, who))
+            reply = done.release.reply + (
+                f"; refused {'; '.join(done.refused)}" if done.refused else ""
+            )
+            to = ", ".join(args.to or done.entry.recipients)
+            _emit(printable(f"{done.entry.id} released to {to}: {reply}"))
         elif args.action == "delete":
-            store.delete(args.id)
+            errors: list[QuarantineError] = []
+            if not qactions.delete(store, [args.id], who, errors.append):
+                raise errors[0]
             _emit(f"{args.id} deleted")
         elif args.action == "expire":
             days = args.older_than if args.older_than is not None else cfg.quarantine.max_age_days
-            deleted = store.expire(days, on_skip=skip)
+            deleted = qactions.expire(store, days, who, on_skip=skip)
             also = f"; {len(skipped)} kept, see above" if skipped else ""
             _emit(f"{deleted} entries older than {days:g} days deleted{also}")
+            return 1 if skipped else 0
+        elif args.action == "reindex":
+            indexed, dropped = store.reindex(on_skip=skip)
+            qactions.audit("reindex", who, "partial" if skipped else "ok",
+                           indexed=indexed, dropped=dropped, refused=len(skipped))  # fmt: skip
+            also = f"; {len(skipped)} refused, see above" if skipped else ""
+            _emit(f"{indexed} entries indexed, {dropped} dropped{also}")
             return 1 if skipped else 0
     except QuarantineError as err:
         _error(err)
         return 1
     return 0
+
+
+async def _release(
+    store: DirectoryStore, reinjector: Reinjector, args: argparse.Namespace, who: Actor
+) -> qactions.Released:
+    try:
+        return await qactions.release(
+            store, reinjector, args.id, who, args.to, retry_unconfirmed=args.retry_unconfirmed
+        )
+    finally:
+        await reinjector.close()

@@ -35,7 +35,8 @@ from filter.marks import Marker, dot_lines
 from filter.message import Message, Trace, from_addresses, queue_id_of, summary
 from filter.metrics import Metrics
 from filter.policy import Lists, Treatment, decide
-from filter.quarantine import Entry, Store
+from filter.qstore import QuarantineStore
+from filter.quarantine import Entry, subject_of
 from filter.quarantine import new_id as new_quarantine_id
 from filter.replies import Tempfail
 from filter.scanning import Scanner, SpamScanner, VirusScanner
@@ -66,7 +67,7 @@ class Filter:
         metrics: Metrics | None = None,
         *,
         lists: Lists | None = None,
-        store: Store | None = None,
+        store: QuarantineStore | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
@@ -143,12 +144,16 @@ class Filter:
             size=msg.size,
             score=treatment.score,
             queue_id=trace.queue_id,
+            subject=subject_of(msg.data),  # as the sender wrote it, without our tag
         )
         copy = self._marked(msg, treatment, trace, entry.id)
         try:
             # A spooled message's copy is its marked head, then the rest from the file.
+            # In a thread: fsync, and the index's SQLite insert, never block the loop.
+            # The files are written first; an index that fails is repaired later and
+            # never fails this (QuarantineStore.add).
             tail = msg.tail(self.marker.remove_prefixes)
-            await asyncio.to_thread(self.store.write, entry, copy, tail.chunks() if tail else ())
+            await asyncio.to_thread(self.store.add, entry, copy, tail.chunks() if tail else ())
         except OSError as err:
             log.error("quarantine write failed: %s", err)
             raise Tempfail(replies.QUARANTINE_FAILED) from err

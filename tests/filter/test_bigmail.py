@@ -20,7 +20,7 @@ from filter.banned import DEFAULT_NAMES, DEFAULT_TYPES, Inspection, inspect
 from filter.config import Config, PolicyConfig, ServerConfig
 from filter.findings import Limits
 from filter.message import Message
-from filter.quarantine import Store
+from filter.qdir import DirectoryStore
 from filter.server import Handler, start_server
 from filter.service import Filter
 from filter.smtp_out import Reply, dot_stuff
@@ -176,7 +176,7 @@ def make(tmp: Path) -> tuple[Filter, FakeClamd, FakeSpamd, FakeForwarder]:
     """A Filter with fakes and a quarantine in ``tmp``."""
     clam, spam, fwd = FakeClamd(), FakeSpamd(), FakeForwarder()
     cfg = Config(server=ServerConfig(hostname="gw.test", spool_threshold=THRESHOLD))
-    return Filter(cfg, clam, spam, fwd, store=Store(tmp)), clam, spam, fwd
+    return Filter(cfg, clam, spam, fwd, store=DirectoryStore(tmp)), clam, spam, fwd
 
 
 def held_in(directory: Path) -> list[bytes]:
@@ -428,7 +428,9 @@ async def test_forged_marks_past_a_cut_head_are_removed(tmp_path: Path) -> None:
         server=ServerConfig(hostname="gw.test", spool_threshold=THRESHOLD),
         policy=PolicyConfig(unchecked_destiny="pass"),  # type: ignore[arg-type]
     )
-    final, _ = await _deliver(Filter(cfg, clam, spam, fwd, store=Store(tmp_path / "q2")), raw)
+    final, _ = await _deliver(
+        Filter(cfg, clam, spam, fwd, store=DirectoryStore(tmp_path / "q2")), raw
+    )
     assert final.startswith(b"250 2.0.0 Ok")
     passed = fwd.sent[0].data  # head and tail, as read back
     for out in (copy, passed):

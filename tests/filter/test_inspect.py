@@ -21,7 +21,8 @@ from filter.lookup import AddressList
 from filter.message import Message
 from filter.metrics import Metrics
 from filter.policy import Lists
-from filter.quarantine import Store
+from filter.qdir import DirectoryStore
+from filter.qstore import Query
 from filter.service import Filter
 from filter.signatures import sniff
 from filter.spool import Spool
@@ -274,7 +275,7 @@ def make(
 ) -> tuple[Filter, FakeForwarder]:
     cfg = Config(server=ServerConfig(hostname="gw.test"), banned=BannedConfig())
     fwd = FakeForwarder()
-    store = Store(Path(tempfile.mkdtemp(prefix="inspq")))
+    store = DirectoryStore(Path(tempfile.mkdtemp(prefix="inspq")))
     f = Filter(cfg, clamd or FakeClamd(), FakeSpamd(), fwd, Metrics(), lists=lists, store=store)
     return f, fwd
 
@@ -288,7 +289,7 @@ async def test_unchecked_is_held_with_its_reason(caplog: pytest.LogCaptureFixtur
     assert "UNCHECKED: MIME nested deeper" in reply
     assert [] == fwd.sent
     assert f.store is not None
-    [entry] = list(f.store.entries())
+    [entry] = list(f.store.search(Query()).entries)
     assert ("unchecked", True) == (entry.category, entry.reason.startswith("MIME nested"))
     assert b"X-Virus-Unchecked: MIME nested" in f.store.message(entry.id)
     assert 'result=unchecked unchecked="MIME nested deeper' in caplog.text

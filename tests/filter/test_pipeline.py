@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from filter.config import Config, PolicyConfig, ServerConfig, SpamdConfig
 from filter.message import Message
-from filter.quarantine import Store
+from filter.qdir import DirectoryStore
+from filter.qstore import Query
 from filter.service import Filter
 from filter.smtp_out import Reply
 from filter.verdicts import Destiny
@@ -37,7 +38,7 @@ def make(
 ) -> tuple[Filter, FakeClamd, FakeSpamd, FakeForwarder]:
     clam, spam, fwd = FakeClamd(), FakeSpamd(score), FakeForwarder()
     cfg = cfg or Config(server=ServerConfig(hostname="gw.test"))
-    store = Store(Path(tempfile.mkdtemp(prefix="q", dir=_QUARANTINES.name)))
+    store = DirectoryStore(Path(tempfile.mkdtemp(prefix="q", dir=_QUARANTINES.name)))
     return Filter(cfg, clam, spam, fwd, store=store), clam, spam, fwd
 
 
@@ -84,7 +85,7 @@ async def test_virus_is_discarded_and_quarantined_by_default() -> None:
     assert "INFECTED: Fake.Virus" in reply
     assert [] == fwd.sent
     assert f.store is not None
-    [entry] = list(f.store.entries())
+    [entry] = list(f.store.search(Query()).entries)
     assert ("virus", ["b@example.com"]) == (entry.category, entry.recipients)
     assert f.store.message(entry.id).endswith(RAW + b"VIRUS-MARKER\r\n")
 

@@ -13,6 +13,8 @@ from filter.lookup import AddressList
 from filter.message import Message
 from filter.notices import Notices
 from filter.policy import Lists
+from filter.qdir import DirectoryStore
+from filter.qstore import Query
 from filter.quarantine import Entry, QuarantineError, Store, new_id
 from filter.service import Filter
 from filter.smtp_out import Reply
@@ -30,7 +32,7 @@ def make(
 ) -> tuple[Filter, FakeForwarder]:
     cfg = Config(server=ServerConfig(hostname="gw.test"), policy=policy or PolicyConfig())
     fwd = FakeForwarder()
-    store = Store(Path(tempfile.mkdtemp(dir=_DIRS.name)))
+    store = DirectoryStore(Path(tempfile.mkdtemp(dir=_DIRS.name)))
     return Filter(cfg, FakeClamd(), FakeSpamd(), fwd, lists=lists, store=store), fwd
 
 
@@ -86,7 +88,7 @@ async def test_banned_attachment_is_discarded_and_quarantined() -> None:
     assert "BANNED" in reply
     assert [] == fwd.sent
     assert f.store is not None
-    assert ["banned"] == [e.category for e in f.store.entries()]
+    assert ["banned"] == [e.category for e in f.store.search(Query()).entries]
 
 
 async def test_bad_header_is_passed_by_default_and_can_be_rejected() -> None:

@@ -77,8 +77,10 @@ class Quarantine:
         self.store.directory.mkdir()
         self.capsys = capsys
         self.config = tmp_path / "filter.toml"
+        self.audit_log = tmp_path / "audit.log"
         self.config.write_text(
             f'[quarantine]\ndirectory = "{self.store.directory}"\n'
+            f'audit_log = "{self.audit_log}"\n'
             f'[reinject]\naddress = "127.0.0.1:{port}"\ntimeout = 5\n'
         )
 
@@ -87,6 +89,12 @@ class Quarantine:
         code = cli.main(["quarantine", "--config", str(self.config), *args])
         out, err = self.capsys.readouterr()
         return Ran(code, out.decode(errors="replace"), err.decode(errors="replace"), out)
+
+    def audit(self) -> list[str]:
+        """The audit lines written so far, from ``quarantine`` on."""
+        if not self.audit_log.exists():
+            return []
+        return [line.split(": ", 1)[1] for line in self.audit_log.read_text().splitlines()]
 
     def path(self, entry_id: str, suffix: str) -> Path:
         """Where one of an entry's files is."""
