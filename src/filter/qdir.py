@@ -192,8 +192,14 @@ class DirectoryStore:
         if not self.directory.is_dir():
             return []
         today = datetime.fromtimestamp(time.time() if now is None else now).date()
-        first = today - timedelta(days=max(1, days) - 1)
-        return self.index.daily_counts(datetime(first.year, first.month, first.day).timestamp())
+        spans = []
+        for back in range(max(1, days) - 1, -1, -1):
+            day = today - timedelta(days=back)
+            after = day + timedelta(days=1)
+            # Local midnights, so a day across a DST change is 23 or 25 hours, as it was.
+            start = datetime(day.year, day.month, day.day).timestamp()
+            spans.append((day, start, datetime(after.year, after.month, after.day).timestamp()))
+        return self.index.daily_counts(spans)
 
     def _forget(self, entry_ids: Sequence[str]) -> None:
         try:

@@ -478,3 +478,35 @@ def test_a_planted_temporary_name_is_never_written_through(
     with pytest.raises(FileExistsError):
         store.write(entry, b"overwritten")
     assert b"precious" == victim.read_bytes()
+
+
+# Through the store interface: the index, reindex and the audit log
+
+
+def test_reindex_rebuilds_the_index_and_names_what_it_refuses(q: Quarantine) -> None:
+    """reindex indexes every good entry, names a malformed one (exit 1), and list still works."""
+    good, bad = spoil(q, lambda raw, other: _json({**raw, "size": "big"}))
+    (q.store.directory / "index.sqlite3").write_bytes(b"garbage " * 1000)
+    ran = q.run("reindex")
+    assert 1 == ran.code
+    assert "1 entries indexed, 0 dropped; 1 refused" in ran.out
+    assert_one_clean_line(ran.err, f"{bad.id}: bad metadata (size is not", never=good.id)
+    assert [good.id] == listed(q.run("list"))
+    assert 1 == len([line for line in q.audit() if "action=reindex" in line])
+
+
+def test_each_command_writes_one_audit_line(q: Quarantine, sink: Sink) -> None:
+    """show, release (and its refused second), delete: one line each, naming the Unix user."""
+    entry, other = held(q.store), held(q.store)
+    for args in (("show", entry.id), ("release", entry.id), ("release", entry.id)):
+        q.run(*args)
+    q.run("delete", other.id)
+    lines = q.audit()
+    assert 4 == len(lines), lines
+    assert lines[0].startswith(f"quarantine action=show id={entry.id} by=unix:")
+    assert f"action=release id={entry.id}" in lines[1]
+    assert "to=b@example.com result=ok" in lines[1]
+    assert "already released" in lines[2]
+    assert lines[2].endswith("result=refused")
+    assert f"action=delete id={other.id}" in lines[3]
+    assert all("from=local" in line or "from=ssh:" in line for line in lines)
