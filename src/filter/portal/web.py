@@ -223,10 +223,20 @@ class Pages:
 
     def __init__(self, portal: Portal, env: jinja2.Environment) -> None:
         self.p = portal
-        self.cfg = portal.cfg
-        self.store = portal.store
-        self.sessions = portal.sessions
         self.env = env
+
+    # Read at each request: a reload (SIGHUP) replaces them in the Portal.
+    @property
+    def cfg(self) -> PortalConfig:
+        return self.p.cfg
+
+    @property
+    def store(self) -> QuarantineStore:
+        return self.p.store
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.p.sessions
 
     # -- plumbing ---------------------------------------------------------
 
@@ -281,6 +291,8 @@ class Pages:
             session = self.session_of(request)
             if session is None:
                 return self.to_login(request)
+            # From the current list: a reload that removes an administrator takes effect now.
+            session.admin = session.login in self.cfg.admins
             try:
                 return await handler(request, session)
             except Refused as refused:
