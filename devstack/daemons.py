@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -233,9 +234,14 @@ class PortalDaemon(ChildDaemon):
         super().__init__(workdir, settings, base)
 
     @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS itself (``portal.tls_cert`` set)."""
+        return bool(self.settings["portal"].get("tls_cert"))
+
+    @property
     def url(self) -> str:
         """Where a browser opens the portal."""
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
 
     def write_config(self) -> None:
         """The config file, and the cookie key on first use (32 random bytes, mode 0600)."""
@@ -246,8 +252,16 @@ class PortalDaemon(ChildDaemon):
                 key.write(secrets.token_bytes(32))
 
     def ready(self) -> bool:
-        """The login page answers 200."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        """The login page answers 200 (over TLS, any certificate: this only asks "up yet?")."""
+        conn: http.client.HTTPConnection
+        if self.tls:
+            # A readiness probe on loopback: the tests verify the certificate themselves.
+            unverified = ssl._create_unverified_context()  # noqa: S323
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=1, context=unverified
+            )
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
         try:
             conn.request("GET", "/login")
             return conn.getresponse().status == 200

@@ -1,11 +1,12 @@
 """``mail-filter portal`` as a process: it starts, logs users in through a saslauthd socket,
-reloads on SIGHUP, refuses a weak key, and drains on SIGTERM."""
+reloads on SIGHUP, serves HTTPS itself, refuses a weak key, and stops on SIGTERM."""
 
 from __future__ import annotations
 
 import re
 import signal
 import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import httpx2
 import pytest
 
 from devstack.daemons import PortalDaemon
+from devstack.tls import make_tls
 from saslimap.protocol import Request, parse_request, reply_no, reply_ok
 
 PASSWORDS = {b"alice@example.com": b"alice pw", b"boss@example.com": b"boss pw"}
@@ -58,6 +60,7 @@ def saslauthd(sockdir: Path) -> Iterator[_Server]:
 
 
 def _login(client: httpx2.Client, user: str, password: str) -> httpx2.Response:
+    """Post the login form with the token from the login page."""
     page = client.get("/login")
     token = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert token is not None
@@ -108,3 +111,37 @@ def test_a_weak_or_readable_key_is_a_configuration_error(tmp_path: Path, sockdir
     )  # fmt: skip
     assert 78 == done.returncode
     assert "portal.secret_file" in done.stderr
+
+
+def test_the_portal_serves_https_itself_with_secure_cookies(
+    tmp_path: Path, sockdir: Path, saslauthd: _Server
+) -> None:
+    """With tls_cert and tls_key it speaks HTTPS (verified against the CA); its cookies are
+    __Host-, Secure; a renewed certificate is loaded on SIGHUP without a restart."""
+    tls = make_tls(tmp_path / "tls")
+    portal = PortalDaemon(
+        tmp_path / "portal", sockdir / "mux",
+        {"portal": {"tls_cert": str(tls.cert), "tls_key": str(tls.key)}},
+    )  # fmt: skip
+    with portal:
+        with httpx2.Client(
+            base_url=portal.url.rstrip("/"),
+            verify=ssl.create_default_context(cafile=str(tls.ca_cert)),
+            follow_redirects=False,
+        ) as client:
+            page = client.get("/login")
+            assert page.headers["set-cookie"].startswith("__Host-mgportal_pre=")
+            done = _login(client, "alice@example.com", "alice pw")
+            assert 303 == done.status_code
+            cookie = next(
+                c for c in done.headers.get_list("set-cookie") if c.startswith("__Host-mgportal=")
+            )
+            assert "secure" in cookie.lower()
+            assert "max-age=31536000" == done.headers["strict-transport-security"]
+            portal.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "configuration reloaded" not in portal.log_text():
+                assert time.monotonic() < deadline, portal.log_text()
+                time.sleep(0.05)
+            assert 200 == client.get("/messages").status_code
+        assert 0 == portal.stop()
