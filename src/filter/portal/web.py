@@ -177,8 +177,8 @@ class SecurityHeaders:
 # Building the application
 
 
-def build(portal: Portal) -> Starlette:
-    """The ASGI application for one configuration."""
+def build(portal: Portal) -> ASGIApp:
+    """The ASGI application for one configuration, its security headers outermost."""
     env = _environment()
     pages = Pages(portal, env)
     routes = [
@@ -211,8 +211,8 @@ def build(portal: Portal) -> Starlette:
         routes=routes,
         exception_handlers={HTTPException: pages.http_error, Exception: pages.server_error},
     )
-    app.add_middleware(SecurityHeaders)
-    return app
+    # Around everything, Starlette's own error middleware included: a 500 gets them too.
+    return SecurityHeaders(app)
 
 
 Handler = Callable[[Request, Session], Awaitable[Response]]

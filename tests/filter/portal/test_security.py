@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import pytest
 from starlette.testclient import TestClient
 
+from filter.portal.web import build
 from filter.qstore import Actor, Query
 from filter.quarantine import Entry
 from tests.filter.portal.conftest import World, csrf_of, login
@@ -580,3 +581,19 @@ def test_the_browsers_address_goes_to_saslimap(world: World) -> None:
     client = world.client()
     login(client, ALICE)
     assert [(ALICE, "testclient")] == world.saslimap.asked
+
+
+def test_an_internal_error_is_a_plain_page_with_the_same_headers(world: World) -> None:
+    """A failing store gives a 500 page that says nothing of the error, with CSP and no-store."""
+
+    def broken(*_args: object) -> object:
+        raise RuntimeError("secret internals /var/lib/mail-filter")
+
+    client = TestClient(build(world.portal), raise_server_exceptions=False, follow_redirects=False)
+    login(client, ALICE)
+    world.store.search = broken  # type: ignore[method-assign]
+    response = client.get("/messages")
+    assert 500 == response.status_code
+    assert "secret internals" not in response.text
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert "no-store" == response.headers["cache-control"]
