@@ -591,7 +591,7 @@ def test_an_internal_error_is_a_plain_page_with_the_same_headers(world: World) -
 
     client = TestClient(build(world.portal), raise_server_exceptions=False, follow_redirects=False)
     login(client, ALICE)
-    world.store.search = broken  # type: ignore[method-assign]
+    world.store.search = broken  # type: ignore[method-assign,assignment]
     response = client.get("/messages")
     assert 500 == response.status_code
     assert "secret internals" not in response.text
