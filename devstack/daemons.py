@@ -8,8 +8,12 @@ tests, the ``make run`` demo and the benchmarks.
 
 from __future__ import annotations
 
+import http.client
+import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,6 +54,7 @@ class ChildDaemon(Launcher):
     """A daemon of ours run from its config file: start, wait until ready, signal, stop."""
 
     module = ""  # "saslimap.cli" or "filter.cli"
+    subcommand = "serve"  # "portal" for mail-filter's web pages
     sections: tuple[str, ...] = ()
     config_name = "daemon.toml"
 
@@ -82,7 +87,14 @@ class ChildDaemon(Launcher):
         self.write_config()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, "serve", "--config", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    self.module,
+                    self.subcommand,
+                    "--config",
+                    str(self.config_path),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -188,3 +200,72 @@ class FilterDaemon(ChildDaemon):
         except OSError:
             pass
         return False
+
+
+class PortalDaemon(ChildDaemon):
+    """One ``mail-filter portal`` (the quarantine's web pages) with its own config and log.
+
+    ``settings`` is merged over a base that serves on a free loopback port
+    (``port``), asks saslimap at ``auth_socket``, signs cookies with a fresh
+    random ``portal.key`` in ``workdir`` (mode 0600) and logs at debug level.
+    Give it ``quarantine.directory`` and ``reinject.address`` to see held mail
+    and release it.
+    """
+
+    module = "filter.cli"
+    subcommand = "portal"
+    sections = tuple(f.name for f in fields(FilterConfig))
+    config_name = "portal.toml"
+
+    def __init__(
+        self, workdir: Path, auth_socket: Path, settings: Mapping[str, Mapping[str, object]]
+    ) -> None:
+        self.port = free_port()
+        self.secret_path = workdir.absolute() / "portal.key"
+        base: dict[str, dict[str, object]] = {
+            "portal": {
+                "listen": f"127.0.0.1:{self.port}",
+                "auth_socket": str(auth_socket),
+                "secret_file": str(self.secret_path),
+            },
+            "server": {"hostname": "filter.test"},
+            "logging": {"level": "debug"},
+        }
+        super().__init__(workdir, settings, base)
+
+    @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS itself (``portal.tls_cert`` set)."""
+        return bool(self.settings["portal"].get("tls_cert"))
+
+    @property
+    def url(self) -> str:
+        """Where a browser opens the portal."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
+
+    def write_config(self) -> None:
+        """The config file, and the cookie key on first use (32 random bytes, mode 0600)."""
+        super().write_config()
+        if not self.secret_path.exists():
+            fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as key:
+                key.write(secrets.token_bytes(32))
+
+    def ready(self) -> bool:
+        """The login page answers 200 (over TLS, any certificate: this only asks "up yet?")."""
+        conn: http.client.HTTPConnection
+        if self.tls:
+            # A readiness probe on loopback: the tests verify the certificate themselves.
+            unverified = ssl._create_unverified_context()  # noqa: S323
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=1, context=unverified
+            )
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        try:
+            conn.request("GET", "/login")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()

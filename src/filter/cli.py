@@ -1,10 +1,10 @@
 """The ``mail-filter`` command: argument parsing, logging setup and exit codes.
 
 Subcommands: ``serve`` (the content filter), ``check-config FILE``,
-``quarantine ...`` and ``learn``.  Exit code 78 (EX_CONFIG) for a bad
-configuration; ``learn`` exits 75 (EX_TEMPFAIL) when its shared store
-(``[state]``) cannot be reached at the start, and 0 when another gateway host
-holds the learn lock.
+``quarantine ...``, ``learn`` and ``portal`` (the quarantine's web pages).
+Exit code 78 (EX_CONFIG) for a bad configuration; ``learn`` exits 75
+(EX_TEMPFAIL) when its shared store (``[state]``) cannot be reached at the
+start, and 0 when another gateway host holds the learn lock.
 """
 
 from __future__ import annotations
@@ -49,7 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     learn_p.add_argument(
         "--dry-run", action="store_true", help="count, teach nothing, change nothing"
     )
+    portal = sub.add_parser("portal", help="serve the quarantine's web pages ([portal])")
+    portal.add_argument(
+        "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
+    )
+    portal.add_argument("--listen", help="host:port to serve on (portal.listen)")
     return parser
+
+
+def _portal(args: argparse.Namespace) -> int:
+    # Imported here: serve, learn and quarantine never load Starlette, Jinja2 or uvicorn.
+    from filter.portal import app as portal_app
+
+    return command.serve_command(
+        "mail-filter-portal", args.config, DEFAULT_CONFIG, {"portal.listen": args.listen},
+        portal_app.load_config, portal_app.serve,
+    )  # fmt: skip
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -81,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return _quarantine(args)
     if args.command == "learn":
         return _learn(args)
+    if args.command == "portal":
+        return _portal(args)
     return _check_config(args)
 
 

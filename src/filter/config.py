@@ -7,6 +7,7 @@ is :mod:`mailgate.config`, shared with saslimap.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -336,6 +337,58 @@ class MetricsConfig(confkit.MetricsConfig):
     listen: str = opt("127.0.0.1:9102", confkit.listen)
 
 
+def _names(key: str, value: object) -> tuple[str, ...]:
+    """A list of login names, compared without case (as the IMAP server sees them)."""
+    return tuple(name.strip().lower() for name in _strings(key, value) if name.strip())
+
+
+def _absolute_path(key: str, value: object) -> Path:
+    text = string(key, value)
+    if not text.startswith("/"):
+        raise ConfigError(f"{key}: must be an absolute path; got {text!r}")
+    return Path(text)
+
+
+def _addresses(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of IP addresses")
+    for n, item in enumerate(value):
+        text = string(f"{key}[{n}]", item)
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ConfigError(f"{key}[{n}]: {text!r} is not an IP address") from None
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    """``mail-filter portal``: the quarantine's web pages for users and administrators."""
+
+    listen: str = opt("127.0.0.1:8025", confkit.hostport)
+    # saslimap's saslauthd "mux" socket: the portal checks passwords by asking it.
+    auth_socket: Path = opt(  # noqa: RUF009 - a field
+        Path("/var/spool/postfix/var/run/saslauthd/mux"), _absolute_path
+    )
+    auth_timeout: float = opt(10.0, number(0.1, 300))
+    secret_file: Path | None = opt(Path("/etc/mail-filter/portal.key"), optional_path)  # noqa: RUF009
+    admins: tuple[str, ...] = opt((), _names)
+    default_domain: str = opt("", string)
+    tls_cert: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    tls_key: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    trusted_proxies: tuple[str, ...] = opt(("127.0.0.1", "::1"), _addresses)
+    session_idle: float = opt(1800.0, number(60, 86_400))
+    session_max: float = opt(43_200.0, number(60, 30 * 86_400))
+    max_sessions: int = opt(10_000, integer(1, 10_000_000))
+    user_release: tuple[str, ...] = opt(("spam", "bad_header"), _categories)
+    page_size: int = opt(50, integer(5, 500))
+    drain_timeout: float = opt(10.0, number(0, 3600))
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("portal.tls_cert and portal.tls_key: set both or neither")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole filter configuration: one attribute per TOML table."""
@@ -354,6 +407,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    portal: PortalConfig = field(default_factory=PortalConfig)
 
 
 SCHEMA = confkit.Schema(Config)

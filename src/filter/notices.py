@@ -139,3 +139,46 @@ def notice_text(
         f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     )
     return (head + body).encode("utf-8", "replace")
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """User-typed text for a notice body: controls and line breaks out, cut to ``limit``."""
+    return "".join(c if c.isprintable() else " " for c in text)[:limit]
+
+
+def request_text(
+    entry: Entry,
+    who: str,
+    where: str,
+    note: str,
+    sender: str,
+    admins: Sequence[str],
+    hostname: str,
+) -> bytes:
+    """The notice that a user asks an administrator to release a held message (portal).
+
+    Not rate-limited like quarantine notices: a user can ask once per held
+    message of theirs, which the portal enforces.
+    """
+    asked = f"Their note: {_one_line(note)}\r\n\r\n" if note.strip() else ""
+    body = (
+        f"{_one_line(who)} (from {_one_line(where)}) asks for a held message"
+        " to be released.\r\n\r\n"
+        f"Verdict:    {entry.category.upper()} {_one_line(entry.reason)}\r\n"
+        f"Sender:     <{_one_line(entry.mail_from)}>\r\n"
+        f"Recipients: {', '.join(f'<{_one_line(r)}>' for r in entry.recipients)}\r\n"
+        f"Quarantine: {entry.id}\r\n\r\n" + asked +
+        f"Release it from the portal's release requests page, or:\r\n"
+        f"    mail-filter quarantine show {entry.id}\r\n"
+        f"    mail-filter quarantine release {entry.id}\r\n"
+    )  # fmt: skip
+    head = (
+        f"From: mail-filter <{sender}>\r\n"
+        f"To: {', '.join(admins)}\r\n"
+        f"Subject: [mail-filter] release requested: {entry.id}\r\n"
+        f"Date: {email.utils.formatdate(localtime=True)}\r\n"
+        f"Message-ID: <request.{entry.id}.{int(time.time())}@{hostname}>\r\n"
+        f"Auto-Submitted: auto-generated\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    return (head + body).encode("utf-8", "replace")

@@ -7,8 +7,9 @@ message is quarantined, and the marks its copy gets.  Pure: no sockets, no
 files (list files are parsed by :mod:`filter.lookup` and passed in).
 
 Lists, per recipient, checked against the envelope sender and the From
-addresses: a whitelisted sender is never spam (its score is lowered by 10
-for the marks); a blacklisted one is always spam; for a spam lover a blocking
+addresses (a recipient's own allow entries, added in the quarantine portal,
+count as that recipient's whitelist): a whitelisted sender is never spam (its
+score is lowered by 10 for the marks); a blacklisted one is always spam; for a spam lover a blocking
 spam destiny becomes pass, and for an unchecked lover (amavisd-new's
 ``@unchecked_lovers_maps``) unchecked mail passes, tagged.  Levels come from
 ``[policy]``, overridden per recipient domain or address
@@ -79,10 +80,14 @@ def decide(
     findings: Findings,
     senders: Sequence[str],
     recipient: str,
+    *,
+    allowed: bool = False,
 ) -> Treatment:
     """The treatment of the message for one recipient.
 
-    ``senders`` holds the envelope sender and the From addresses.
+    ``senders`` holds the envelope sender and the From addresses; ``allowed``:
+    the recipient allowed one of them ("always accept mail from this sender"),
+    which counts as a whitelist entry.
     """
     levels = policy.levels_for(lookup_keys(recipient))
     category = Category.CLEAN
@@ -92,7 +97,7 @@ def decide(
     reason = ""
     report = findings.report
     if report is not None:
-        whitelisted = _listed(lists.whitelist, senders, recipient)
+        whitelisted = allowed or _listed(lists.whitelist, senders, recipient)
         blacklisted = not whitelisted and _listed(lists.blacklist, senders, recipient)
         adjust = WHITELIST_ADJUST if whitelisted else BLACKLIST_ADJUST if blacklisted else 0.0
         score = report.score + adjust

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -34,9 +35,9 @@ from filter.delivery import Courier, Fate, Forwarder, Handoff
 from filter.marks import Marker, dot_lines
 from filter.message import Message, Trace, from_addresses, queue_id_of, summary
 from filter.metrics import Metrics
-from filter.policy import Lists, Treatment, decide
+from filter.policy import Findings, Lists, Treatment, decide
 from filter.qstore import QuarantineStore
-from filter.quarantine import Entry, subject_of
+from filter.quarantine import Entry, QuarantineError, subject_of
 from filter.quarantine import new_id as new_quarantine_id
 from filter.replies import Tempfail
 from filter.scanning import Scanner, SpamScanner, VirusScanner
@@ -80,6 +81,7 @@ class Filter:
         self.store = store
         self.notifier = notifier
         self._background: set[asyncio.Future[None]] = set()
+        self._allow_warned = -math.inf  # when "allow entries not read" was last logged
 
     async def handle(self, msg: Message) -> str:
         """Process one message and return the SMTP reply for Postfix."""
@@ -111,7 +113,11 @@ class Filter:
         findings = await self.scanner.findings(msg, trace)
         senders = [msg.mail_from, *from_addresses(msg.data)]
         policy = self.cfg.policy
-        treatments = {r: decide(policy, self.lists, findings, senders, r) for r in msg.rcpt_tos}
+        allowed = await self._allowed(findings, msg.rcpt_tos, senders, trace)
+        treatments = {
+            r: decide(policy, self.lists, findings, senders, r, allowed=r in allowed)
+            for r in msg.rcpt_tos
+        }
         worst = min((t.category for t in treatments.values()), key=SEVERITY.__getitem__)
         trace.category = worst
         scores = [t.score for t in treatments.values() if t.score is not None]
@@ -127,6 +133,31 @@ class Filter:
         handoffs = await self._deliver(msg, treatments, trace)
         await self._bounce_blocked(msg, treatments, trace)
         return result, answer(handoffs, trace, what)
+
+    async def _allowed(
+        self, findings: Findings, recipients: Sequence[str], senders: Sequence[str], trace: Trace
+    ) -> set[str]:
+        """Recipients who allowed one of ``senders`` in the portal (their allow entries).
+
+        Asked only when there is a spam score for it to change.  A store that
+        cannot answer allows nobody (the message is treated as without the
+        entries, never passed unscanned), with a warning at most once a minute.
+        """
+        if self.store is None or findings.report is None:
+            return set()
+        store = self.store
+
+        def look() -> set[str]:
+            return {r for r in recipients if store.is_allowed(r, senders)}
+
+        try:
+            return await asyncio.to_thread(look)
+        except (QuarantineError, OSError) as err:
+            now = time.monotonic()
+            if now - self._allow_warned >= 60.0:
+                self._allow_warned = now
+                log.warning("%s: allow entries not read (%s); treated as none", trace.queue_id, err)
+            return set()
 
     async def _quarantine(
         self, msg: Message, treatment: Treatment, held: list[str], trace: Trace

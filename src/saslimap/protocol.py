@@ -2,7 +2,9 @@
 
 This module owns the byte format spoken on saslauthd's "mux" Unix socket by
 cyrus-sasl 2.1.28 (``lib/checkpw.c`` on the client side, ``saslauthd/ipc_unix.c``
-on the server side) and nothing else: no sockets, no asyncio.
+on the server side) and nothing else: no sockets, no asyncio.  The client's
+half (framing a request, reading a reply) is :mod:`mailgate.saslauthd`, shared
+with the filter's portal, and re-exported here.
 
 A request is a sequence of *counted strings*: a 2-byte big-endian length, then
 that many bytes.  Four are always sent: login, password, service, realm.  Newer
@@ -18,10 +20,15 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+# The client side (framing a request, reading a reply) is the shared core's, since
+# the filter's portal asks saslimap too; re-exported under the names it always had.
+from mailgate.saslauthd import MAX_REPLY as MAX_REPLY
+from mailgate.saslauthd import encode_request as encode_request
+from mailgate.saslauthd import parse_reply as parse_reply
+from mailgate.saslauthd import reply_is_ok as reply_is_ok
+
 # saslauthd's MAX_REQ_LEN: each field may hold at most 256 bytes.
 DEFAULT_MAX_FIELD = 256
-# libsasl reads the reply into a 1024-byte buffer including the NUL it adds.
-MAX_REPLY = 1023
 _LEN = struct.Struct(">H")
 FIELD_NAMES = ("login", "password", "service", "realm", "client address")
 
@@ -141,37 +148,3 @@ def reply_no(reason: str) -> bytes:
     """
     clean = "".join(c if " " <= c <= "~" else "?" for c in reason)
     return encode_reply(b"NO " + clean.encode("ascii"))
-
-
-def encode_request(
-    login: bytes,
-    password: bytes,
-    service: bytes,
-    realm: bytes,
-    client_addr: bytes | None = None,
-) -> bytes:
-    """Frame a request as libsasl does (client side: tests, tools, benchmarks)."""
-    parts = [login, password, service, realm]
-    if client_addr is not None:
-        parts.append(client_addr)
-    out = bytearray()
-    for part in parts:
-        if len(part) > 0xFFFF:
-            raise ValueError("a counted string holds at most 65535 bytes")
-        out += _LEN.pack(len(part)) + part
-    return bytes(out)
-
-
-def parse_reply(buf: bytes) -> bytes | None:
-    """Decode a framed reply, or ``None`` while it is incomplete."""
-    if len(buf) < _LEN.size:
-        return None
-    (length,) = _LEN.unpack_from(buf)
-    if len(buf) < _LEN.size + length:
-        return None
-    return buf[_LEN.size : _LEN.size + length]
-
-
-def reply_is_ok(reply: bytes) -> bool:
-    """Whether libsasl would treat this reply as success (its ``strncmp(.., "OK", 2)``)."""
-    return reply[:2] == b"OK"

@@ -14,11 +14,11 @@ from filter.message import Message
 from filter.notices import Notices
 from filter.policy import Lists
 from filter.qdir import DirectoryStore
-from filter.qstore import Query
+from filter.qstore import Actor, Query
 from filter.quarantine import Entry, QuarantineError, Store, new_id
 from filter.service import Filter
 from filter.smtp_out import Reply
-from filter.verdicts import Destiny
+from filter.verdicts import Category, Destiny
 from tests.clock import FakeClock
 from tests.filter.fakes import FakeClamd, FakeForwarder, FakeSpamd
 
@@ -268,3 +268,57 @@ async def test_notices_only_for_configured_categories() -> None:
     notices = Notices(NoticesConfig(admins=("a@x",), categories=("virus",)), fwd, "gw")
     await notices.notify(Entry(new_id(), "banned", "x.exe", "a@b", ["c@d"], 0.0, 1), b"")
     assert [] == fwd.sent
+
+
+# Allow entries from the quarantine portal
+
+
+async def test_a_recipients_allow_entry_counts_from_the_next_message_on() -> None:
+    """Spam held for Bob and Carol; Bob allows the sender in the portal: the next such
+    message reaches Bob (untagged, not held) and is still held for Carol."""
+    policy = PolicyConfig(
+        spam_destiny=Destiny.DISCARD, quarantine=(*PolicyConfig().quarantine, Category.SPAM)
+    )
+    f, fwd = make(policy)
+    assert f.store is not None
+    assert (await f.handle(msg(GTUBE, "bob@example.com", "carol@example.com"))).startswith(
+        "250 2.7.0"
+    )
+    assert [] == fwd.sent
+    f.store.allow("Bob@Example.com", "News@Shop.test", Actor("bob@example.com", "192.0.2.1"))
+    reply = await f.handle(msg(GTUBE, "bob@example.com", "carol@example.com"))
+    assert reply.startswith("250 2.0.0")
+    assert [["bob@example.com"]] == [s.recipients for s in fwd.sent]
+    assert b"X-Spam-Flag: NO" in fwd.sent[0].data
+    assert b"***SPAM***" not in fwd.sent[0].data
+    held = f.store.search(Query()).entries
+    assert [["carol@example.com"], ["bob@example.com", "carol@example.com"]] == [
+        e.recipients for e in held
+    ]
+
+
+async def test_an_allow_entry_never_passes_a_virus() -> None:
+    """Allowing a sender is about spam: their virus is still discarded and held."""
+    f, fwd = make()
+    assert f.store is not None
+    f.store.allow("bob@example.com", "news@shop.test", Actor("bob@example.com", "local"))
+    assert (await f.handle(msg(RAW + b"VIRUS-MARKER"))).startswith("250 2.7.0")
+    assert [] == fwd.sent
+
+
+async def test_allow_entries_that_cannot_be_read_allow_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store whose allow list fails treats the message as without entries, warning once."""
+    f, fwd = make(PolicyConfig(spam_destiny=Destiny.DISCARD))
+    assert isinstance(f.store, DirectoryStore)
+    f.store.allow("bob@example.com", "news@shop.test", Actor("bob@example.com", "local"))
+
+    def broken(recipient: str, senders: object) -> bool:
+        raise QuarantineError("allow.sqlite3: disk I/O error")
+
+    f.store.is_allowed = broken  # type: ignore[method-assign]
+    for _ in range(3):
+        assert (await f.handle(msg(GTUBE))).startswith("250 2.7.0")
+    assert [] == fwd.sent
+    assert 1 == caplog.text.count("allow entries not read")

@@ -180,3 +180,46 @@ def test_mail_filter_socket_activation_and_notify(short_dir: Path) -> None:
             proc.kill()
             proc.wait()
         notify.close()
+
+
+def test_mail_filter_portal_socket_activation_notify_and_reload(short_dir: Path) -> None:
+    """The portal serves on the passed TCP socket and notifies READY, RELOADING, STOPPING."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    key = short_dir / "portal.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = short_dir / "filter.toml"
+    config.write_text(
+        _toml(
+            {
+                "portal": {
+                    "listen": "127.0.0.1:1", "secret_file": str(key),
+                    "auth_socket": str(short_dir / "mux"),
+                },
+                "quarantine": {"directory": str(short_dir / "q")},
+                "metrics": {"listen": ""},
+            },
+            ("portal", "quarantine", "metrics"),
+        )
+    )  # fmt: skip
+    notify = Notifications(short_dir / "notify")
+    proc = start_activated(
+        [str(VENV_BIN / "mail-filter"), "portal", "--config", str(config)], listener, notify.path
+    )
+    listener.close()
+    try:
+        notify.wait_for("READY=1")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET /login HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 200 ")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        assert 0 == proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()

@@ -50,3 +50,17 @@ def test_building_the_filter_daemon_loads_no_imapclient() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "[]" == done.stdout.strip(), done.stderr
+
+
+def test_the_filter_daemon_loads_no_web_framework() -> None:
+    """mail-filter serve never imports the portal's Starlette, Jinja2 or uvicorn."""
+    code = (
+        "import sys\n"
+        "from filter import app, cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('starlette', 'jinja2', 'uvicorn', 'multipart', 'itsdangerous')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "[]" == done.stdout.strip(), done.stderr
