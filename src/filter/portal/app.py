@@ -116,7 +116,7 @@ class PortalDaemon:
         self.portal = Portal(
             cfg.portal, cfg.notices, cfg.server.name, DirectoryStore(cfg.quarantine.directory),
             self.reinjector, Saslimap(cfg.portal.auth_socket, cfg.portal.auth_timeout),
-            _sessions(cfg, self.secret),
+            _sessions(cfg, self.secret), self.secret,
         )  # fmt: skip
         self.server: uvicorn.Server | None = None
 
@@ -192,6 +192,7 @@ class PortalDaemon:
         if secret != self.secret:
             self.secret = secret
             self.portal.sessions = _sessions(new, secret)
+            self.portal.link_secret = secret  # links signed with the old key stop working
             log.warning("reload: portal.secret_file changed; every session has ended")
         elif (new.portal.session_idle, new.portal.session_max, new.portal.max_sessions) != (
             old.portal.session_idle, old.portal.session_max, old.portal.max_sessions,

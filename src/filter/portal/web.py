@@ -44,7 +44,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from filter import qactions
+from filter import qactions, release_links
 from filter.config import CATEGORIES, NoticesConfig, PortalConfig
 from filter.notices import request_text
 from filter.portal import chart
@@ -79,6 +79,11 @@ DONE = {
     "allowed": "Mail from this sender to you will be accepted from now on.",
     "disallowed": "The sender was removed from your allowed senders.",
 }
+_LINK_REFUSED = {
+    release_links.Refusal.MALFORMED: "This link is not complete; copy it whole from the message.",
+    release_links.Refusal.FORGED: "This link is not valid.",
+    release_links.Refusal.EXPIRED: "This link has expired; ask an administrator to release it.",
+}
 _ADDRESS = re.compile(r"[^\s<>,;\"\\@]{1,64}@[^\s<>,;\"\\@]{1,255}")
 
 
@@ -93,6 +98,7 @@ class Portal:
     sender: qactions.Sender
     checker: Checker
     sessions: Sessions
+    link_secret: bytes = b""  # signs the digest's release links (the portal's key)
 
 
 class Refused(Exception):
@@ -187,6 +193,8 @@ def build(portal: Portal) -> ASGIApp:
         Route("/login", pages.login, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),
         Route("/static/portal.css", pages.stylesheet, methods=["GET"]),
+        Route("/release/{token}", pages.link_form, methods=["GET"]),
+        Route("/release/{token}", pages.link_release, methods=["POST"]),
         Route("/messages", pages.user(pages.messages), methods=["GET"]),
         Route("/messages/{entry_id}", pages.user(pages.message), methods=["GET"]),
         Route("/messages/{entry_id}/release", pages.user(pages.release), methods=["POST"]),
@@ -486,6 +494,64 @@ class Pages:
         response = RedirectResponse("/login", status_code=303)
         self.clear_cookie(response, request, COOKIE)
         return response
+
+    # -- the digest's release links (no login: the signed link is the permission) ----
+
+    async def link_form(self, request: Request) -> Response:
+        """What a link would release, and a button: a GET never releases (mail scanners
+        fetch every link in a message)."""
+        token = request.path_params["token"]
+        try:
+            link = release_links.check_token(self.p.link_secret, token, time.time())
+            entry = await self.run(self.store.get, link.entry_id)
+        except release_links.LinkRefused as refused:
+            return self._link_page(request, token, 400, error=_LINK_REFUSED[refused.reason])
+        except QuarantineError:
+            return self._link_page(request, token, 404, error="This message is not held any more.")
+        if link.recipient.lower() not in (r.lower() for r in entry.recipients):
+            return self._link_page(request, token, 404, error="This message is not held any more.")
+        return self._link_page(request, token, entry=entry, recipient=link.recipient)
+
+    async def link_release(self, request: Request) -> Response:
+        """The link's POST: releases once, to the recipient the link names."""
+        token = request.path_params["token"]
+        try:
+            link = release_links.check_token(self.p.link_secret, token, time.time())
+            entry = await self.run(self.store.get, link.entry_id)
+            await qactions.release_link(
+                self.store, self.p.sender, self.p.link_secret, token, self.client(request),
+                self.cfg.user_release,
+            )  # fmt: skip
+        except release_links.LinkRefused as refused:
+            return self._link_page(request, token, 400, error=_LINK_REFUSED[refused.reason])
+        except qactions.LinkUsed:
+            return self._link_page(request, token, 409, error="This link was used already.")
+        except AlreadyReleased as err:
+            return self._link_page(
+                request, token, 409, error=f"This message was released already ({err.first.when})."
+            )
+        except QuarantineError:
+            return self._link_page(
+                request, token, 409,
+                error="This message cannot be released from here; ask an administrator.",
+            )  # fmt: skip
+        return self._link_page(
+            request, token, entry=entry, recipient=link.recipient,
+            done=f"Released: the message is on its way to {link.recipient}.",
+        )  # fmt: skip
+
+    def _link_page(
+        self, request: Request, token: str, status: int = 200, **values: Any
+    ) -> Response:
+        values.setdefault("error", "")
+        values.setdefault("done", "")
+        values.setdefault("entry", None)
+        values.setdefault("recipient", "")
+        # The token goes back into the form only as path text, escaped by the template.
+        return self.render(
+            request, "link.html", status, self.session_of(request),
+            token=quote(token, safe=""), **values,
+        )  # fmt: skip
 
     # -- a user's own mail ---------------------------------------------------
 

@@ -96,7 +96,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     saslimap = FakeSaslimap()
     portal = Portal(
         cfg, NoticesConfig(admins=("postmaster@example.com",)), "gw.example.com",
-        store, sender, saslimap, sessions,
+        store, sender, saslimap, sessions, SECRET,
     )  # fmt: skip
     yield World(store, sender, saslimap, clock, sessions, portal)
     store.close()
