@@ -28,11 +28,13 @@ Clients are separate processes (:mod:`bench.mux_load`) opening a fresh
 Unix-socket connection per request, as libsasl does.  Every cell and pass has
 a deadline, and every process started here (Dovecot with its children,
 saslauthd with its workers, redis-server, the daemons and clients) is stopped
-on exit, Ctrl-C or error.  ``[state]`` keeps its production deadline (50 ms):
-a Redis that misses it turns sharing off, so the log's "unavailable" warnings
-are counted and printed with each section.
+on exit, Ctrl-C or error.  ``[state]`` keeps its production deadline (50 ms)
+unless ``--state-timeout`` says otherwise: a Redis answer that misses it turns
+sharing off on that host for at least ``retry_interval`` (1 s), so each
+section prints the outages its daemons logged, with their reasons.
 
-Run: ``.venv/bin/python -m bench.state_bench [--seconds N] [--rounds N] [--users N] [--out FILE]``
+Run: ``.venv/bin/python -m bench.state_bench [--seconds N] [--rounds N] [--users N]
+[--state-timeout S] [--only hits|cross|misses] [--out FILE] [--keep]``
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ from devstack.dovecot import Dovecot
 from devstack.redis import Redis
 from devstack.saslauthd import RimapSaslauthd
 from devstack.tls import make_tls
+from mailgate.config import StateConfig
 
 DEFAULT_SECONDS = 5.0
 DEFAULT_ROUNDS = 3
@@ -105,6 +108,9 @@ LEAD_IN = 5
 MISS_USERS_PER_SECOND = 400
 """Section 3's never-seen users per measured second (above any rate a login reaches here)."""
 
+STATE_TIMEOUT = StateConfig().timeout
+"""state.timeout: measure what production runs with."""
+
 TARGET_HIT_RATIO = 0.95
 """Issue 16 §7: cache-hit throughput with Redis configured against memory state."""
 TARGET_SHARED_P50_MS = 1.0
@@ -121,19 +127,28 @@ def write_secret(path: Path) -> Path:
     return path
 
 
-def shared_saslimap(
-    workdir: Path, dovecot: Dovecot, redis: Redis, secret: Path, prefix: str
-) -> SaslimapDaemon:
-    """A saslimap with ``[state]`` on ``redis``, production deadlines, under ``prefix``.
+@dataclass(frozen=True)
+class Store:
+    """The Redis every saslimap with ``[state]`` uses, and how."""
+
+    redis: Redis
+    secret: Path
+    timeout: float
+    """``state.timeout``: the production default unless ``--state-timeout`` says otherwise."""
+
+
+def shared_saslimap(workdir: Path, dovecot: Dovecot, store: Store, prefix: str) -> SaslimapDaemon:
+    """A saslimap with ``[state]`` on the store's Redis, under ``prefix``.
 
     Each group of hosts gets a key prefix of its own, so no section sees what an
     earlier one left in Redis.
     """
     settings = saslimap_settings(dovecot)
     settings["state"] = {
-        "url": redis.unix_url,
-        "secret_file": str(secret),
+        "url": store.redis.unix_url,
+        "secret_file": str(store.secret),
         "key_prefix": prefix,
+        "timeout": store.timeout,
     }
     return SaslimapDaemon(workdir, settings)
 
@@ -157,11 +172,29 @@ def wait_sharing(*daemons: SaslimapDaemon, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def outages(daemon: SaslimapDaemon) -> int:
-    """Times the daemon warned that Redis was unavailable (one warning per outage)."""
-    return sum(
-        "shared state" in line and "unavailable" in line for line in daemon.log_text().splitlines()
-    )
+def outages(daemon: SaslimapDaemon) -> list[str]:
+    """Why the daemon found Redis unavailable, once per outage (it warns once for each).
+
+    Each outage means this host decided alone for a while (``retry_interval``, 1 s, at
+    least): what it verified meanwhile is not in Redis, so another host asks IMAP again.
+    """
+    marker = "shared state "
+    found = []
+    for line in daemon.log_text().splitlines():
+        _, sep, rest = line.partition(marker)
+        if sep and " unavailable (" in rest:
+            found.append(rest.partition(" unavailable (")[2].partition("); using")[0])
+    return found
+
+
+def outage_note(hosts: Sequence[tuple[str, SaslimapDaemon]]) -> str:
+    """One line: each host's ``saslimap_state_up`` now, and its outages with their reasons."""
+    parts = []
+    for name, daemon in hosts:
+        seen = outages(daemon)
+        why = f" ({'; '.join(seen)})" if seen else ""
+        parts.append(f"{name}: saslimap_state_up {int(state_up(daemon))}, outages {len(seen)}{why}")
+    return "[state] at the end: " + "; ".join(parts) + "."
 
 
 # -- one check per request, in order -------------------------------------------------------
@@ -267,15 +300,14 @@ def section_hits(
     pool: ClientPool,
     root: Path,
     dovecot: Dovecot,
-    redis: Redis,
-    secret: Path,
+    store: Store,
     frames: tuple[bytes, ...],
     seconds: float,
     rounds: int,
     cleanup: contextlib.ExitStack,
 ) -> Section:
     plain = SaslimapDaemon(root / "s1m", saslimap_settings(dovecot))
-    shared = shared_saslimap(root / "s1r", dovecot, redis, secret, "sb1:")
+    shared = shared_saslimap(root / "s1r", dovecot, store, "sb1:")
     sad = RimapSaslauthd(
         root / "a1", dovecot.host, dovecot.imap_port, cache=True, threads=SASLAUTHD_WORKERS
     )
@@ -297,7 +329,7 @@ def section_hits(
     for conc in (1, CLIENTS):
         say(f"  c={conc}: {seconds:g} s each in {rounds} interleaved rounds ...")
         cells += run_cells(pool, targets, frames, conc, seconds, rounds)
-    still_up, lost = state_up(shared), outages(shared)
+    state_note = outage_note([(WITH_STATE, shared)])
     for stop in (plain.stop, shared.stop, sad.stop):
         stop()
 
@@ -328,7 +360,7 @@ def section_hits(
         f"{len(frames)} users, each warmed (one IMAP login) then checked once before the cells; "
         "cores = CPU seconds / window seconds (daemon: saslimap's process, or all saslauthd "
         "processes).",
-        f"[state] at the end: saslimap_state_up {int(still_up)}, Redis outages logged {lost}.",
+        state_note,
         *(f"not-OK sample {c.daemon} c={c.concurrency}: {s}" for c in cells for s in c.samples),
     ]
     return Section(
@@ -348,13 +380,12 @@ def section_cross(
     pool: ClientPool,
     root: Path,
     dovecot: Dovecot,
-    redis: Redis,
-    secret: Path,
+    store: Store,
     frames: tuple[bytes, ...],
     cleanup: contextlib.ExitStack,
 ) -> Section:
-    host_a = shared_saslimap(root / "s2a", dovecot, redis, secret, "sb2:")
-    host_b = shared_saslimap(root / "s2b", dovecot, redis, secret, "sb2:")
+    host_a = shared_saslimap(root / "s2a", dovecot, store, "sb2:")
+    host_b = shared_saslimap(root / "s2b", dovecot, store, "sb2:")
     sad_a = RimapSaslauthd(
         root / "a2a", dovecot.host, dovecot.imap_port, cache=True, threads=SASLAUTHD_WORKERS
     )
@@ -383,8 +414,7 @@ def section_cross(
         say(f"  {b.name}: first check of the same users ...")
         walks[b.name] = Walk(b.name, "first check, B")
         walk(pool, b, frames, bound, walks[b.name])
-    still_up = state_up(host_a) and state_up(host_b)
-    lost = outages(host_a) + outages(host_b)
+    state_note = outage_note([("host A", host_a), ("host B", host_b)])
     for d in daemons:
         d.stop()
 
@@ -420,8 +450,7 @@ def section_cross(
         f"{len(frames)} distinct users, concurrency 1: each verified once through host A, "
         f"then, {SETTLE:g} s later, checked once through host B. saslimap's hosts share one "
         "Redis (Unix socket, key prefix of their own); each saslauthd -c has its own cache.",
-        f"[state] at the end: saslimap_state_up {int(still_up)} on both, Redis outages "
-        f"logged {lost}.",
+        state_note,
         *(f"not-OK sample {w.daemon} {w.phase}: {s}" for w in walks.values() for s in w.samples),
     ]
     return Section(
@@ -442,8 +471,7 @@ def section_misses(
     pool: ClientPool,
     root: Path,
     dovecot: Dovecot,
-    redis: Redis,
-    secret: Path,
+    store: Store,
     lead_in: tuple[bytes, ...],
     fresh: tuple[bytes, ...],
     seconds: float,
@@ -451,7 +479,7 @@ def section_misses(
     cleanup: contextlib.ExitStack,
 ) -> Section:
     plain = SaslimapDaemon(root / "s3m", saslimap_settings(dovecot))
-    shared = shared_saslimap(root / "s3r", dovecot, redis, secret, "sb3:")
+    shared = shared_saslimap(root / "s3r", dovecot, store, "sb3:")
     sad = RimapSaslauthd(
         root / "a3", dovecot.host, dovecot.imap_port, cache=False, threads=SASLAUTHD_WORKERS
     )
@@ -482,7 +510,7 @@ def section_misses(
                 used[target.name] += walk(pool, target, left, seconds / rounds, walks[target.name])
     for w in walks.values():
         say(f"    {w.daemon}: {w.rate:,.1f} auths/s  p50 {w.ms(0.50):.3f} ms  not OK {w.not_ok}")
-    still_up, lost = state_up(shared), outages(shared)
+    state_note = outage_note([(MISS_WITH_STATE, shared)])
     for stop in (plain.stop, shared.stop, sad.stop):
         stop()
 
@@ -499,7 +527,7 @@ def section_misses(
         f"passwords), {seconds:g} s each in {rounds} interleaved rounds after {len(lead_in)} "
         "unmeasured ones; saslimap over STARTTLS with its default 2 warm connections, "
         "saslauthd in plaintext. IMAP logins = Dovecot's finished logins in the measured rounds.",
-        f"[state] at the end: saslimap_state_up {int(still_up)}, Redis outages logged {lost}.",
+        state_note,
         *(f"ran out of fresh users: {name}" for name in exhausted),
         *(f"not-OK sample {x.daemon}: {t}" for x in walks.values() for t in x.samples),
     ]
@@ -554,6 +582,14 @@ def _parser() -> argparse.ArgumentParser:
         help="users verified through host A, then checked on host B (default 200)",
     )
     parser.add_argument(
+        "--state-timeout",
+        type=_seconds_arg(0.001, 10),
+        default=STATE_TIMEOUT,
+        metavar="SECONDS",
+        help="state.timeout of every saslimap with [state] (default 0.05, the production "
+        "default; a busy machine can miss it, and each miss is an outage of at least 1 s)",
+    )
+    parser.add_argument(
         "--only",
         choices=("hits", "cross", "misses"),
         action="append",
@@ -597,18 +633,17 @@ def run(args: argparse.Namespace) -> int:
         say(f"starting Dovecot ({len(users) + len(misses)} users) and redis-server ...")
         dovecot.start()
         redis.start()
-        secret = write_secret(root / "state.key")
+        store = Store(redis, write_secret(root / "state.key"), args.state_timeout)
         builds: dict[str, Callable[[], Section]] = {
             "hits": lambda: section_hits(
-                pool, root, dovecot, redis, secret, frames, args.seconds, args.rounds, cleanup
+                pool, root, dovecot, store, frames, args.seconds, args.rounds, cleanup
             ),
-            "cross": lambda: section_cross(pool, root, dovecot, redis, secret, frames, cleanup),
+            "cross": lambda: section_cross(pool, root, dovecot, store, frames, cleanup),
             "misses": lambda: section_misses(
                 pool,
                 root,
                 dovecot,
-                redis,
-                secret,
+                store,
                 frames[:LEAD_IN],
                 fresh,
                 args.seconds,
