@@ -62,6 +62,7 @@ from bench.auth_bench import (
     as_credentials,
     make_users,
     percentile,
+    process_cpu,
 )
 from bench.cache_bench import (
     CELL_HEADER,
@@ -212,9 +213,11 @@ class Walk:
     not_ok: int = 0
     seconds: float = 0.0
     imap_logins: int = 0
+    daemon_cpu: float = 0.0
+    """CPU seconds of the daemon's processes (saslimap's one, or every saslauthd's)."""
     samples: list[str] = field(default_factory=list)
 
-    def add(self, part: PassResult, logins: int) -> None:
+    def add(self, part: PassResult, logins: int, cpu: float) -> None:
         for t0, t1, outcome in zip(part.starts, part.ends, part.outcomes, strict=True):
             self.sent += 1
             if outcome == OK:
@@ -226,6 +229,7 @@ class Walk:
         # The client records the text of "no reply" and errors; a plain NO is counted.
         self.samples += part.samples[: max(0, 3 - len(self.samples))]
         self.imap_logins += logins
+        self.daemon_cpu += cpu
 
     def ms(self, q: float) -> float:
         return percentile(sorted(self.latencies), q) * 1000
@@ -251,14 +255,28 @@ def walk(
         str(target.socket), attempts, start_at, seconds, len(attempts), 0, REQUEST_TIMEOUT
     )
     logins0 = target.dovecot.auth_attempts()
+    # From before the first request to after the last answer: the daemon's work after
+    # answering (saslimap records a verdict in Redis then) is part of what a check costs.
+    cpu0 = process_cpu(target.pids())
     pool.submit([job])
     (part,) = pool.collect_passes(1, start_at + seconds + REQUEST_TIMEOUT + 10.0)
     time.sleep(LOG_LAG)
-    into.add(part, target.dovecot.auth_attempts() - logins0)
+    cpu = process_cpu(target.pids()) - cpu0
+    into.add(part, target.dovecot.auth_attempts() - logins0, cpu)
     return len(part.starts)
 
 
-WALK_HEADER = ("daemon", "pass", "checks", "not OK", "p50 ms", "p99 ms", "max ms", "IMAP logins")
+WALK_HEADER = (
+    "daemon",
+    "pass",
+    "checks",
+    "not OK",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "daemon CPU ms/check",
+    "IMAP logins",
+)
 
 
 def walk_row(w: Walk) -> tuple[str, ...]:
@@ -270,6 +288,7 @@ def walk_row(w: Walk) -> tuple[str, ...]:
         f"{w.ms(0.50):.3f}",
         f"{w.ms(0.99):.3f}",
         f"{w.ms(1.0):.3f}",
+        f"{w.daemon_cpu * 1000 / w.sent:.2f}" if w.sent else "-",
         str(w.imap_logins),
     )
 
