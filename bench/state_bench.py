@@ -21,8 +21,9 @@ redis-server reached over a Unix socket, as on a host running its own Redis:
 3. Cache misses at concurrency 1.  saslimap without and with ``[state]`` (and
    ``saslauthd -a rimap`` without cache, for reference) on users each daemon
    has never seen, so every check is an IMAP login; with ``[state]`` it also
-   pays the admit script's round trip before the login (the settle after the
-   answer is off the client's path).
+   pays the admit script's round trip before the login, and the settle after
+   the answer: off the client's path, not off the daemon's CPU, hence the CPU
+   per check printed with sections 2 and 3.
 
 Clients are separate processes (:mod:`bench.mux_load`) opening a fresh
 Unix-socket connection per request, as libsasl does.  Every cell and pass has
