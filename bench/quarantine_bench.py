@@ -12,7 +12,10 @@ milliseconds of server time (the store's work; no HTTP, no template):
 - filtered searches: a sender substring, a subject substring matching nothing
   (the worst case: every row read), a category within a week;
 - the admin chart's counts per day and category over 30 days;
-- a release request list.
+- a release request list;
+- the portal's own pages, rendered through the whole application in-process
+  (routing, session, store, template; no network): a user's list page, the
+  administrator's search page and the chart image.
 
 Each page's rows are read and checked from their files (as the store does), so
 the figures include that.  It asserts nothing; the 200 ms target is printed
@@ -26,19 +29,25 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import run_main, say
+from filter.config import NoticesConfig, PortalConfig
+from filter.portal.auth import Verdict
+from filter.portal.sessions import Sessions
+from filter.portal.web import Portal, build
 from filter.qdir import DirectoryStore
 from filter.qstore import Query
 from filter.quarantine import Entry
+from filter.smtp_out import Delivery
 
 TARGET_MS = 200.0
 CATEGORIES = ["spam"] * 16 + ["virus", "banned", "bad_header", "unchecked"]
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             timed("chart: per day and category, 30 days", args.repeat,
                   lambda: store.daily_counts(30)),
         ]  # fmt: skip
+        rows += _pages(store, user, args.repeat)
         size = sum(p.stat().st_size for p in directory.glob("index.sqlite3*"))
         print(f"\n{args.entries} entries, {args.users} recipients ({user}: "
               f"{store.count(mine)} entries); index {size / 1e6:.1f} MB; "
@@ -138,6 +148,55 @@ def run(args: argparse.Namespace) -> int:
         if not args.keep and not args.dir:
             shutil.rmtree(base)
     return 0
+
+
+class _Anyone:
+    """A password check that lets the bench's two logins in (no saslimap here)."""
+
+    async def check(self, login: str, password: str, client: str) -> Verdict:
+        return Verdict.OK
+
+
+class _NoSending:
+    """The pages timed here send nothing."""
+
+    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> Delivery:
+        raise AssertionError("the bench's pages send nothing")
+
+
+def _pages(store: DirectoryStore, user: str, repeat: int) -> list[tuple[str, float, float, float]]:
+    """The portal's pages through the whole application (TestClient, in this process)."""
+    from starlette.testclient import TestClient
+
+    admin = "admin@example.com"
+    cfg = PortalConfig(admins=(admin,), secret_file=None, page_size=50)
+    secret = bytes(range(32))
+    sessions = Sessions(secret, idle=cfg.session_idle, max_age=cfg.session_max, max_sessions=10)
+    portal = Portal(
+        cfg, NoticesConfig(), "bench.example.com", store, _NoSending(), _Anyone(), sessions,
+        secret,
+    )  # fmt: skip
+    app = build(portal)
+
+    def logged_in(login: str) -> TestClient:
+        client = TestClient(app, follow_redirects=False)
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
+        assert token is not None
+        done = client.post("/login", data={"login": login, "password": "x", "csrf": token[1]})
+        assert done.status_code == 303
+        return client
+
+    def page(client: TestClient, path: str) -> None:
+        answer = client.get(path)
+        assert answer.status_code == 200, answer.status_code
+
+    mine, theirs = logged_in(user), logged_in(admin)
+    return [
+        timed("page: a user's list (GET /messages)", repeat, lambda: page(mine, "/messages")),
+        timed("page: admin search (GET /admin)", repeat, lambda: page(theirs, "/admin")),
+        timed("page: the chart (GET /admin/stats.svg)", repeat,
+              lambda: page(theirs, "/admin/stats.svg")),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
