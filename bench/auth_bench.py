@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import IO, Any
 
-from bench.common import no_interrupts, ratio, run_main, say
+from bench.common import no_interrupts, ratio, run_main, say, work_root
 from devstack.dovecot import Dovecot
 from devstack.ports import free_port
 from devstack.proc import pids_matching, terminate
@@ -669,10 +668,7 @@ def run(args: argparse.Namespace) -> int:
     creds = as_credentials(users)
     probe = creds[0]
     ctx = multiprocessing.get_context("spawn")
-    # A short directory in /tmp: Unix socket paths are limited to 107 bytes, and
-    # unprivileged Dovecot processes must be able to traverse it.
-    root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))
-    root.chmod(0o755)
+    root = work_root("ab")
     cleanup = contextlib.ExitStack()
     cells: list[Cell] = []
     began = time.monotonic()

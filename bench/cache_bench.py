@@ -47,7 +47,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from bench.auth_bench import (
     percentile,
     process_cpu,
 )
-from bench.common import no_interrupts, ratio, run_main, say
+from bench.common import no_interrupts, ratio, run_main, say, seconds_arg, work_root
 from bench.mux_load import (
     FAILED,
     NO,
@@ -607,7 +606,8 @@ class Section:
     notes: list[str]
 
 
-def _verdict(label: str, value: float, target: str, ok: Callable[[float], bool]) -> Verdict:
+def verdict(label: str, value: float, target: str, ok: Callable[[float], bool]) -> Verdict:
+    """A ratio line; ``target`` "(info)" for a figure with no target."""
     if math.isnan(value):
         return Verdict(label, "nan", target, None)
     return Verdict(label, f"{value:.2f}", target, None if target == "(info)" else ok(value))
@@ -701,7 +701,7 @@ def section_hits(
         a, b = find_cell(cells, SASLIMAP_HITS, conc), find_cell(cells, SASLAUTHD_HITS, conc)
         value = ratio(a.rate if a else None, b.rate if b else None)
         verdicts.append(
-            _verdict(
+            verdict(
                 f"c={conc} auths/s saslimap / saslauthd",
                 value,
                 f">= {TARGET_HIT_RATIO:.1f}",
@@ -712,7 +712,7 @@ def section_hits(
         a, b = find_cell(cells, FLOOR_HITS, conc), find_cell(cells, SASLAUTHD_HITS, conc)
         value = ratio(a.rate if a else None, b.rate if b else None)
         verdicts.append(
-            _verdict(f"c={conc} auths/s floor / saslauthd", value, "(info)", lambda v: True)
+            verdict(f"c={conc} auths/s floor / saslauthd", value, "(info)", lambda v: True)
         )
     notes = [
         "cores = CPU seconds / window seconds: daemon (saslimap's process, or all saslauthd "
@@ -777,19 +777,19 @@ def section_misses(
         stop()
     w, c, s = (find_cell(cells, name, 1) for name in (SIM_WARM, SIM_COLD, SAD_PLAIN))
     verdicts = [
-        _verdict(
+        verdict(
             "c=1 p50 saslimap STARTTLS warm / saslauthd plaintext",
             ratio(w.p50_ms if w else None, s.p50_ms if s else None),
             f"<= {TARGET_MISS_RATIO:.1f}",
             lambda v: v <= TARGET_MISS_RATIO,
         ),
-        _verdict(
+        verdict(
             "c=1 p50 saslimap STARTTLS no warm / saslauthd plaintext",
             ratio(c.p50_ms if c else None, s.p50_ms if s else None),
             "(info)",
             lambda v: True,
         ),
-        _verdict(
+        verdict(
             "c=1 p50 saslimap warm / no warm",
             ratio(w.p50_ms if w else None, c.p50_ms if c else None),
             "(info)",
@@ -875,7 +875,7 @@ def section_failures(
         free, mixed = measured[name]
         tag = " (reference)" if info else ""
         verdicts.append(
-            _verdict(
+            verdict(
                 f"{name}: success p99 ms, measured pass{tag}",
                 percentile(mixed.success_ms, 0.99),
                 "(info)" if info else f"< {TARGET_SUCCESS_P99_MS:.0f}",
@@ -883,7 +883,7 @@ def section_failures(
             )
         )
         verdicts.append(
-            _verdict(
+            verdict(
                 f"{name}: auths/s measured / failure-free{tag}",
                 ratio(mixed.rate, free.rate),
                 "(info)" if info else f">= {TARGET_FRACTION:.2f}",
@@ -930,31 +930,18 @@ def section_failures(
 # -- orchestration -----------------------------------------------------------------------------
 
 
-def _seconds_arg(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.cache_bench", description=__doc__)
     parser.add_argument(
         "--seconds",
-        type=_seconds_arg(0.5, 60),
+        type=seconds_arg(0.5, 60),
         default=DEFAULT_SECONDS,
         help="measured seconds per cell (sections 1, 3; split over the rounds) and per "
         "failure-free pass (default 5)",
     )
     parser.add_argument(
         "--pass-seconds",
-        type=_seconds_arg(1, 60),
+        type=seconds_arg(1, 60),
         default=DEFAULT_PASS_SECONDS,
         help="bound on each cold and measured pass of section 2 (default 12)",
     )
@@ -983,10 +970,7 @@ def run(args: argparse.Namespace) -> int:
     users = make_users(USER_COUNT)
     creds = as_credentials(users)
     frames = tuple(encode(login, pw, SERVICE, realm) for login, realm, pw in creds)
-    # A short directory in /tmp: Unix socket paths are limited to 107 bytes, and
-    # unprivileged Dovecot processes must be able to traverse it.
-    root = Path(tempfile.mkdtemp(prefix="cb", dir="/tmp"))
-    root.chmod(0o755)
+    root = work_root("cb")
     began = time.monotonic()
     load_before = _loadavg()
     sections: list[Section] = []

@@ -1,4 +1,5 @@
-"""Small pieces every benchmark script uses: progress output, signal handling, ratios."""
+"""Small pieces every benchmark script uses: progress output, signal handling, ratios,
+argument types and the work directory."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import contextlib
 import math
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 
@@ -51,3 +54,29 @@ def run_main(
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+
+
+def seconds_arg(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: a number of seconds between ``low`` and ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def work_root(prefix: str) -> Path:
+    """A fresh work directory for one run's daemons, mode 0755.
+
+    Short and in /tmp: Unix socket paths are limited to 107 bytes.  Traversable:
+    unprivileged Dovecot and spamd processes must reach their sockets under it.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root.chmod(0o755)
+    return root

@@ -48,7 +48,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.auth_bench import _loadavg, _source_state, machine_busy_cpu, percentile, process_cpu
-from bench.common import no_interrupts, ratio, run_main, say
+from bench.common import no_interrupts, ratio, run_main, say, work_root
 from devstack.clamd import Clamd
 from devstack.daemons import FilterDaemon
 from devstack.ports import LOOPBACK, free_port, wait_for_greeting
@@ -855,9 +854,7 @@ def _phase(
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     fuglu_version = ensure_fuglu(args.fuglu_venv)
-    # Short (Unix socket paths) and traversable by spamd's unprivileged children.
-    root = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
-    root.chmod(0o755)
+    root = work_root("fb")
     tag = root.name
     res = Results()
     began = time.monotonic()

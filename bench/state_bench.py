@@ -48,7 +48,6 @@ import platform
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -82,9 +81,10 @@ from bench.cache_bench import (
     saslimap_settings,
     saslimap_target,
     text_section,
+    verdict,
     warm,
 )
-from bench.common import no_interrupts, ratio, run_main, say
+from bench.common import no_interrupts, ratio, run_main, say, seconds_arg, work_root
 from bench.mux_load import OK, Attempt, ClientPool, PassJob, PassResult, encode
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
@@ -199,6 +199,37 @@ def outage_note(hosts: Sequence[tuple[str, SaslimapDaemon]]) -> str:
     return "[state] at the end: " + "; ".join(parts) + "."
 
 
+def start_one_host(
+    root: Path,
+    section: str,
+    dovecot: Dovecot,
+    store: Store,
+    sad_cache: bool,
+    cleanup: contextlib.ExitStack,
+) -> tuple[SaslimapDaemon, SaslimapDaemon, RimapSaslauthd]:
+    """Sections 1 and 3: saslimap without and with ``[state]``, and saslauthd, started.
+
+    Returns once the saslimap with ``[state]`` shares.  Each is stopped by
+    ``cleanup`` too, should the section not get to stop them itself.
+    """
+    plain = SaslimapDaemon(root / f"s{section}m", saslimap_settings(dovecot))
+    shared = shared_saslimap(root / f"s{section}r", dovecot, store, f"sb{section}:")
+    sad = RimapSaslauthd(
+        root / f"a{section}",
+        dovecot.host,
+        dovecot.imap_port,
+        cache=sad_cache,
+        threads=SASLAUTHD_WORKERS,
+    )
+    for stop in (plain.stop, shared.stop, sad.stop):
+        cleanup.callback(stop)
+    plain.start()
+    shared.start()
+    sad.start()
+    wait_sharing(shared)
+    return plain, shared, sad
+
+
 # -- one check per request, in order -------------------------------------------------------
 
 
@@ -297,13 +328,6 @@ def walk_row(w: Walk) -> tuple[str, ...]:
 # -- reporting ---------------------------------------------------------------------------
 
 
-def verdict(label: str, value: float, target: str, ok: Callable[[float], bool]) -> Verdict:
-    """A ratio line; ``target`` "(info)" for a figure with no target."""
-    if math.isnan(value):
-        return Verdict(label, "nan", target, None)
-    return Verdict(label, f"{value:.2f}", target, None if target == "(info)" else ok(value))
-
-
 def info(label: str, value: float) -> Verdict:
     return verdict(label, value, "(info)", lambda v: True)
 
@@ -326,18 +350,8 @@ def section_hits(
     rounds: int,
     cleanup: contextlib.ExitStack,
 ) -> Section:
-    plain = SaslimapDaemon(root / "s1m", saslimap_settings(dovecot))
-    shared = shared_saslimap(root / "s1r", dovecot, store, "sb1:")
-    sad = RimapSaslauthd(
-        root / "a1", dovecot.host, dovecot.imap_port, cache=True, threads=SASLAUTHD_WORKERS
-    )
-    for stop in (plain.stop, shared.stop, sad.stop):
-        cleanup.callback(stop)
     say("section 1: cache hits; starting saslimap without and with [state], saslauthd -c ...")
-    plain.start()
-    shared.start()
-    sad.start()
-    wait_sharing(shared)
+    plain, shared, sad = start_one_host(root, "1", dovecot, store, True, cleanup)
     targets = [
         saslimap_target(NO_STATE, plain, dovecot),
         saslimap_target(WITH_STATE, shared, dovecot),
@@ -498,18 +512,8 @@ def section_misses(
     rounds: int,
     cleanup: contextlib.ExitStack,
 ) -> Section:
-    plain = SaslimapDaemon(root / "s3m", saslimap_settings(dovecot))
-    shared = shared_saslimap(root / "s3r", dovecot, store, "sb3:")
-    sad = RimapSaslauthd(
-        root / "a3", dovecot.host, dovecot.imap_port, cache=False, threads=SASLAUTHD_WORKERS
-    )
-    for stop in (plain.stop, shared.stop, sad.stop):
-        cleanup.callback(stop)
     say("section 3: cache misses at c=1; starting saslimap without and with [state], saslauthd ...")
-    plain.start()
-    shared.start()
-    sad.start()
-    wait_sharing(shared)
+    plain, shared, sad = start_one_host(root, "3", dovecot, store, False, cleanup)
     targets = [
         saslimap_target(MISS_NO_STATE, plain, dovecot),
         saslimap_target(MISS_WITH_STATE, shared, dovecot),
@@ -563,24 +567,11 @@ def section_misses(
 # -- orchestration -----------------------------------------------------------------------------
 
 
-def _seconds_arg(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.state_bench", description=__doc__)
     parser.add_argument(
         "--seconds",
-        type=_seconds_arg(0.5, 60),
+        type=seconds_arg(0.5, 60),
         default=DEFAULT_SECONDS,
         help="measured seconds per daemon and cell in sections 1 and 3, split over the "
         "rounds (default 5)",
@@ -603,7 +594,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--state-timeout",
-        type=_seconds_arg(0.001, 10),
+        type=seconds_arg(0.001, 10),
         default=STATE_TIMEOUT,
         metavar="SECONDS",
         help="state.timeout of every saslimap with [state] (default 0.05, the production "
@@ -630,10 +621,7 @@ def run(args: argparse.Namespace) -> int:
     misses = {f"miss{i:05d}@{DOMAIN}": secrets.token_urlsafe(15) for i in range(fresh_count)}
     frames = tuple(encode(login, pw, SERVICE, realm) for login, realm, pw in as_credentials(users))
     fresh = tuple(encode(login, pw, SERVICE, realm) for login, realm, pw in as_credentials(misses))
-    # A short directory in /tmp: Unix socket paths are limited to 107 bytes, and
-    # unprivileged Dovecot processes must be able to traverse it.
-    root = Path(tempfile.mkdtemp(prefix="sb", dir="/tmp"))
-    root.chmod(0o755)
+    root = work_root("sb")
     began = time.monotonic()
     load_before = _loadavg()
     sections: list[Section] = []
