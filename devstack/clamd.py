@@ -28,17 +28,14 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 from devstack.ports import LOOPBACK
 from devstack.proc import (
-    Launcher,
+    ChildLauncher,
     check_config_path,
     check_unix_path,
-    terminate,
-    wait_until_ready,
 )
 
 __all__ = [
@@ -97,7 +94,7 @@ def _ping(family: socket.AddressFamily, address: str | tuple[str, int], timeout:
     return answer == _PONG
 
 
-class Clamd(Launcher):
+class Clamd(ChildLauncher):
     """One clamd on ``socket_path`` (and ``127.0.0.1:tcp_port`` if given).
 
     ``disable_cache`` (default on) stops clamd from remembering clean results
@@ -130,7 +127,7 @@ class Clamd(Launcher):
         self._disable_cache = disable_cache
         self._stream_max_length = stream_max_length
         self._max_threads = max_threads
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self.start_seconds: float | None = None
         """Wall time the last start() took until zPING answered PONG."""
         self.stop_seconds: float | None = None
@@ -178,13 +175,6 @@ class Clamd(Launcher):
     def output_path(self) -> Path:
         """clamd's stdout and stderr, where errors before LogFile is open end up."""
         return self.workdir / "clamd.out"
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running clamd, or None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
 
     # -- configuration ------------------------------------------------------
 
@@ -237,46 +227,28 @@ SelfCheck 0
 
     def start(self, timeout: float = 15.0) -> None:
         """Start clamd as a child process and wait until it answers zPING."""
-        if self.pid is not None:
-            raise RuntimeError(f"clamd already running in {self.workdir} (pid {self.pid})")
+        self._refuse_if_running("clamd")
         began = time.monotonic()
         self._prepare()
-        with self.output_path.open("wb") as output:
-            self._process = subprocess.Popen(
-                ["clamd", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                # Its own session: Ctrl-C on pytest's terminal must not reach
-                # clamd before the fixture's stop() does.
-                start_new_session=True,
-            )
-        try:
-            wait_until_ready(
-                self._process, lambda t: self.ping(timeout=t), name="clamd",
-                deadline=began + timeout, logs=(self.output_path, self.log_path), pause=0.005,
-            )  # fmt: skip
-        except BaseException:
-            self.stop()
-            raise
+        self._spawn(
+            ["clamd", "-c", str(self.config_path)], name="clamd", output=self.output_path,
+            ready=lambda t: self.ping(timeout=t), deadline=began + timeout,
+            logs=(self.output_path, self.log_path), pause=0.005,
+        )  # fmt: skip
         self.start_seconds = time.monotonic() - began
         log.info("clamd %s started in %.3f s", self.workdir, self.start_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM clamd and wait until the process has exited; SIGKILL after ``timeout``.
 
-        A no-op if not running.  It waits on the child with waitpid, which
-        returns only once every thread has exited and the sockets are
-        closed; polling /proc (proc.stop_pid) would count the unreaped child,
-        a zombie, as gone, and cannot tell it from a reused pid.
+        A no-op if not running.  It waits on the child with waitpid (see
+        ChildLauncher): every thread has exited and the sockets are closed.
         """
-        process = self._process
-        if process is None:
+        if self._process is None:
             return
         began = time.monotonic()
-        if terminate(process, timeout):
+        if self._reap(timeout):
             log.warning("clamd %s ignored SIGTERM for %.1f s; killed it", self.workdir, timeout)
-        self._process = None
         self.stop_seconds = time.monotonic() - began
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Self
 
 __all__ = [
     "UNIX_PATH_MAX",
+    "ChildLauncher",
     "Launcher",
     "check_config_path",
     "check_traversable",
@@ -59,6 +60,75 @@ class Launcher:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ChildLauncher(Launcher):
+    """A Launcher whose daemon stays in the foreground as our child process.
+
+    Holding the ``Popen`` lets stop() wait on the child with waitpid, which
+    returns only once it has exited and closed its sockets; polling /proc
+    (stop_pid) would count an unreaped child, a zombie, as gone, and cannot
+    tell it from a reused pid.
+    """
+
+    workdir: Path
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running daemon, or None."""
+        if self._process is None or self._process.poll() is not None:
+            return None
+        return self._process.pid
+
+    def _refuse_if_running(self, name: str) -> None:
+        """Raise RuntimeError if the daemon is running: start() must not rewrite its files."""
+        if self.pid is not None:
+            raise RuntimeError(f"{name} already running in {self.workdir} (pid {self.pid})")
+
+    def _spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str,
+        output: Path,
+        append: bool = False,
+        ready: Callable[[float], bool],
+        deadline: float,
+        logs: Sequence[Path],
+        pause: float,
+    ) -> None:
+        """Start ``argv`` with stdout and stderr in ``output`` and wait until ``ready``.
+
+        Arguments after ``ready`` are wait_until_ready()'s.  If it never is
+        ready (or the wait is interrupted), stop() and re-raise.
+        """
+        with output.open("ab" if append else "wb") as out:
+            self._process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # Its own session: Ctrl-C on pytest's terminal must not reach
+                # the daemon before the fixture's stop() does.
+                start_new_session=True,
+            )
+        try:
+            wait_until_ready(
+                self._process, ready, name=name, deadline=deadline, logs=logs, pause=pause
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _reap(self, timeout: float) -> bool:
+        """terminate() the child, if any, and forget it; True if it had to be killed."""
+        process = self._process
+        if process is None:
+            return False
+        killed = terminate(process, timeout)
+        self._process = None
+        return killed
 
 
 def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> bool:

@@ -41,11 +41,9 @@ from typing import BinaryIO
 
 from devstack.ports import LOOPBACK, free_port
 from devstack.proc import (
-    Launcher,
+    ChildLauncher,
     check_config_path,
     check_unix_path,
-    terminate,
-    wait_until_ready,
 )
 from devstack.tls import TlsFiles
 
@@ -68,7 +66,7 @@ def _command(*parts: str) -> bytes:
     return b"".join(out)
 
 
-class Redis(Launcher):
+class Redis(ChildLauncher):
     """One redis-server on 127.0.0.1: plain TCP, a Unix socket, TLS, in any combination.
 
     ``port`` is the plain TCP port (a free one if None); ``tls_only`` turns
@@ -106,7 +104,7 @@ class Redis(Launcher):
         self._tls_port = (
             None if tls is None else (tls_port if tls_port is not None else free_port())
         )
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self._paused = False
         self.start_seconds: float | None = None
         """Wall time the last start() took until every listener answered PING."""
@@ -174,13 +172,6 @@ class Redis(Launcher):
     @property
     def log_path(self) -> Path:
         return self.workdir / "redis.log"
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running redis-server, or None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
 
     @property
     def paused(self) -> bool:
@@ -296,29 +287,15 @@ class Redis(Launcher):
 
     def start(self, timeout: float = 10.0) -> None:
         """Start redis-server as a child process and wait until every listener answers PING."""
-        if self.pid is not None:
-            raise RuntimeError(f"redis-server already running in {self.workdir} (pid {self.pid})")
+        self._refuse_if_running("redis-server")
         began = time.monotonic()
         self._prepare()
-        with self.log_path.open("ab") as output:
-            self._process = subprocess.Popen(
-                ["redis-server", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                # Its own session: Ctrl-C on pytest's terminal must not reach
-                # redis-server before the fixture's stop() does.
-                start_new_session=True,
-            )
         self._paused = False
-        try:
-            wait_until_ready(
-                self._process, lambda t: self.ping(timeout=t), name="redis-server",
-                deadline=began + timeout, logs=(self.log_path,), pause=0.005,
-            )  # fmt: skip
-        except BaseException:
-            self.stop()
-            raise
+        self._spawn(
+            ["redis-server", str(self.config_path)], name="redis-server", output=self.log_path,
+            append=True, ready=lambda t: self.ping(timeout=t), deadline=began + timeout,
+            logs=(self.log_path,), pause=0.005,
+        )  # fmt: skip
         self.start_seconds = time.monotonic() - began
         log.info("redis-server %s started in %.3f s", self.workdir, self.start_seconds)
 
@@ -334,11 +311,10 @@ class Redis(Launcher):
         if self._paused and process.poll() is None:
             os.kill(process.pid, signal.SIGCONT)
         self._paused = False
-        if terminate(process, timeout):
+        if self._reap(timeout):
             log.warning(
                 "redis-server %s ignored SIGTERM for %.1f s; killed it", self.workdir, timeout
             )
-        self._process = None
 
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start again on the same port(s) and socket: the data is gone."""
@@ -429,7 +405,7 @@ def _read_strings(stream: BinaryIO) -> list[str]:
     return out
 
 
-class Sentinel(Launcher):
+class Sentinel(ChildLauncher):
     """One Redis Sentinel on 127.0.0.1 watching ``master`` as ``service``.
 
     It is Debian's redis-server in sentinel mode (``redis-server
@@ -471,7 +447,7 @@ class Sentinel(Launcher):
         self._port = port if port is not None else free_port()
         self._down_after_ms = max(1, round(down_after * 1000))
         self._failover_timeout_ms = max(1, round(failover_timeout * 1000))
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self.start_seconds: float | None = None
         """Wall time the last start() took until the sentinel had read the master's INFO."""
 
@@ -497,13 +473,6 @@ class Sentinel(Launcher):
     @property
     def log_path(self) -> Path:
         return self.workdir / "sentinel.log"
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running sentinel, or None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
 
     # -- configuration ------------------------------------------------------
 
@@ -573,40 +542,23 @@ class Sentinel(Launcher):
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the sentinel and wait until it has read the (running) master's INFO."""
-        if self.pid is not None:
-            raise RuntimeError(f"sentinel already running in {self.workdir} (pid {self.pid})")
+        self._refuse_if_running("sentinel")
         began = time.monotonic()
         self._prepare()
-        with self.log_path.open("ab") as output:
-            self._process = subprocess.Popen(
-                ["redis-server", str(self.config_path), "--sentinel"],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C on pytest's terminal is for pytest
-            )
-        try:
-            wait_until_ready(
-                self._process, lambda t: self.ready(timeout=t), name="redis sentinel",
-                deadline=began + timeout, logs=(self.log_path, self.master.log_path),
-                pause=0.01,
-            )  # fmt: skip
-        except BaseException:
-            self.stop()
-            raise
+        self._spawn(
+            ["redis-server", str(self.config_path), "--sentinel"], name="redis sentinel",
+            output=self.log_path, append=True, ready=lambda t: self.ready(timeout=t),
+            deadline=began + timeout, logs=(self.log_path, self.master.log_path), pause=0.01,
+        )  # fmt: skip
         self.start_seconds = time.monotonic() - began
         log.info("redis sentinel %s started in %.3f s", self.workdir, self.start_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the sentinel and wait until it has exited; a no-op if not running."""
-        process = self._process
-        if process is None:
-            return
-        if terminate(process, timeout):
+        if self._reap(timeout):
             log.warning(
                 "redis sentinel %s ignored SIGTERM for %.1f s; killed it", self.workdir, timeout
             )
-        self._process = None
 
     def cli(self, *args: str, timeout: float = 10.0) -> str:
         """Run one ``redis-cli`` command against the sentinel (raw output, errors raise)."""

@@ -35,20 +35,17 @@ import pwd
 import re
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 from devstack.ports import LOOPBACK, free_port
 from devstack.proc import (
-    Launcher,
+    ChildLauncher,
     check_config_path,
     check_traversable,
     child_pids,
     run_checked,
     stop_pid,
-    terminate,
-    wait_until_ready,
 )
 
 __all__ = ["BAYES_REDIS_CF", "SPAMD_USER", "Spamd", "bayes_redis_cf", "bayes_redis_dsn"]
@@ -109,7 +106,7 @@ def _ping(port: int, timeout: float) -> bool:
     return answer.startswith(_PONG)
 
 
-class Spamd(Launcher):
+class Spamd(ChildLauncher):
     """One spamd on 127.0.0.1:``port`` with ``children`` pre-forked children.
 
     ``allow_tell`` adds ``--allow-tell`` so clients may learn spam/ham
@@ -137,7 +134,7 @@ class Spamd(Launcher):
         self._allow_tell = allow_tell
         self._extra_config = extra_config
         self._bayes_redis_dsn = bayes_redis_dsn
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self.start_seconds: float | None = None
         """Wall time the last start() took until PING answered PONG."""
 
@@ -180,13 +177,6 @@ class Spamd(Launcher):
     @property
     def output_path(self) -> Path:
         return self.workdir / "spamd.out"
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running spamd master, or None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
 
     # -- configuration ------------------------------------------------------
 
@@ -269,26 +259,14 @@ bayes_auto_learn 0
 
     def start(self, timeout: float = 30.0) -> None:
         """Start spamd as a child process and wait until it answers PING."""
-        if self.pid is not None:
-            raise RuntimeError(f"spamd already running in {self.workdir} (pid {self.pid})")
+        self._refuse_if_running("spamd")
         began = time.monotonic()
         self._prepare()
-        with self.output_path.open("wb") as output:
-            self._process = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_until_ready(
-                self._process, lambda t: self.ping(timeout=t), name="spamd",
-                deadline=began + timeout, logs=(self.output_path, self.log_path), pause=0.02,
-            )  # fmt: skip
-        except BaseException:
-            self.stop()
-            raise
+        self._spawn(
+            self.argv(), name="spamd", output=self.output_path,
+            ready=lambda t: self.ping(timeout=t), deadline=began + timeout,
+            logs=(self.output_path, self.log_path), pause=0.02,
+        )  # fmt: skip
         self.start_seconds = time.monotonic() - began
         log.info(
             "spamd %s started in %.3f s on port %d", self.workdir, self.start_seconds, self._port
@@ -300,8 +278,7 @@ bayes_auto_learn 0
         if process is None:
             return
         children = child_pids(process.pid) if process.poll() is None else []
-        terminate(process, timeout)
-        self._process = None
+        self._reap(timeout)
         # A child busy with a long message may outlive the master briefly;
         # the next start() on the same port must not find it still bound.
         for child in children:
