@@ -31,19 +31,12 @@ from tests.integration.saslimap.sharedhosts import (
     make_hosts,
     run_flush,
     write_config,
-    write_secret,
 )
 
 pytestmark = pytest.mark.integration
 
 BOB, BOB_PW = "bob@example.com", "bob pw"
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret the hosts and the command share."""
-    return write_secret(tmp_path_factory.mktemp("secret") / "state.key")
 
 
 class Store:

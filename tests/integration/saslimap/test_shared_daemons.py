@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,19 +28,9 @@ _groups = itertools.count()
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     """A password-protected redis-server of this module's own (one test stops it)."""
-    r = Redis(tmp_path_factory.mktemp("redis"), unix_socket=True, password="gateway-group-pw")
-    r.start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret both hosts share."""
-    path = tmp_path_factory.mktemp("secret") / "state.key"
-    path.write_text(os.urandom(32).hex())  # random bytes could end in a newline (not counted)
-    path.chmod(0o600)
-    return path
+    workdir = tmp_path_factory.mktemp("redis")
+    with Redis(workdir, unix_socket=True, password="gateway-group-pw") as r:
+        yield r
 
 
 def _pair(

@@ -32,7 +32,6 @@ from tests.integration.saslimap.sharedhosts import (
     close_hosts,
     make_hosts,
     until,
-    write_secret,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,12 +40,6 @@ BOB, CAROL = "bob@example.com", "carol@example.com"
 USERS = {USER: PW, BOB: "bob pw", CAROL: "carol pw"}
 GW_PASSWORD = "gateway-acl-user.pw"
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret both hosts share."""
-    return write_secret(tmp_path_factory.mktemp("secret") / "state.key")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,49 +23,21 @@ from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConf
 from saslimap.service import Authenticator, Verdict
 from saslimap.shared import SharedChecks
 from tests.fakes import FakeBackend
+from tests.integration.saslimap.sharedhosts import PW, USER, Host, close_hosts, until
 
 pytestmark = pytest.mark.integration
 
-USER = "alice@example.com"
-PW = "alice's right password"
 _prefixes = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     """A redis-server of this module's own (tests here make it refuse writes)."""
-    r = Redis(tmp_path_factory.mktemp("redis"), unix_socket=True)
-    r.start()
-    yield r
-    r.stop()
+    with Redis(tmp_path_factory.mktemp("redis"), unix_socket=True) as r:
+        yield r
 
 
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret the hosts share."""
-    path = tmp_path_factory.mktemp("secret") / "state.key"
-    path.write_bytes(os.urandom(32).hex().encode())
-    path.chmod(0o600)
-    return path
-
-
-async def _up(state: SharedState) -> None:
-    state.start()
-    for _ in range(200):
-        if state.up:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the shared store never came up")
-
-
-class Host:
-    """One gateway host: its authenticator and its connection to the shared store."""
-
-    def __init__(self, auth: Authenticator, state: SharedState) -> None:
-        self.auth, self.state = auth, state
-
-
-MakeHost = Callable[..., Awaitable["Host"]]
+MakeHost = Callable[..., Awaitable[Host]]
 
 
 @pytest.fixture
@@ -84,7 +55,8 @@ async def make_host(redis: Redis, secret_file: Path) -> AsyncIterator[MakeHost]:
             retry_interval=0.1, key_prefix=prefix, password_file=password_file,
         )  # fmt: skip
         state = SharedState(cfg, load_secret(secret_file))
-        await _up(state)
+        state.start()
+        await until("the shared store comes up", lambda: state.up)
         limits = LimitsConfig(trickle_interval=0)
         cache = cache or CacheConfig()
         shared = SharedChecks(state, cache, limits, IpLimitsConfig(base_delay=0), 10.0)
@@ -97,9 +69,7 @@ async def make_host(redis: Redis, secret_file: Path) -> AsyncIterator[MakeHost]:
         return host
 
     yield make
-    for host in made:
-        host.auth.close()
-        await host.state.close()
+    await close_hosts(made)
 
 
 class _Records(logging.Handler):

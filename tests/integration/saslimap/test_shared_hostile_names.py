@@ -29,7 +29,6 @@ from tests.integration.saslimap.sharedhosts import (
     make_hosts,
     run_flush,
     write_config,
-    write_secret,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,12 +40,6 @@ LONG = ["x" * 65536, "ü" * 20000 + "@example.com", "*" * 10000]
 SURROGATES = ["\udcff\udcfe@example.com", "a\ud800b", "\udc80*"]
 KNOWN = GLOBS + LONG + SURROGATES  # names the IMAP server has (control characters: refused)
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret the hosts and the command share."""
-    return write_secret(tmp_path_factory.mktemp("secret") / "state.key")
 
 
 def _password(name: str) -> str:

@@ -29,7 +29,6 @@ from tests.integration.saslimap.sharedhosts import (
     close_hosts,
     make_hosts,
     until,
-    write_secret,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,12 +50,6 @@ def sentinel(workroot: Path, master: Redis) -> Iterator[Sentinel]:
     """One sentinel watching ``master`` as SERVICE."""
     with Sentinel(workroot / "snt-sentinel", master, service=SERVICE) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret both hosts share."""
-    return write_secret(tmp_path_factory.mktemp("secret") / "state.key")
 
 
 def _config(sentinel: Sentinel, master: Redis, secret_file: Path) -> StateConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,48 +16,22 @@ import pytest
 
 from devstack.redis import Redis
 from mailgate.config import StateConfig
-from mailgate.state import SharedState, load_secret
-from saslimap.config import CacheConfig, IpLimitsConfig, LimitsConfig, UsersConfig
+from saslimap.config import LimitsConfig, UsersConfig
 from saslimap.service import Authenticator, Verdict
-from saslimap.shared import SharedChecks, flush
+from saslimap.shared import flush
 from tests.fakes import FakeBackend
+from tests.integration.saslimap.sharedhosts import PW, USER, Host, close_hosts, make_hosts
 
 pytestmark = pytest.mark.integration
 
-USER = "alice@example.com"
-PW = "alice's right password"
 _prefixes = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     """A redis-server of this module's own (tests here stop and pause it)."""
-    r = Redis(tmp_path_factory.mktemp("redis"), unix_socket=True)
-    r.start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret both hosts share."""
-    path = tmp_path_factory.mktemp("secret") / "state.key"
-    path.write_text(os.urandom(32).hex())  # random bytes could end in a newline (not counted)
-    path.chmod(0o600)
-    return path
-
-
-class Host:
-    """One gateway host: its authenticator, on its own connection to the shared store."""
-
-    def __init__(self, auth: Authenticator, state: SharedState) -> None:
-        self.auth, self.state = auth, state
-
-    async def check(self, password: str, user: str = USER) -> Verdict:
-        """One check, and what it teaches the store recorded before the next one."""
-        verdict = (await self.auth.verify(user, password, "smtp")).verdict
-        await self.state.settled()
-        return verdict
+    with Redis(tmp_path_factory.mktemp("redis"), unix_socket=True) as r:
+        yield r
 
 
 @pytest.fixture
@@ -73,24 +46,9 @@ async def hosts(redis: Redis, secret_file: Path) -> AsyncIterator[tuple[Host, Ho
         key_prefix=f"t{next(_prefixes)}:",
     )  # fmt: skip
     backend = FakeBackend({USER: PW, "bob@example.com": "bob pw"})
-    limits = LimitsConfig(trickle_interval=0)
-    made = []
-    for _ in range(2):
-        state = SharedState(cfg, load_secret(secret_file))
-        state.start()
-        for _ in range(100):
-            if state.up:
-                break
-            await asyncio.sleep(0.02)
-        assert state.up
-        shared = SharedChecks(state, CacheConfig(), limits, IpLimitsConfig(base_delay=0), 10.0)
-        made.append(
-            Host(Authenticator(UsersConfig(), backend, limits=limits, shared=shared), state)
-        )
+    made = await make_hosts(cfg, backend)
     yield made[0], made[1], backend
-    for host in made:
-        host.auth.close()
-        await host.state.close()
+    await close_hosts(made)
 
 
 async def test_a_password_verified_on_one_host_is_a_hit_on_the_other(

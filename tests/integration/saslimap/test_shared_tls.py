@@ -27,18 +27,11 @@ from tests.integration.saslimap.sharedhosts import (
     Host,
     close_hosts,
     make_hosts,
-    write_secret,
 )
 
 pytestmark = pytest.mark.integration
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The secret both hosts share."""
-    return write_secret(tmp_path_factory.mktemp("secret") / "state.key")
 
 
 @pytest.fixture(scope="module")
