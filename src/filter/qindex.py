@@ -38,6 +38,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import ClassVar
 
 from filter.qstore import AllowEntry, DayCount, Query
 from filter.quarantine import Entry, QuarantineError
@@ -293,8 +294,13 @@ def matches(query: Query, entry: Entry) -> bool:
     return all(checks)
 
 
-class Index:
-    """The entries' index in one SQLite file; opened on first use."""
+class _Database:
+    """One SQLite file of ours on one connection: opened on first use, used under a lock.
+
+    sqlite3 errors while it is in use come out as IndexUnavailable.
+    """
+
+    _schema: ClassVar[str]
 
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -302,14 +308,15 @@ class Index:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
+    def _opened(self, db: sqlite3.Connection) -> None:
+        """Runs once on each new connection, under the lock (nothing by default)."""
+
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._db is None:
-                self._db = connect(self.path, _SCHEMA, self.busy_timeout)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,)
-                )
+                self._db = connect(self.path, self._schema, self.busy_timeout)
+                self._opened(self._db)
             try:
                 yield self._db
             except sqlite3.Error as err:
@@ -333,6 +340,15 @@ class Index:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+class Index(_Database):
+    """The entries' index in one SQLite file; opened on first use."""
+
+    _schema = _SCHEMA
+
+    def _opened(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     def put(self, entries: Iterable[Entry]) -> int:
         """Insert or refresh entries in one transaction; returns how many."""
@@ -511,31 +527,10 @@ def _lower_address(address: str) -> str:
     return address.strip().lower()
 
 
-class AllowList:
+class AllowList(_Database):
     """Per-recipient "always accept from" entries in their own SQLite file; opened on first use."""
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
-        self.path = path
-        self.busy_timeout = busy_timeout
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db is None:
-                self._db = connect(self.path, _ALLOW_SCHEMA, self.busy_timeout)
-            try:
-                yield self._db
-            except sqlite3.Error as err:
-                raise IndexUnavailable(f"{self.path.name}: {err}") from err
-
-    def close(self) -> None:
-        """Close the connection (a later call reopens it)."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    _schema = _ALLOW_SCHEMA
 
     def add(self, recipient: str, sender: str, by: str, now: float | None = None) -> AllowEntry:
         """Add (or refresh) one entry."""
@@ -585,39 +580,10 @@ class AllowList:
         return row is not None
 
 
-class Ledger:
+class Ledger(_Database):
     """The digest's records in one SQLite file (see the module docstring); opened on first use."""
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
-        self.path = path
-        self.busy_timeout = busy_timeout
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken at once (BEGIN IMMEDIATE), under the connection's lock."""
-        with self._lock:
-            if self._db is None:
-                self._db = connect(self.path, _LEDGER_SCHEMA, self.busy_timeout)
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.Error as err:
-                raise IndexUnavailable(f"{self.path.name}: {err}") from err
-
-    def close(self) -> None:
-        """Close the connection (a later call reopens it)."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    _schema = _LEDGER_SCHEMA
 
     def spend(self, nonce: bytes, expires_at: float, now: float | None = None) -> bool:
         """Insert the nonce unless present (one transaction); forget long-expired ones."""
