@@ -62,7 +62,8 @@ _LABELS = {
 _DEFANG = re.compile(r"://|(?i:\bwww)\.")
 
 
-def _escaped(char: str) -> str:
+def escaped(char: str) -> str:
+    """One character as a Python literal writes it: ``\\x1b``, ``\\u202e``, ``\\U0001f600``."""
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"
@@ -82,7 +83,7 @@ def inert(text: str, limit: int) -> str:
     out: list[str] = []
     size = 0
     for char in text:
-        piece = char if char.isprintable() else _escaped(char)
+        piece = char if char.isprintable() else escaped(char)
         if size + len(piece) > limit:
             out.append("...")
             break

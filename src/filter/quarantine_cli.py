@@ -96,15 +96,6 @@ def parse_since(text: str, now: float | None = None) -> float:
         raise QuarantineError(f"--since {text!r}: use 12h, 7d or a date like 2026-11-28") from None
 
 
-def _escaped(char: str) -> str:
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
 def printable(text: str, keep: str = "") -> str:
     """``text`` with each character a terminal could act on escaped, as ``\\x1b`` or ``\\u202e``.
 
@@ -116,7 +107,7 @@ def printable(text: str, keep: str = "") -> str:
     """
     if text.isprintable():  # the common case, without building a new string
         return text
-    return "".join(c if c.isprintable() or c in keep else _escaped(c) for c in text)
+    return "".join(c if c.isprintable() or c in keep else digest.escaped(c) for c in text)
 
 
 def _message_text(message: bytes) -> str:
