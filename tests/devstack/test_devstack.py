@@ -15,7 +15,6 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,15 +89,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
 
 
 # -- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    """A short, world-searchable directory: AF_UNIX paths and dropped-privilege daemons."""
-    path = Path(tempfile.mkdtemp(prefix="dt", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import smtplib
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -154,15 +153,6 @@ def spamc_check(spamd: Spamd, message: bytes) -> tuple[float, int]:
 
 
 # -- fixtures -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    """A short, world-searchable directory: AF_UNIX paths and spamd's debian-spamd children."""
-    path = Path(tempfile.mkdtemp(prefix="df", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

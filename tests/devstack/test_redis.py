@@ -38,15 +38,6 @@ PASSWORD = "devstack-Redis.pw_7~+/="
 
 
 @pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    """A short directory: the Unix socket path must fit in about 108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="rd", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def tls(root: Path) -> TlsFiles:
     """A generated CA and a certificate for 127.0.0.1."""
     return make_tls(root / "tls")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,14 +24,6 @@ pytestmark = [
 ]
 
 PASSWORD = "sentinel-master.pw"
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    """A short directory of the module's own."""
-    path = Path(tempfile.mkdtemp(prefix="st", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
