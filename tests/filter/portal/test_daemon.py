@@ -67,6 +67,15 @@ def _login(client: httpx2.Client, user: str, password: str) -> httpx2.Response:
     return client.post("/login", data={"login": user, "password": password, "csrf": token.group(1)})
 
 
+def _reload(portal: PortalDaemon) -> None:
+    """SIGHUP the portal and wait (10 s at most) until it logs that it reloaded."""
+    portal.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "configuration reloaded" not in portal.log_text():
+        assert time.monotonic() < deadline, portal.log_text()
+        time.sleep(0.05)
+
+
 def test_the_portal_process_serves_logins_reloads_and_stops(
     tmp_path: Path, sockdir: Path, saslauthd: _Server
 ) -> None:
@@ -87,11 +96,7 @@ def test_the_portal_process_serves_logins_reloads_and_stops(
             assert [b"127.0.0.1"] * 2 == [r.client_addr for r in saslauthd.seen]
             portal.settings["portal"]["admins"] = ["alice@example.com"]
             portal.write_config()
-            portal.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while "configuration reloaded" not in portal.log_text():
-                assert time.monotonic() < deadline, portal.log_text()
-                time.sleep(0.05)
+            _reload(portal)
             assert 200 == client.get("/admin").status_code
         assert 0 == portal.stop()
     log = portal.log_text()
@@ -138,10 +143,6 @@ def test_the_portal_serves_https_itself_with_secure_cookies(
             )
             assert "secure" in cookie.lower()
             assert "max-age=31536000" == done.headers["strict-transport-security"]
-            portal.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while "configuration reloaded" not in portal.log_text():
-                assert time.monotonic() < deadline, portal.log_text()
-                time.sleep(0.05)
+            _reload(portal)
             assert 200 == client.get("/messages").status_code
         assert 0 == portal.stop()
