@@ -218,6 +218,9 @@ async def release_link(
             raise QuarantineError(f"{entry.id}: {link.recipient} is not one of its recipients")
         if entry.category not in categories:
             raise QuarantineError(f"{entry.id}: {entry.category} is released by an administrator")
+        if len(entry.recipients) > 1:
+            # As in the portal: one recipient's release would use up the others' copy.
+            raise QuarantineError(f"{entry.id}: held for several recipients; ask an administrator")
         if not await asyncio.to_thread(store.spend_link, link.nonce, link.expires_at, when):
             raise LinkUsed(f"{entry.id}: this release link was used already")
     except QuarantineError as err:
