@@ -49,7 +49,7 @@ from filter.config import CATEGORIES, NoticesConfig, PortalConfig
 from filter.notices import request_text
 from filter.portal import chart
 from filter.portal.auth import MAX_FIELD, Checker, Verdict
-from filter.portal.preview import preview
+from filter.portal.preview import preview, shown
 from filter.portal.redirects import local_path
 from filter.portal.sessions import Session, Sessions, same
 from filter.qstore import Actor, AlreadyReleased, QuarantineStore, Query
@@ -125,6 +125,9 @@ def _environment() -> jinja2.Environment:
     env.filters["score"] = lambda s: "" if s is None else f"{s:.1f}"
     env.filters["size"] = _size
     env.filters["label"] = lambda c: str(c).replace("_", " ")
+    # A message's own one-line text (subject, sender) outside the preview: controls and
+    # bidi overrides escaped there too, so "invoice\u202efdp.exe" reads as it is.
+    env.filters["shown"] = shown
     return env
 
 
