@@ -159,7 +159,9 @@ def compose(
         lines += [
             f"{n}. {_when(entry.received_at)}  From: {mail_from}",
             f"   Subject: {subject}",
-            f"   Release: {portal_url}/release/{item.token}",
+            f"   Release: {portal_url}/release/{item.token}"
+            if item.token
+            else "   Held for others too: ask an administrator from the portal to release it.",
             "",
         ]
     if more:
@@ -311,8 +313,13 @@ async def _send(
 ) -> bool:
     """Compose, send and mark one recipient's digest; one audit line; True if it went out."""
     listed = new[: settings.max_items]
+    # No link for mail held for several recipients: one recipient's release would use
+    # up the others' copy (qactions.release_link refuses it, as the portal does).
     items = [
-        Item(e, release_links.make_token(settings.secret, e.id, rcpt, expires_at)) for e in listed
+        Item(e, release_links.make_token(settings.secret, e.id, rcpt, expires_at))
+        if len(e.recipients) == 1
+        else Item(e, "")
+        for e in listed
     ]
     data = compose(
         rcpt, items, len(new) - len(listed), sender=settings.sender,

@@ -48,18 +48,28 @@ from filter.smtp_out import Delivery
 audit_log = logging.getLogger("filter.audit")
 
 _TOKEN = re.compile(r"[A-Za-z0-9@._:+,/=-]{1,200}")
+_IDS = re.compile(r"[0-9a-f-]{1,64}(?:,[0-9a-f-]{1,64})*")
+# The ids a bulk delete names (the portal's is at most 1000): each one, never cut to 500.
+MAX_IDS_CHARS = 66_000
 
 
-def _value(value: object) -> str:
+def _value(value: object, limit: int = 500) -> str:
     text = str(value)
-    return text if _TOKEN.fullmatch(text) else json.dumps(text[:500])
+    return text if _TOKEN.fullmatch(text) else json.dumps(text[:limit])
+
+
+def _ids(value: object) -> str:
+    text = str(value)
+    if len(text) <= MAX_IDS_CHARS and _IDS.fullmatch(text):
+        return text
+    return _value(text, MAX_IDS_CHARS)
 
 
 def audit(action: str, actor: Actor, result: str = "ok", **fields: object) -> None:
     """Write one audit line: ``quarantine action=... by=... from=... <fields> result=...``."""
     parts = [f"action={_value(action)}"]
     if "id" in fields:
-        parts.append(f"id={_value(fields.pop('id'))}")
+        parts.append(f"id={_ids(fields.pop('id'))}")
     parts += [f"by={_value(actor.name)}", f"from={_value(actor.address)}"]
     parts += [f"{name}={_value(value)}" for name, value in fields.items() if value is not None]
     parts.append(f"result={_value(result)}")
@@ -218,6 +228,9 @@ async def release_link(
             raise QuarantineError(f"{entry.id}: {link.recipient} is not one of its recipients")
         if entry.category not in categories:
             raise QuarantineError(f"{entry.id}: {entry.category} is released by an administrator")
+        if len(entry.recipients) > 1:
+            # As in the portal: one recipient's release would use up the others' copy.
+            raise QuarantineError(f"{entry.id}: held for several recipients; ask an administrator")
         if not await asyncio.to_thread(store.spend_link, link.nonce, link.expires_at, when):
             raise LinkUsed(f"{entry.id}: this release link was used already")
     except QuarantineError as err:

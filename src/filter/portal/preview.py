@@ -85,7 +85,9 @@ def _charset(head: bytes) -> str:
 def _decode_text(data: bytes, charset: str) -> str:
     try:
         return data.decode(charset, "replace")
-    except LookupError:
+    except (LookupError, UnicodeError):
+        # An unknown charset, or a codec that refuses "replace" (idna) or fails anyway
+        # (undefined; punycode on 8-bit data): the message chose it, so read it as UTF-8.
         return data.decode("utf-8", "replace")
 
 
@@ -160,8 +162,13 @@ class _TextOfHtml(HTMLParser):
 def html_text(html: str) -> str:
     """The readable text of an HTML part (never the markup); blank lines collapsed."""
     parser = _TextOfHtml()
-    parser.feed(html[:MAX_HTML_INPUT])
-    parser.close()
+    try:
+        parser.feed(html[:MAX_HTML_INPUT])
+        parser.close()
+    except AssertionError:
+        # html.parser (_markupbase) raises this for markup it cannot scan ("<![" junk):
+        # the text read up to there is shown; the rest is not.
+        parser.out.append("\n[...]")
     text = "".join(parser.out).replace("\xa0", " ")
     lines = [" ".join(line.split()) for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

@@ -49,7 +49,7 @@ from filter.config import CATEGORIES, NoticesConfig, PortalConfig
 from filter.notices import request_text
 from filter.portal import chart
 from filter.portal.auth import MAX_FIELD, Checker, Verdict
-from filter.portal.preview import preview
+from filter.portal.preview import preview, shown
 from filter.portal.redirects import local_path
 from filter.portal.sessions import Session, Sessions, same
 from filter.qstore import Actor, AlreadyReleased, QuarantineStore, Query
@@ -125,6 +125,9 @@ def _environment() -> jinja2.Environment:
     env.filters["score"] = lambda s: "" if s is None else f"{s:.1f}"
     env.filters["size"] = _size
     env.filters["label"] = lambda c: str(c).replace("_", " ")
+    # A message's own one-line text (subject, sender) outside the preview: controls and
+    # bidi overrides escaped there too, so "invoice\u202efdp.exe" reads as it is.
+    env.filters["shown"] = shown
     return env
 
 
@@ -516,12 +519,13 @@ class Pages:
         """The link's POST: releases once, to the recipient the link names."""
         token = request.path_params["token"]
         try:
-            link = release_links.check_token(self.p.link_secret, token, time.time())
-            entry = await self.run(self.store.get, link.entry_id)
-            await qactions.release_link(
+            # release_link checks the token and the entry itself, with an audit line each way.
+            released = await qactions.release_link(
                 self.store, self.p.sender, self.p.link_secret, token, self.client(request),
                 self.cfg.user_release,
             )  # fmt: skip
+            entry = released.entry
+            recipient = ", ".join(released.release.to)
         except release_links.LinkRefused as refused:
             return self._link_page(request, token, 400, error=_LINK_REFUSED[refused.reason])
         except qactions.LinkUsed:
@@ -536,8 +540,8 @@ class Pages:
                 error="This message cannot be released from here; ask an administrator.",
             )  # fmt: skip
         return self._link_page(
-            request, token, entry=entry, recipient=link.recipient,
-            done=f"Released: the message is on its way to {link.recipient}.",
+            request, token, entry=entry, recipient=recipient,
+            done=f"Released: the message is on its way to {recipient}.",
         )  # fmt: skip
 
     def _link_page(

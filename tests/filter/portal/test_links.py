@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
+
+import pytest
 
 from filter.release_links import make_token
 from tests.filter.portal.conftest import SECRET, World
@@ -59,3 +62,28 @@ def test_a_link_for_someone_else_or_a_virus_releases_nothing(world: World) -> No
     assert 409 == client.post(f"/release/{_token(world, spam.id)}").status_code
     assert 409 == client.post(f"/release/{_token(world, virus.id)}").status_code
     assert [] == world.sender.sent
+
+
+def test_a_link_to_one_recipient_of_a_shared_message_releases_nothing(world: World) -> None:
+    """Bob's link to a message held for Alice and Bob neither delivers nor uses up Alice's copy."""
+    shared = world.hold([ALICE, "bob@example.com"])
+    client = world.client()
+    done = client.post(f"/release/{_token(world, shared.id, 'bob@example.com')}")
+    assert 409 == done.status_code
+    assert [] == world.sender.sent
+    assert [] == world.store.get(shared.id).releases
+
+
+def test_a_link_to_a_message_no_longer_held_writes_its_audit_line(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A valid link whose message was deleted is refused with one by=digest release audit line."""
+    entry = world.hold([ALICE])
+    token = _token(world, entry.id)
+    world.store.delete(entry.id)
+    caplog.set_level(logging.INFO, logger="filter.audit")
+    assert 409 == world.client().post(f"/release/{token}").status_code
+    lines = [r.getMessage() for r in caplog.records if r.name == "filter.audit"]
+    assert 1 == len(lines), lines
+    assert f"action=release id={entry.id} by=digest" in lines[0]
+    assert "result=refused" in lines[0]

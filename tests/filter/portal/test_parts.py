@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import date
 
 import pytest
@@ -193,6 +195,42 @@ def test_a_deeply_nested_message_is_cut_not_crashed() -> None:
         raw += f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n'.encode()
     shown = preview(raw + b"\r\ndeep\r\n")
     assert shown.cut
+
+
+@pytest.mark.parametrize("piece", [b"<a ", b"<!--"], ids=["unclosed-tags", "unclosed-comments"])
+def test_an_html_part_of_unclosed_markup_previews_in_bounded_time(piece: bytes) -> None:
+    """300 KB of unclosed tags or comments (well under MAX_HTML_INPUT) previews in seconds."""
+    # In a child process so a quadratic parse fails the test instead of hanging it.
+    code = (
+        "import sys; from filter.portal.preview import preview;"
+        "preview(b'Content-Type: text/html\\r\\n\\r\\n' + sys.argv[1].encode() * 100_000)"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, piece.decode()], timeout=10, capture_output=True
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"preview of {100_000 * len(piece)} bytes of {piece!r} took over 10 s")
+    assert 0 == done.returncode, done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (b"text/plain; charset=idna", b"hello"),
+        (b"text/plain; charset=undefined", b"hello"),
+        (b"text/plain; charset=punycode", b"caf\xc3\xa9"),
+        (b"text/html", b"<p>hi</p><![ <![ x"),
+    ],
+    ids=["idna", "undefined", "punycode-8bit", "html-marked-section"],
+)
+def test_a_hostile_charset_or_broken_html_is_previewed_not_crashed(
+    content_type: bytes, body: bytes
+) -> None:
+    """A charset that cannot decode with 'replace', or '<![' garbage in HTML, still previews."""
+    raw = b"Subject: x\r\nContent-Type: " + content_type + b"\r\n\r\n" + body + b"\r\n"
+    shown = preview(raw)
+    assert [("Subject", "x")] == shown.fields
 
 
 # The chart

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from filter.portal.web import build
 from filter.qstore import Actor, Query
 from filter.quarantine import Entry
+from filter.release_links import make_token
 from tests.filter.portal.conftest import World, csrf_of, login
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -597,3 +598,18 @@ def test_an_internal_error_is_a_plain_page_with_the_same_headers(world: World) -
     assert "secret internals" not in response.text
     assert "default-src 'none'" in response.headers["content-security-policy"]
     assert "no-store" == response.headers["cache-control"]
+
+
+def test_bidi_overrides_in_a_subject_are_escaped_on_every_page_that_lists_it(
+    world: World,
+) -> None:
+    """U+202E in a subject is shown as \\u202e in the list, the message's title, the link page."""
+
+    entry = world.hold([ALICE], subject="invoice\u202efdp.exe")
+    client = world.client()
+    login(client, ALICE)
+    token = make_token(world.portal.link_secret, entry.id, ALICE, 2**40)
+    for url in ("/messages", f"/messages/{entry.id}", f"/release/{token}"):
+        page = client.get(url).text
+        assert "\u202e" not in page, url
+        assert "invoice\\u202efdp.exe" in page, url
