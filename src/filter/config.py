@@ -295,6 +295,9 @@ class DigestConfig:
     """``mail-filter quarantine digest``: each recipient's daily list of held spam, with links."""
 
     portal_url: str = opt("", _portal_url)  # "" = not configured: the digest refuses to run
+    # The company's mail domains: digests go to recipients there only (never to outside
+    # addresses a compromised account's outbound spam was held for). Required.
+    domains: tuple[str, ...] = opt((), confkit.domains)
     sender: str = opt("", _address)  # "" = [notices] sender, else mail-filter@<hostname>
     categories: tuple[str, ...] = opt(("spam",), _user_categories)
     max_items: int = opt(100, integer(1, 1000))

@@ -195,6 +195,7 @@ class Settings:
     hostname: str
     secret: bytes
     categories: tuple[str, ...] = ("spam",)
+    domains: tuple[str, ...] = ()  # () in tests: every domain; the command requires some
     max_items: int = 100
     link_days: float = 7.0
     # Marks of mail received longer ago are forgotten (it has expired from the quarantine).
@@ -281,6 +282,11 @@ async def run(
         if not plausible_recipient(rcpt):
             summary.skipped += 1
             log.warning("digest: %r is not an address a digest can go to; skipped", rcpt[:300])
+            continue
+        domain = rcpt.rpartition("@")[2].lower().rstrip(".")
+        if settings.domains and domain not in settings.domains:
+            summary.skipped += 1  # outside mail held for an inside sender: no digest
+            log.info("digest: %s is outside [digest] domains; skipped", rcpt)
             continue
         if dry_run:
             summary.sent += 1

@@ -273,6 +273,10 @@ def _digest(args: argparse.Namespace, cfg: Config, store: DirectoryStore) -> int
     sender = dcfg.sender or cfg.notices.sender or f"mail-filter@{cfg.server.name}"
     if not dcfg.portal_url:
         raise QuarantineError("digest.portal_url is not set: the links need the portal's address")
+    if not dcfg.domains:
+        raise QuarantineError(
+            "digest.domains is not set: name the company's mail domains (digests go there only)"
+        )
     if not digest.plausible_recipient(sender):
         raise QuarantineError(f"digest.sender {sender!r} is not a plain address")
     if dcfg.secret_file is None:
@@ -286,6 +290,7 @@ def _digest(args: argparse.Namespace, cfg: Config, store: DirectoryStore) -> int
     settings = digest.Settings(
         portal_url=dcfg.portal_url, sender=sender, hostname=cfg.server.name, secret=secret,
         categories=dcfg.categories, max_items=dcfg.max_items, link_days=dcfg.link_days,
+        domains=dcfg.domains,
         keep_marks_days=max(cfg.quarantine.max_age_days, dcfg.link_days) + 1,
     )  # fmt: skip
     host, port = split_listen(cfg.reinject.address)

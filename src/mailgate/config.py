@@ -271,6 +271,19 @@ class Schema(Generic[T]):
         return cfg
 
 
+def domains(key: str, value: object) -> tuple[str, ...]:
+    """A list of mail domain names, lower-cased, without a trailing dot."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of domain names")
+    out = []
+    for n, item in enumerate(value):
+        text = string(f"{key}[{n}]", item).strip().lower().rstrip(".")
+        if not text or any(c.isspace() or c in "@/\\" or not c.isprintable() for c in text):
+            raise ConfigError(f"{key}[{n}]: {item!r} is not a domain name")
+        out.append(text)
+    return tuple(out)
+
+
 # -- tables both daemons have -------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from mailgate.config import (
     StateConfig,
     boolean,
     choice,
+    domains,
     event_loop,
     imap_url,
     integer,
@@ -55,18 +56,6 @@ def _socket_path(key: str, value: object) -> Path:
     if len(text.encode()) > 107:
         raise ConfigError(f"{key}: longer than the 107 bytes a Unix socket path holds")
     return Path(text)
-
-
-def _domains(key: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: must be a list of domain names")
-    out = []
-    for n, item in enumerate(value):
-        text = string(f"{key}[{n}]", item).strip().lower().rstrip(".")
-        if not text or any(c.isspace() or c in "@/\\" or not c.isprintable() for c in text):
-            raise ConfigError(f"{key}[{n}]: {item!r} is not a domain name")
-        out.append(text)
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -113,7 +102,7 @@ class UsersConfig:
 
     realm: Literal["join", "ignore"] = opt("join", choice("join", "ignore"))
     lowercase: bool = opt(False, boolean)
-    allowed_domains: tuple[str, ...] = opt((), _domains)
+    allowed_domains: tuple[str, ...] = opt((), domains)
     name_chars: str = opt("", string)
 
 

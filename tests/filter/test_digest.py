@@ -218,6 +218,18 @@ async def test_each_recipient_gets_one_digest_of_their_own_mail(store: Directory
     assert {"mail-filter@gw.example.com"} == {mail_from for mail_from, _, _ in sink.sent}
 
 
+async def test_digests_go_to_the_companys_domains_only(store: DirectoryStore) -> None:
+    """Mail held for an outside address (outbound spam from a compromised account) gets
+    no digest, so the world is never mailed release links; inside recipients get theirs."""
+    hold(store, T0 - HOUR)
+    hold(store, T0 - HOUR, rcpts=("victim@elsewhere.example.net",))
+    sink = Sink()
+    inside = Settings(**{**SETTINGS.__dict__, "domains": ("example.com",)})
+    summary = await digest.run(store, sink, inside, now=T0)
+    assert (1, 1) == (summary.sent, summary.skipped)
+    assert ["alice@example.com"] == sorted(sink.digests())
+
+
 async def test_a_second_run_lists_only_what_is_new(store: DirectoryStore) -> None:
     """Marked entries are not listed again; mail held since is."""
     hold(store, T0 - HOUR)
@@ -319,10 +331,12 @@ def _config(tmp_path: Path, **digest_keys: str) -> Path:
     secret.write_bytes(os.urandom(32).hex().encode())
     secret.chmod(0o600)
     keys = {"portal_url": "https://q.example.com", "secret_file": str(secret), **digest_keys}
+    keys.pop("no_domains", None)
     config = tmp_path / "filter.toml"
     config.write_text(
         f'[quarantine]\ndirectory = "{tmp_path / "q"}"\naudit_log = "stderr"\n\n[digest]\n'
         + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
+        + ('domains = ["example.com"]\n' if "no_domains" not in digest_keys else "")
     )
     return config
 
@@ -346,6 +360,7 @@ def test_the_command_runs_with_config_before_or_after_digest(
     ("keys", "says"),
     [
         ({"portal_url": ""}, "digest.portal_url is not set"),
+        ({"no_domains": "1"}, "digest.domains is not set"),
         ({"secret_file": "/nonexistent/portal.key"}, "digest.secret_file: cannot read"),
     ],
 )

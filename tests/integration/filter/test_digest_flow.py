@@ -49,7 +49,12 @@ def chain(workroot: Path) -> Iterator[MailChain]:
         filter_settings={
             "spamd": {"timeout": 30.0},
             "policy": {"quarantine": ["spam"], "spam_destiny": "discard"},
-            "digest": {"portal_url": PORTAL, "secret_file": str(key), "sender": "q@example.com"},
+            "digest": {
+                "portal_url": PORTAL,
+                "secret_file": str(key),
+                "sender": "q@example.com",
+                "domains": ["example.com"],
+            },
             "quarantine": {"audit_log": "stderr"},
         },
         postfix_main_cf={"mynetworks": "127.0.0.0/8"},
