@@ -52,6 +52,10 @@ def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
 
 
+MAX_PER_LOGIN = 20
+"""Sessions one login may hold at once (browsers, phones); a further login ends its oldest."""
+
+
 class Sessions:
     """The session table and the signing of cookie values."""
 
@@ -83,6 +87,11 @@ class Sessions:
     def create(self, login: str, address: str, admin: bool) -> tuple[Session, str]:
         """A new session with a fresh id and CSRF token, and the cookie value naming it."""
         now = self.clock()
+        # One login's sessions first: a user who logs in again and again (cheap once
+        # saslimap caches the password) evicts their own oldest, never everyone else's.
+        own = [sid for sid, held in self._table.items() if held.login == login]
+        for sid in own[: max(0, len(own) - MAX_PER_LOGIN + 1)]:
+            del self._table[sid]
         while len(self._table) >= self.max_sessions:
             self._table.popitem(last=False)  # least recently used first
         session = Session(

@@ -469,6 +469,9 @@ class Pages:
         address = name if "@" in name or not self.cfg.default_domain else (
             f"{name}@{self.cfg.default_domain.lower()}"
         )  # fmt: skip
+        previous = self.session_of(request)
+        if previous is not None:
+            self.sessions.end(previous)  # one browser, one session: the old cookie ends here
         session, cookie = self.sessions.create(name, address, name in self.cfg.admins)
         qactions.audit("login", actor, admin="yes" if session.admin else None)
         response = RedirectResponse(target, status_code=303)

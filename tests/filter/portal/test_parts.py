@@ -12,7 +12,7 @@ from filter.portal import chart
 from filter.portal.auth import Verdict, reply_verdict
 from filter.portal.preview import html_text, preview
 from filter.portal.redirects import local_path
-from filter.portal.sessions import Sessions, same
+from filter.portal.sessions import MAX_PER_LOGIN, Sessions, same
 from filter.qstore import DayCount
 from tests.clock import FakeClock
 
@@ -52,6 +52,18 @@ def test_ended_sessions_are_gone() -> None:
     session, cookie = table.create("alice", "alice@example.com", admin=False)
     table.end(session)
     assert table.lookup(cookie) is None
+
+
+def test_one_user_logging_in_again_and_again_ends_only_their_own_sessions() -> None:
+    """A thousand logins by one user end that user's oldest sessions, never another's."""
+    clock = FakeClock()
+    table = _sessions(clock, max_sessions=100)
+    _, admin = table.create("admin@x", "admin@x", admin=True)
+    cookies = [table.create("mallory@x", "mallory@x", admin=False)[1] for _ in range(1000)]
+    assert table.lookup(admin) is not None
+    assert MAX_PER_LOGIN + 1 == len(table)
+    assert table.lookup(cookies[-1]) is not None
+    assert table.lookup(cookies[0]) is None
 
 
 def test_the_table_is_bounded_least_recently_used_first() -> None:
