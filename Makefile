@@ -1,5 +1,6 @@
 # Two entry points for a newcomer on Debian 12 (as root):
 #   make run    bring up the gateway on this machine (demo IMAP server if none is configured)
+#               GATEWAYS=2 make run: two gateway hosts sharing their limits and caches in Redis
 #   make test   install everything and run every check: ruff, mypy --strict, pytest
 PYTHON ?= python3
 VENV := .venv

@@ -42,7 +42,11 @@ smtp-amavis unix - - n - {procs} smtp
 
 
 class MailChain(Launcher):
-    """clamd + spamd + mail-filter between two Postfix listeners, ending in a sink."""
+    """clamd + spamd + mail-filter between two Postfix listeners, ending in a sink.
+
+    With ``shared_with`` (another gateway host's chain) this chain uses that one's
+    clamd, spamd and sink, which that chain starts and stops.
+    """
 
     def __init__(
         self,
@@ -54,12 +58,16 @@ class MailChain(Launcher):
         filter_processes: int = 4,
         fast_retry: bool = False,
         reinject_recipient_restrictions: str = "permit_mynetworks,reject",
+        shared_with: MailChain | None = None,
     ) -> None:
         self.root = root
         self.reinject_port = free_port()
-        self.clamd = Clamd(root / "clamd")
-        self.spamd = Spamd(root / "spamd")
-        self.sink = SmtpSink()
+        other = shared_with
+        self.clamd: Clamd = Clamd(root / "clamd") if other is None else other.clamd
+        self.spamd: Spamd = Spamd(root / "spamd") if other is None else other.spamd
+        self.sink: SmtpSink = SmtpSink() if other is None else other.sink
+        # Started and stopped by this chain only if made by it.
+        self._own: list[Launcher] = [self.clamd, self.spamd, self.sink] if other is None else []
         settings: dict[str, dict[str, object]] = {
             "reinject": {"address": f"127.0.0.1:{self.reinject_port}"},
             "clamd": {"address": self.clamd.address},
@@ -83,9 +91,8 @@ class MailChain(Launcher):
     def start(self) -> None:
         """Start every daemon (in dependency order); stop them all if one fails."""
         with ExitStack() as stack:
-            stack.enter_context(self.clamd)
-            stack.enter_context(self.spamd)
-            stack.enter_context(self.sink)
+            for daemon in self._own:
+                stack.enter_context(daemon)
             stack.enter_context(self.filter)
             to_internal = f"smtp:[127.0.0.1]:{self.sink.port}"
             main_cf = {

@@ -10,33 +10,106 @@ server, which prints each delivered message's header.  It sends one message
 as a roaming user, shows it arriving with its headers, prints what listens
 where and a swaks line to try, then waits; Ctrl-C stops everything it started.
 
+``GATEWAYS=2`` starts two gateway hosts instead, as companies run them: each
+its own saslimap, mail-filter and Postfix on its own loopback ports, both using
+one Dovecot, one clamd, one spamd and one sink, and one Redis (password, no
+persistence) as every daemon's ``[state]``.  After a message through each host
+it shows the shared budget at work: a password verified through one host is
+answered by the other with no IMAP login, and wrong passwords alternating
+between the hosts reach Dovecot at most the budget's number of times in all.
+
 Environment: ``IMAP_URL`` (e.g. ``imaps://imap.example.com``) and optionally
 ``IMAP_CA_FILE`` point saslimap at a real server (that is the one config change
 for a real deployment); ``RUN_DIR`` (default ``/tmp/mailgate-run``) holds every
-daemon's files and logs.
+daemon's files and logs; ``GATEWAYS`` is 1 (the default) or 2.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import signal
 import smtplib
 import sys
 import threading
+import time
+import urllib.request
+from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.gateway import MailChain
+from devstack.redis import Redis
 from devstack.tls import make_tls
+from saslimap import protocol, saslauthd_client
+from saslimap.config import LimitsConfig
 
 DEMO_USERS = {
     "alice@example.com": "alice-demo-pw",
     "bob@example.com": "bob demo pw with spaces",
 }
+GUESSES = 100  # wrong passwords sent to show the shared budget
+
+Settings = dict[str, dict[str, object]]
+
+
+@dataclass
+class Host:
+    """One gateway host of the demo: its saslimap and its mail chain (named if several)."""
+
+    name: str
+    saslimap: SaslimapDaemon
+    chain: MailChain
+
+
+def _gateways() -> int:
+    value = os.environ.get("GATEWAYS") or "1"
+    if value not in ("1", "2"):
+        raise SystemExit(f"GATEWAYS={value}: the demo runs 1 gateway host (the default) or 2")
+    if value == "2" and os.environ.get("IMAP_URL"):
+        # The demo sends wrong passwords on purpose: never to a real server.
+        raise SystemExit("GATEWAYS=2 shows the shared budget with the demo Dovecot: unset IMAP_URL")
+    return int(value)
+
+
+def _shared_state(stack: ExitStack, run_dir: Path) -> tuple[Redis, Settings]:
+    """Start Redis and write the secret every host shares; the ``[state]`` they all get."""
+    redis = stack.enter_context(Redis(run_dir / "redis", password=secrets.token_urlsafe(24)))
+    secret = run_dir / "state.key"
+    secret.touch(mode=0o600)
+    secret.write_bytes(os.urandom(32))
+    state: dict[str, object] = {
+        "url": redis.url, "password_file": str(redis.password_file),
+        "secret_file": str(secret), "key_prefix": "demo:",
+    }  # fmt: skip
+    return redis, {"state": state}
+
+
+def _start_host(
+    stack: ExitStack, root: Path, name: str, settings: Settings, shared_with: Host | None
+) -> Host:
+    """saslimap, mail-filter and Postfix of one gateway host (clamd, spamd, sink too if first)."""
+    saslimap = SaslimapDaemon(root / "saslimap", settings)
+    stack.enter_context(saslimap)
+    chain = MailChain(
+        root,
+        filter_settings={k: v for k, v in settings.items() if k != "imap"},
+        postfix_main_cf={
+            "smtpd_relay_restrictions": (
+                "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+            ),
+            **({"myhostname": f"{name}.gateway.test"} if name else {}),
+        },
+        sasl_saslauthd_path=saslimap.socket_path,
+        shared_with=None if shared_with is None else shared_with.chain,
+    )
+    stack.enter_context(chain)
+    return Host(name, saslimap, chain)
 
 
 def _show(message: bytes) -> str:
@@ -44,8 +117,121 @@ def _show(message: bytes) -> str:
     return "\n".join("    " + line for line in head.splitlines())
 
 
+def _send_one(host: Host, user: str, password: str) -> None:
+    """One message as a roaming user through this host's Postfix, shown as delivered."""
+    postfix, internal = host.chain.postfix, host.chain.sink
+    assert postfix is not None
+    through = f" through {host.name}" if host.name else ""
+    print(f"\nSending one message as a roaming user{through} (SMTP AUTH PLAIN, then relay) ...")
+    before = len(internal.messages)
+    with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as smtp:
+        smtp.ehlo("laptop.example.org")
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        code, text = smtp.docmd("AUTH", "PLAIN " + token)
+        print(f"  AUTH: {code} {text.decode()}")
+        smtp.sendmail(
+            user,
+            ["partner@remote.test"],
+            f"From: {user}\r\nTo: partner@remote.test\r\n"
+            "Subject: hello from the gateway demo\r\n\r\n"
+            "This went through saslimap, mail-filter, clamd and spamd.\r\n".encode(),
+        )
+    delivered = internal.wait_for(before + 1, timeout=60)[before]
+    print(f"  delivered to {delivered.rcpt_tos}, with these headers:\n{_show(delivered.data)}")
+
+
+def _state_up(port: int, gauge: str) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        return f"{gauge} 1.0" in page.read().decode()
+
+
+def _check(host: Host, user: str, password: str) -> str:
+    """What Postfix would hear from this host's saslimap: OK, NO, or no reply (454)."""
+    try:
+        reply = saslauthd_client.query(
+            host.saslimap.socket_path, user.encode(), password.encode(), b"smtp"
+        )
+    except saslauthd_client.NoReply:
+        return "no reply"
+    return "OK" if protocol.reply_is_ok(reply) else "NO"
+
+
+def _wait_until_sharing(hosts: list[Host], seconds: float = 15.0) -> None:
+    """Until every daemon of every host has reached Redis (they connect in the background)."""
+    deadline = time.monotonic() + seconds
+    while not all(
+        _state_up(h.saslimap.metrics_port, "saslimap_state_up")
+        and _state_up(h.chain.filter.metrics_port, "mailfilter_state_up")
+        for h in hosts
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway hosts did not reach Redis within {seconds:g} s")
+        time.sleep(0.05)
+
+
+def _show_shared_budget(hosts: list[Host], dovecot: Dovecot) -> None:
+    """A login through one host, then the other; guesses through both; the user again."""
+    _wait_until_sharing(hosts)
+    user, limits = "bob@example.com", LimitsConfig()
+    password, seen = DEMO_USERS[user], dovecot.auth_attempts()
+    print(f"\nShared state at work, for {user} (saslauthd requests as Postfix sends them):")
+
+    def step(what: str, answers: list[str], note: str = "") -> None:
+        nonlocal seen
+        time.sleep(0.3)  # Dovecot's log process writes just after answering
+        now = dovecot.auth_attempts()
+        said = ", ".join(f"{a} x{n}" if n > 1 else a for a, n in Counter(answers).items())
+        print(f"  {what:<42} {said:<9} logins at Dovecot: {now - seen}{note}")
+        seen = now
+
+    gw1, gw2 = hosts
+    step(f"right password through {gw1.name}", [_check(gw1, user, password)])
+    step(f"right password through {gw2.name}", [_check(gw2, user, password)],
+         f" ({gw1.name}'s success, found in Redis)")  # fmt: skip
+    guesses = [_check(hosts[n % 2], user, f"guess {n}") for n in range(GUESSES)]
+    step(f"{GUESSES} wrong passwords, {gw1.name} and {gw2.name} in turn", guesses,
+         f" of {GUESSES} (the budget, {limits.failure_budget}, for both hosts together;"
+         f" then one per {limits.trickle_interval:g} s)")  # fmt: skip
+    step("right password through each host", [_check(h, user, password) for h in hosts])
+
+
+def _where(host: Host) -> list[str]:
+    """What one host's own daemons listen on."""
+    chain, sasl, postfix = host.chain, host.saslimap, host.chain.postfix
+    assert postfix is not None
+    return [
+        f"Postfix smtpd, AUTH via saslimap   :{postfix.smtpd_port}        log {postfix.maillog}",
+        f"mail-filter (content filter)       :{chain.filter.port} -> :{chain.reinject_port}"
+        f"  log {chain.filter.log_path}",
+        f"saslimap mux socket                {sasl.socket_path}   log {sasl.log_path}",
+        f"saslimap metrics                   http://127.0.0.1:{sasl.metrics_port}/metrics",
+        f"mail-filter metrics                http://127.0.0.1:{chain.filter.metrics_port}/metrics",
+    ]
+
+
+def _listing(hosts: list[Host], imap_url: str, redis: Redis | None) -> str:
+    """What listens where: each host's own daemons and what the hosts share."""
+    first = hosts[0].chain
+    shared = [
+        f"IMAP server                        {imap_url}",
+        f"clamd                              {first.clamd.address}",
+        f"spamd                              :{first.spamd.port}",
+        f"internal mail server (demo sink)   :{first.sink.port}",
+    ]
+    if redis is None:  # one host, in the order the demo always printed
+        own = _where(hosts[0])
+        rows = [*own[:3], *shared, *own[3:]]
+    else:
+        shared.append(f"Redis, every daemon's [state]      {redis.url}  "
+                      f"password in {redis.password_file}")  # fmt: skip
+        blocks = [(f"{h.name}:", _where(h)) for h in hosts] + [("shared:", shared)]
+        rows = [row for title, own in blocks for row in (title, *("  " + r for r in own))]
+    return "\n".join("  " + row for row in rows)
+
+
 def main() -> int:
-    """Start the stack, show one message going through, wait for Ctrl-C."""
+    """Start the stack, show one message going through each host, wait for Ctrl-C."""
+    gateways = _gateways()
     run_dir = Path(os.environ.get("RUN_DIR", "/tmp/mailgate-run"))
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -57,69 +243,52 @@ def main() -> int:
     with ExitStack() as stack:
         imap_url = os.environ.get("IMAP_URL", "")
         ca_file = os.environ.get("IMAP_CA_FILE", "")
+        dovecot = None
         if not imap_url:
             tls = make_tls(run_dir / "tls")
             dovecot = stack.enter_context(Dovecot(run_dir / "dovecot", DEMO_USERS, tls=tls))
             imap_url, ca_file = dovecot.imap_url("imap"), str(tls.ca_cert)
-        print("starting saslimap, clamd, spamd, mail-filter and Postfix ...", flush=True)
-        saslimap = SaslimapDaemon(
-            run_dir / "saslimap",
-            {"imap": {"url": imap_url, "ca_file": ca_file}, "logging": {"level": "info"}},
-        )
-        stack.enter_context(saslimap)
-        chain = MailChain(
-            run_dir,
-            filter_settings={"logging": {"level": "info"}},
-            postfix_main_cf={
-                "smtpd_relay_restrictions": (
-                    "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
-                ),
-            },
-            sasl_saslauthd_path=saslimap.socket_path,
-        )
-        stack.enter_context(chain)
-        postfix, mail_filter, internal = chain.postfix, chain.filter, chain.sink
-        clamd, spamd, reinject = chain.clamd, chain.spamd, chain.reinject_port
-        assert postfix is not None
-
+        settings: Settings = {
+            "imap": {"url": imap_url, "ca_file": ca_file}, "logging": {"level": "info"}
+        }  # fmt: skip
+        redis, names = None, [""]
+        if gateways == 2:
+            print("starting Redis, then gw1 and gw2, each with its own saslimap, mail-filter "
+                  "and Postfix (one clamd and one spamd for both) ...", flush=True)  # fmt: skip
+            redis, state = _shared_state(stack, run_dir)
+            settings |= state
+            names = ["gw1", "gw2"]
+        else:
+            print("starting saslimap, clamd, spamd, mail-filter and Postfix ...", flush=True)
+        hosts: list[Host] = []
+        for name in names:
+            root = run_dir / name if name else run_dir
+            hosts.append(_start_host(stack, root, name, settings, hosts[0] if hosts else None))
+        internal = hosts[0].chain.sink
         user, password = next(iter(DEMO_USERS.items()))
-        print("\nSending one message as a roaming user (SMTP AUTH PLAIN, then relay) ...")
-        with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as smtp:
-            smtp.ehlo("laptop.example.org")
-            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-            code, text = smtp.docmd("AUTH", "PLAIN " + token)
-            print(f"  AUTH: {code} {text.decode()}")
-            smtp.sendmail(
-                user,
-                ["partner@remote.test"],
-                f"From: {user}\r\nTo: partner@remote.test\r\n"
-                "Subject: hello from the gateway demo\r\n\r\n"
-                "This went through saslimap, mail-filter, clamd and spamd.\r\n".encode(),
-            )
-        [delivered] = internal.wait_for(1, timeout=60)
-        print(f"  delivered to {delivered.rcpt_tos}, with these headers:\n{_show(delivered.data)}")
+        for host in hosts:
+            _send_one(host, user, password)
+        if redis is not None:
+            assert dovecot is not None  # _gateways() refuses IMAP_URL with two hosts
+            _show_shared_budget(hosts, dovecot)
+        tries = "\n".join(
+            f"  swaks --server 127.0.0.1:{h.chain.smtpd_port} --auth PLAIN --auth-user {user} \\\n"
+            f"        --auth-password '{password}' --from {user} --to someone@remote.test\n"
+            f"  testsaslauthd -f {h.saslimap.socket_path} -u {user} -p '{password}' -s smtp"
+            for h in hosts
+        )
         print(
             f"""
 What listens where (all on 127.0.0.1):
-  Postfix smtpd, AUTH via saslimap   :{postfix.smtpd_port}        log {postfix.maillog}
-  mail-filter (content filter)       :{mail_filter.port} -> :{reinject}  log {mail_filter.log_path}
-  saslimap mux socket                {saslimap.socket_path}   log {saslimap.log_path}
-  IMAP server                        {imap_url}
-  clamd                              {clamd.address}
-  spamd                              :{spamd.port}
-  internal mail server (demo sink)   :{internal.port}
-  saslimap metrics                   http://127.0.0.1:{saslimap.metrics_port}/metrics
-  mail-filter metrics                http://127.0.0.1:{mail_filter.metrics_port}/metrics
+{_listing(hosts, imap_url, redis)}
 
 Try it (demo users: {", ".join(f"{u} / {p!r}" for u, p in DEMO_USERS.items())}):
-  swaks --server 127.0.0.1:{postfix.smtpd_port} --auth PLAIN --auth-user {user} \\
-        --auth-password '{password}' --from {user} --to someone@remote.test
-  testsaslauthd -f {saslimap.socket_path} -u {user} -p '{password}' -s smtp
+{tries}
 
 Every message delivered to the internal server is shown below. Ctrl-C stops everything.""",
             flush=True,
         )
-        shown = 1
+        shown = len(internal.messages)
         while not stop.wait(0.5):
             for message in internal.messages[shown:]:
                 print(f"\n--- delivered to {message.rcpt_tos}:\n{_show(message.data)}", flush=True)

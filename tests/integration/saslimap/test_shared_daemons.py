@@ -95,6 +95,11 @@ def _until(what: str, condition: object, seconds: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def _recorded() -> None:
+    """Give a host the moment it takes to record a verdict in Redis (after answering)."""
+    time.sleep(0.2)
+
+
 def _attempts_settle(dovecot: Dovecot) -> int:
     time.sleep(0.3)  # Dovecot's log process writes just after answering
     return dovecot.auth_attempts()
@@ -108,6 +113,7 @@ def test_a_password_verified_through_one_host_needs_no_imap_login_on_the_other(
     with a, b:
         _until("both hosts share", lambda: _state_up(a) and _state_up(b))
         assert "ok" == _check(a, ALICE, USERS[ALICE])
+        _recorded()
         before = _attempts_settle(dovecot)
         assert "ok" == _check(b, ALICE, USERS[ALICE])
         assert "no" == _check(b, ALICE, "not alice's")  # asked Dovecot: one attempt
@@ -127,6 +133,7 @@ def test_guesses_alternating_between_hosts_reach_dovecot_at_most_the_budget(
     with a, b:
         _until("both hosts share", lambda: _state_up(a) and _state_up(b))
         assert "ok" == _check(a, BOB, USERS[BOB])
+        _recorded()
         before = _attempts_settle(dovecot)
         answers = [_check((a, b)[n % 2], BOB, f"guess {n}") for n in range(300)]
         assert "ok" not in answers
@@ -191,5 +198,6 @@ def test_redis_stopped_under_load_then_started_again(
         _until("both hosts share again", lambda: _state_up(a) and _state_up(b))
         before = _attempts_settle(dovecot)
         assert "ok" == _check(a, "spaces@example.com", USERS["spaces@example.com"])
+        _recorded()
         assert "ok" == _check(b, "spaces@example.com", USERS["spaces@example.com"])
         assert before + 1 == _attempts_settle(dovecot)
