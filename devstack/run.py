@@ -10,6 +10,14 @@ server, which prints each delivered message's header.  It sends one message
 as a roaming user, shows it arriving with its headers, prints what listens
 where and a swaks line to try, then waits; Ctrl-C stops everything it started.
 
+The quarantine portal (``mail-filter portal``) runs beside them on a loopback
+port of its own, logging in through saslimap.  The demo's filter holds spam
+(as a site running the portal would) and the demo sends a GTUBE spam and an
+EICAR virus to alice and a spam to bob at the gateway's door, so there is held
+mail to see, preview and release (released mail reaches the sink and is shown
+like any other delivery); it prints the portal's URL and the demo logins, a
+demo administrator's among them.
+
 ``GATEWAYS=2`` starts two gateway hosts instead, as companies run them: each
 its own saslimap, mail-filter and Postfix on its own loopback ports, both using
 one Dovecot, one clamd, one spamd and one sink, and one Redis (password, no
@@ -17,11 +25,16 @@ persistence) as every daemon's ``[state]``.  After a message through each host
 it shows the shared budget at work: a password verified through one host is
 answered by the other with no IMAP login, and wrong passwords alternating
 between the hosts reach Dovecot at most the budget's number of times in all.
+Each host runs its own portal over its own quarantine: held mail lives in a
+directory on the host that held it, so a portal sees only its host's (a
+shared store is issue 18); the demo messages go through both hosts.
 
 Environment: ``IMAP_URL`` (e.g. ``imaps://imap.example.com``) and optionally
 ``IMAP_CA_FILE`` point saslimap at a real server (that is the one config change
 for a real deployment); ``RUN_DIR`` (default ``/tmp/mailgate-run``) holds every
-daemon's files and logs; ``GATEWAYS`` is 1 (the default) or 2.
+daemon's files and logs; ``GATEWAYS`` is 1 (the default) or 2;
+``PORTAL_ADMINS`` (comma-separated logins, default the demo administrator)
+names the portal's administrators, for use with ``IMAP_URL``.
 """
 
 from __future__ import annotations
@@ -41,7 +54,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.daemons import SaslimapDaemon
+from devstack import heldmail
+from devstack.daemons import PortalDaemon, SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.gateway import MailChain
 from devstack.redis import Redis
@@ -53,7 +67,16 @@ DEMO_USERS = {
     "alice@example.com": "alice-demo-pw",
     "bob@example.com": "bob demo pw with spaces",
 }
+# The portal's administrator: a mailbox like any other, named in [portal] admins.
+DEMO_ADMIN = ("postmaster@example.com", "postmaster-demo-pw")
 GUESSES = 100  # wrong passwords sent to show the shared budget
+SPAMMER = "offers@spam.test"
+# What each host holds for the portal to show: (recipient, category, subject).
+DEMO_HELD = (
+    ("alice@example.com", "spam", "Cheap watches, 90% off"),
+    ("alice@example.com", "virus", "Your invoice"),
+    ("bob@example.com", "spam", "You have won the lottery"),
+)
 
 Settings = dict[str, dict[str, object]]
 
@@ -65,6 +88,7 @@ class Host:
     name: str
     saslimap: SaslimapDaemon
     chain: MailChain
+    portal: PortalDaemon | None = None
 
 
 def _gateways() -> int:
@@ -110,6 +134,58 @@ def _start_host(
     )
     stack.enter_context(chain)
     return Host(name, saslimap, chain)
+
+
+def _start_portal(stack: ExitStack, host: Host, root: Path, admins: list[str]) -> None:
+    """The quarantine portal over this host's quarantine, asking this host's saslimap."""
+    chain = host.chain
+    host.portal = PortalDaemon(
+        root / "portal", host.saslimap.socket_path,
+        {"portal": {"admins": admins},
+         "quarantine": {"directory": str(chain.root / "quarantine")},
+         "reinject": {"address": f"127.0.0.1:{chain.reinject_port}"},
+         "notices": {"admins": admins}, "logging": {"level": "info"}},
+    )  # fmt: skip
+    stack.enter_context(host.portal)
+
+
+def _hold_demo_mail(host: Host) -> None:
+    """Spam and a virus sent in at this host's door, until its quarantine lists them."""
+    for recipient, category, subject in DEMO_HELD:
+        make = heldmail.spam if category == "spam" else heldmail.virus
+        heldmail.send(host.chain.smtpd_port, SPAMMER, recipient, make(SPAMMER, recipient, subject))
+    heldmail.wait_held(host.chain.root / "quarantine", len(DEMO_HELD))
+
+
+def _portal_text(hosts: list[Host], admins: list[str], demo_logins: bool) -> str:
+    """Where the portal is, what it holds, who may log in, and how to hold more."""
+    portals = [(h.name, h.portal.url) for h in hosts if h.portal]
+    if len(portals) == 1:
+        where = f"Quarantine portal: {portals[0][1]}"
+    else:  # each host's quarantine is a directory on that host
+        where = "Quarantine portals, one per host over its own held mail: " + "   ".join(
+            f"{name} {url}" for name, url in portals
+        )
+    by_rcpt: dict[str, list[str]] = {}
+    for rcpt, category, _ in DEMO_HELD:
+        by_rcpt.setdefault(rcpt, []).append(
+            {"spam": "GTUBE spam", "virus": "EICAR virus"}[category]
+        )
+    held = "; ".join(f"{' and '.join(what)} for {rcpt}" for rcpt, what in by_rcpt.items())
+    if demo_logins:
+        users = " or ".join(f"{u} / {p!r}" for u, p in DEMO_USERS.items())
+        logins = (
+            f"  log in as {users} (their own held mail),\n"
+            f"  or {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]!r} (administrator: everyone's, the chart)"
+        )
+    else:
+        logins = f"  log in with a mailbox's own password; administrators: {', '.join(admins)}"
+    smtpd = hosts[0].chain.smtpd_port
+    return (
+        f"{where}\n  held for the demo: {held}\n{logins}\n  hold another:"
+        f" swaks --server 127.0.0.1:{smtpd} --from {SPAMMER} --to bob@example.com \\\n"
+        f"        --body '{heldmail.GTUBE.decode()}'"
+    )
 
 
 def _show(message: bytes) -> str:
@@ -206,6 +282,11 @@ def _where(host: Host) -> list[str]:
         f"saslimap mux socket                {sasl.socket_path}   log {sasl.log_path}",
         f"saslimap metrics                   http://127.0.0.1:{sasl.metrics_port}/metrics",
         f"mail-filter metrics                http://127.0.0.1:{chain.filter.metrics_port}/metrics",
+        *(
+            [f"quarantine portal                  {host.portal.url}  log {host.portal.log_path}"]
+            if host.portal
+            else []
+        ),
     ]
 
 
@@ -246,10 +327,13 @@ def main() -> int:
         dovecot = None
         if not imap_url:
             tls = make_tls(run_dir / "tls")
-            dovecot = stack.enter_context(Dovecot(run_dir / "dovecot", DEMO_USERS, tls=tls))
+            mailboxes = DEMO_USERS | dict([DEMO_ADMIN])
+            dovecot = stack.enter_context(Dovecot(run_dir / "dovecot", mailboxes, tls=tls))
             imap_url, ca_file = dovecot.imap_url("imap"), str(tls.ca_cert)
+        admins = os.environ.get("PORTAL_ADMINS", DEMO_ADMIN[0]).replace(",", " ").split()
         settings: Settings = {
-            "imap": {"url": imap_url, "ca_file": ca_file}, "logging": {"level": "info"}
+            "imap": {"url": imap_url, "ca_file": ca_file}, "logging": {"level": "info"},
+            "policy": heldmail.HOLD_SPAM, "notices": {"admins": admins},
         }  # fmt: skip
         redis, names = None, [""]
         if gateways == 2:
@@ -259,11 +343,13 @@ def main() -> int:
             settings |= state
             names = ["gw1", "gw2"]
         else:
-            print("starting saslimap, clamd, spamd, mail-filter and Postfix ...", flush=True)
+            print("starting saslimap, clamd, spamd, mail-filter, Postfix and the quarantine "
+                  "portal ...", flush=True)  # fmt: skip
         hosts: list[Host] = []
         for name in names:
             root = run_dir / name if name else run_dir
             hosts.append(_start_host(stack, root, name, settings, hosts[0] if hosts else None))
+            _start_portal(stack, hosts[-1], root, admins)
         internal = hosts[0].chain.sink
         user, password = next(iter(DEMO_USERS.items()))
         for host in hosts:
@@ -271,6 +357,9 @@ def main() -> int:
         if redis is not None:
             assert dovecot is not None  # _gateways() refuses IMAP_URL with two hosts
             _show_shared_budget(hosts, dovecot)
+        print("\nHolding demo mail for the quarantine portal (GTUBE spam, an EICAR virus) ...")
+        for host in hosts:
+            _hold_demo_mail(host)
         tries = "\n".join(
             f"  swaks --server 127.0.0.1:{h.chain.smtpd_port} --auth PLAIN --auth-user {user} \\\n"
             f"        --auth-password '{password}' --from {user} --to someone@remote.test\n"
@@ -284,6 +373,8 @@ What listens where (all on 127.0.0.1):
 
 Try it (demo users: {", ".join(f"{u} / {p!r}" for u, p in DEMO_USERS.items())}):
 {tries}
+
+{_portal_text(hosts, admins, dovecot is not None)}
 
 Every message delivered to the internal server is shown below. Ctrl-C stops everything.""",
             flush=True,
