@@ -27,6 +27,7 @@ from devstack import heldmail
 from devstack.daemons import PortalDaemon, SaslimapDaemon
 from devstack.dovecot import Dovecot
 from devstack.gateway import MailChain
+from devstack.sink import Received
 from filter.qdir import DirectoryStore
 from filter.qstore import Query
 from filter.quarantine import Entry
@@ -60,10 +61,10 @@ class Gateway:
         """The portal's address for ``path`` (no leading slash)."""
         return self.portal.url + path
 
-    def copies(self, entry: Entry) -> int:
-        """Messages the internal mail server received that are this held one."""
+    def delivered(self, entry: Entry) -> list[Received]:
+        """What the internal mail server received that is this held message."""
         mid = _message_id(self.chain, entry)
-        return sum(1 for m in self.chain.sink.messages if mid in m.data)
+        return [m for m in self.chain.sink.messages if mid in m.data]
 
 
 def _message_id(chain: MailChain, entry: Entry) -> bytes:
@@ -165,14 +166,11 @@ def test_a_user_sees_previews_and_releases_their_message_which_arrives_once(
     driver.switch_to.window(first)
 
     deadline = time.monotonic() + WAIT
-    while not (gateway.copies(entry) and gateway.chain.queue_empty()):
+    while not (gateway.delivered(entry) and gateway.chain.queue_empty()):
         assert time.monotonic() < deadline, "the released message never left Postfix's queue"
         time.sleep(0.1)
-    # Released once, and with the queue empty nothing else is on its way.
-    assert 1 == gateway.copies(entry)
-    [delivered] = [
-        m for m in gateway.chain.sink.messages if _message_id(gateway.chain, entry) in m.data
-    ]
+    # Released once, and with Postfix's queue empty no other copy is on its way.
+    [delivered] = gateway.delivered(entry)
     assert [ALICE] == delivered.rcpt_tos
 
 
@@ -204,9 +202,12 @@ def test_the_admin_sees_every_users_messages_and_the_chart(
     driver.find_element(By.LINK_TEXT, "Chart").click()
     _wait(driver).until(expected_conditions.url_to_be(gateway.url("admin/stats")))
     chart = driver.find_element(By.CSS_SELECTOR, "p.chart img")
-    # The browser fetched and decoded the image: an SVG it could not load has no width.
-    loaded = driver.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth", chart
+    # The browser fetched and decoded the image (an SVG it could not load has no width);
+    # waited for, since the page's load event need not have come yet.
+    loaded = _wait(driver).until(
+        lambda d: d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", chart
+        )
     )
     assert 760 == loaded
     driver.get(gateway.url("admin/stats.svg"))
