@@ -1,6 +1,7 @@
 """Session fixtures for integration tests: one real Dovecot (with a generated CA) and
 one real ``saslimap serve`` in front of it, shared by every test that only reads, and
-one real Redis for state shared between gateway hosts, started only when asked for."""
+one real Redis for state shared between gateway hosts and one real PostgreSQL for the
+quarantine, each started only when asked for."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from devstack.daemons import SaslimapDaemon
 from devstack.dovecot import Dovecot
+from devstack.postgres import Postgres
 from devstack.redis import Redis
 from devstack.tls import TlsFiles, make_tls
 
@@ -104,6 +106,21 @@ def redis_server(workroot: Path, tls: TlsFiles) -> Iterator[Redis]:
     server = Redis(
         workroot / "redis", unix_socket=True, password=secrets.token_urlsafe(18), tls=tls
     )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(workroot: Path, tls: TlsFiles) -> Iterator[Postgres]:
+    """The session's PostgreSQL: one superuser role behind a random password (``password``,
+    ``password_file``), TCP on loopback with TLS (verify with ``ca_file``), database ``url``.
+
+    It is shared: a test that wants an empty database makes its own
+    (``create_database``) and drops it.  A test that stops it starts it again.
+    """
+    # token_urlsafe: [A-Za-z0-9_-], safe in a conninfo string unquoted.
+    server = Postgres(workroot / "pg", password=secrets.token_urlsafe(18), tls=tls)
     server.start()
     yield server
     server.stop()
