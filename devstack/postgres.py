@@ -87,7 +87,7 @@ class Postgres(ChildLauncher):
         *,
         port: int | None = None,
         user: str = "mailgate",
-        password: str = "mailgate-test",
+        password: str = "mailgate-test",  # noqa: S107 - a throw-away test cluster
         database: str = "mailgate",
         tls: TlsFiles | None = None,
         run_as: str | None = None,
@@ -250,7 +250,7 @@ class Postgres(ChildLauncher):
         return True
 
     def start(self, timeout: float = 60.0) -> None:
-        """initdb (the first time), start postgres and wait until it answers; create the database."""
+        """initdb (the first time), start postgres, wait until it answers, create the database."""
         self._refuse_if_running("postgres")
         began = time.monotonic()
         self._prepare()
@@ -293,7 +293,9 @@ class Postgres(ChildLauncher):
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("postgres %s ignored SIGINT for %.1f s; killed it", self.workdir, timeout)
+                log.warning(
+                    "postgres %s ignored SIGINT for %.1f s; killed it", self.workdir, timeout
+                )
         self._reap(1.0)
 
     def restart(self, timeout: float = 60.0) -> None:

@@ -1,7 +1,8 @@
 """The ``mail-filter`` command: argument parsing, logging setup and exit codes.
 
 Subcommands: ``serve`` (the content filter), ``check-config FILE``,
-``quarantine ...``, ``learn`` and ``portal`` (the quarantine's web pages).
+``quarantine ...``, ``learn``, ``portal`` (the quarantine's web pages) and
+``db upgrade`` (the quarantine database's schema, with ``[quarantine] store``).
 Exit code 78 (EX_CONFIG) for a bad configuration; ``learn`` exits 75
 (EX_TEMPFAIL) when its shared store (``[state]``) cannot be reached at the
 start, and 0 when another gateway host holds the learn lock.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from filter import app, learn, quarantine_cli, shared
 from filter.config import Config, ConfigError
+from filter.quarantine import QuarantineError
 from mailgate import command, logs
 from mailgate.bounds import Deadline
 from mailgate.state import StateUnavailable
@@ -54,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
     )
     portal.add_argument("--listen", help="host:port to serve on (portal.listen)")
+    db = sub.add_parser("db", help="the quarantine database ([quarantine] store)")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    upgrade = db_actions.add_parser("upgrade", help="create or upgrade the database's tables")
+    upgrade.add_argument(
+        "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
+    )
     return parser
 
 
@@ -98,7 +106,44 @@ def main(argv: list[str] | None = None) -> int:
         return _learn(args)
     if args.command == "portal":
         return _portal(args)
+    if args.command == "db":
+        return _db_upgrade(args)
     return _check_config(args)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    """Create or upgrade the quarantine database's schema: 0 done (or nothing to do),
+    1 refused (a schema newer than this code), 75 unreachable, 78 bad configuration."""
+    # Imported here: the other commands never load the PostgreSQL driver for nothing.
+    from filter import qpg
+
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    try:
+        cfg = app.load_config(path, {})
+        if not cfg.quarantine.store:
+            raise ConfigError(
+                "quarantine.store: not a database (the directory store has no schema)"
+            )
+        password = qpg.read_password(cfg.quarantine.password_file)
+    except (ConfigError, QuarantineError) as err:
+        print(f"mail-filter db upgrade: configuration error: {err}", file=sys.stderr)
+        return EX_CONFIG
+    params = qpg.conninfo(
+        cfg.quarantine.store, password, cfg.quarantine.ca_file, cfg.quarantine.timeout
+    )
+    try:
+        before, after = qpg.upgrade(params)
+    except qpg.SchemaMismatch as err:
+        print(f"mail-filter db upgrade: {err}", file=sys.stderr)
+        return 1
+    except qpg.StoreUnavailable as err:
+        print(f"mail-filter db upgrade: {err}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if before == after:
+        print(f"quarantine database schema: version {after}, nothing to do")
+    else:
+        print(f"quarantine database schema: version {before or 'none'} -> {after}")
+    return 0
 
 
 def _learn(args: argparse.Namespace) -> int:

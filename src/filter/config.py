@@ -235,6 +235,30 @@ class BannedConfig:
         )  # fmt: skip
 
 
+def _database_url(key: str, value: object) -> str:
+    """ "" or ``postgresql://user@host[:port]/database``: never with a password in it."""
+    text = string(key, value)
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if (
+        parts.scheme not in ("postgresql", "postgres") or not parts.hostname
+        or not parts.path.strip("/") or not text.isascii() or not text.isprintable()
+        or " " in text or parts.fragment
+    ):  # fmt: skip
+        raise ConfigError(
+            f'{key}: must be "" (the directory) or a URL like postgresql://user@host:5432/db'
+        )
+    if parts.password is not None or "password=" in parts.query:
+        # A URL is shown in errors and process listings; the password has its own file.
+        raise ConfigError(f"{key}: no password in the URL; put it in quarantine.password_file")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ConfigError(f"{key}: bad port in {text!r}") from None
+    return text
+
+
 @dataclass(frozen=True)
 class QuarantineConfig:
     """Where held messages are kept, and for how long."""
@@ -244,6 +268,11 @@ class QuarantineConfig:
     # Where `mail-filter quarantine` writes its audit lines: "syslog" (/dev/log, the
     # journal; stderr where there is none), "stderr", or a file appended to.
     audit_log: str = opt("syslog", string)
+    # "" = the directory above; "postgresql://user@host:port/db" = shared by every host.
+    store: str = opt("", _database_url)
+    password_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
+    timeout: float = opt(5.0, number(0.1, 300))
 
 
 @dataclass(frozen=True)

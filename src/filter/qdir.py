@@ -31,7 +31,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from filter.qindex import (
@@ -56,6 +56,7 @@ from filter.qstore import (
     Release,
     ReleaseRequest,
     Skip,
+    day_spans,
     ignore,
 )
 from filter.quarantine import Entry, NotFound, QuarantineError, Store, subject_of
@@ -201,14 +202,7 @@ class DirectoryStore:
         """Entries per local day and category, from local midnight ``days - 1`` days ago."""
         if not self.directory.is_dir():
             return []
-        today = datetime.fromtimestamp(time.time() if now is None else now).date()
-        spans = []
-        for back in range(max(1, days) - 1, -1, -1):
-            day = today - timedelta(days=back)
-            after = day + timedelta(days=1)
-            # Local midnights, so a day across a DST change is 23 or 25 hours, as it was.
-            start = datetime(day.year, day.month, day.day).timestamp()
-            spans.append((day, start, datetime(after.year, after.month, after.day).timestamp()))
+        spans = day_spans(days, now)
         return self.index.daily_counts(spans)
 
     def _forget(self, entry_ids: Sequence[str]) -> None:

@@ -26,9 +26,10 @@ explicit ``retry_unconfirmed`` takes it over.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 # Re-exported: they are the interface's types too.
@@ -157,6 +158,22 @@ class DayCount:
     day: date
     category: str
     count: int
+
+
+def day_spans(days: int, now: float | None = None) -> list[tuple[date, float, float]]:
+    """The last ``days`` local days up to ``now``'s, oldest first: (day, start, end) in Unix time.
+
+    Local midnights, so a day across a DST change is 23 or 25 hours, as it was
+    (what :meth:`QuarantineStore.daily_counts` counts over).
+    """
+    today = datetime.fromtimestamp(time.time() if now is None else now).date()
+    spans = []
+    for back in range(max(1, days) - 1, -1, -1):
+        day = today - timedelta(days=back)
+        after = day + timedelta(days=1)
+        start = datetime(day.year, day.month, day.day).timestamp()
+        spans.append((day, start, datetime(after.year, after.month, after.day).timestamp()))
+    return spans
 
 
 def ignore(_err: QuarantineError) -> None:

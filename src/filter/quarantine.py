@@ -141,7 +141,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _check_id(entry_id: str) -> str:
+def check_id(entry_id: str) -> str:
+    """``entry_id`` if it is one of our ids; QuarantineError (never a lookup) if not."""
     if not _ID.fullmatch(entry_id):
         shown = entry_id if len(entry_id) <= 80 else entry_id[:80] + "..."
         raise QuarantineError(f"{shown!r} is not a quarantine id")
@@ -288,7 +289,7 @@ class Store:
         self.directory = directory
 
     def _path(self, entry_id: str, suffix: str) -> Path:
-        return self.directory / f"{_check_id(entry_id)}{suffix}"
+        return self.directory / f"{check_id(entry_id)}{suffix}"
 
     def write(self, entry: Entry, message: bytes, more: Iterable[bytes] = ()) -> None:
         """Store a message durably (both files fsynced, then the directory).
