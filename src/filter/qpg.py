@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -167,9 +168,13 @@ class SchemaMismatch(StoreUnavailable):
     """The database has no quarantine schema, an older one, or one newer than this code knows."""
 
 
+# NUL and lone surrogates: what a PostgreSQL text (UTF-8) cannot hold.
+_UNSTORABLE = re.compile("[\0\ud800-\udfff]")
+
+
 def _text(value: str) -> str:
     """``value`` as a PostgreSQL text can hold it: no NUL, no lone surrogate (U+FFFD instead)."""
-    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "\ufffd")
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 def _lower(value: str) -> str:
