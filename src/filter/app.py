@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from filter import config as config_mod
+from filter import qopen
 from filter.clamd import ClamdClient
 from filter.config import Config, ConfigError
 from filter.lookup import AddressList, ListError
 from filter.metrics import Metrics
 from filter.notices import Notices
 from filter.policy import Lists
-from filter.qdir import DirectoryStore
 from filter.server import Handler, SmtpListener, start_server
 from filter.service import Filter
 from filter.shared import SharedNotices
@@ -80,7 +80,7 @@ def build_filter(
     notices = Notices(cfg.notices, reinjector, cfg.server.name, shared=throttle)
     # The index waits at most 1 s for a writer (a CLI release, a rebuild's batch):
     # past that the message is held all the same and indexed later (filter.qdir).
-    store = DirectoryStore(cfg.quarantine.directory, busy_timeout=1.0)
+    store = qopen.open_store(cfg.quarantine, busy_timeout=1.0)
     service = Filter(
         cfg, clamd, spamd, reinjector, metrics,
         lists=load_lists(cfg), store=store, notifier=notices,

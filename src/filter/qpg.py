@@ -361,7 +361,7 @@ class PostgresStore:
         self._params = conninfo(url, password, ca_file, timeout)
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
-        self._closed = False
+        self._finished = False
 
     # Connections
 
@@ -396,7 +396,7 @@ class PostgresStore:
             conn.close()
             return
         with self._lock:
-            if not self._closed and len(self._idle) < MAX_IDLE:
+            if not self._finished and len(self._idle) < MAX_IDLE:
                 self._idle.append(conn)
                 return
         conn.close()
@@ -404,7 +404,7 @@ class PostgresStore:
     def close(self) -> None:
         """Close the idle connections; the store is not used afterwards."""
         with self._lock:
-            self._closed = True
+            self._finished = True
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()

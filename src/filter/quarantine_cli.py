@@ -2,8 +2,8 @@
 
 This module owns the administrator's shell side of the quarantine: parsing the
 command, printing entries, and exit codes.  Everything it does goes through
-the store interface (:class:`filter.qstore.QuarantineStore`, here the
-directory named in the config) and the actions the portal uses too
+the store interface (:class:`filter.qstore.QuarantineStore`, the one the
+config names: :mod:`filter.qopen`) and the actions the portal uses too
 (:mod:`filter.qactions`): a release is claimed before it is re-injected through
 the re-injection listener (127.0.0.1:10025, which has no content filter), so a
 second one is refused, and every action writes its audit line (to
@@ -31,10 +31,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TextIO
 
-from filter import digest, qactions
+from filter import digest, qactions, qopen
 from filter.config import Config, ConfigError, split_listen
 from filter.qdir import DirectoryStore
-from filter.qstore import Actor, Query
+from filter.qstore import Actor, QuarantineStore, Query
 from filter.quarantine import Entry, QuarantineError
 from filter.smtp_out import Reinjector
 from mailgate.state import load_secret
@@ -196,7 +196,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     exits 0; ``expire`` exits 1 if it had to keep any (the timer's unit fails, so
     someone looks).
     """
-    store = DirectoryStore(cfg.quarantine.directory)
+    try:
+        store = qopen.open_store(cfg.quarantine)
+    except ConfigError as err:
+        _error(QuarantineError(str(err)))
+        return 1
     try:
         with audit_to(cfg.quarantine.audit_log):
             return _run(args, cfg, store, actor())
@@ -207,7 +211,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         store.close()
 
 
-def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Actor) -> int:
+def _run(args: argparse.Namespace, cfg: Config, store: QuarantineStore, who: Actor) -> int:
     skipped: list[QuarantineError] = []
 
     def skip(err: QuarantineError) -> None:
@@ -219,11 +223,13 @@ def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Acto
             query = _query(args)
             store.reconcile(on_skip=skip)  # the CLI's list also reports files it cannot index
             count = 0
-            for entry in store.entries(query, on_skip=skip):
+            for entry in qopen.entries(store, query, on_skip=skip):
                 _emit(_line(entry))
                 count += 1
             also = f", {len(skipped)} entries skipped" if skipped else ""
-            _emit(printable(f"{count} message(s) in {store.directory}{also}"), sys.stderr)
+            _emit(
+                printable(f"{count} message(s) in {qopen.where(cfg.quarantine)}{also}"), sys.stderr
+            )
         elif args.action == "show":
             entry, message = qactions.show(store, args.id, who)
             if args.raw:
@@ -255,6 +261,8 @@ def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Acto
         elif args.action == "digest":
             return _digest(args, cfg, store)
         elif args.action == "reindex":
+            if not isinstance(store, DirectoryStore):
+                raise QuarantineError("reindex: a database store has no separate index to rebuild")
             indexed, dropped = store.reindex(on_skip=skip)
             qactions.audit("reindex", who, "partial" if skipped else "ok",
                            indexed=indexed, dropped=dropped, refused=len(skipped))  # fmt: skip
@@ -267,7 +275,7 @@ def _run(args: argparse.Namespace, cfg: Config, store: DirectoryStore, who: Acto
     return 0
 
 
-def _digest(args: argparse.Namespace, cfg: Config, store: DirectoryStore) -> int:
+def _digest(args: argparse.Namespace, cfg: Config, store: QuarantineStore) -> int:
     """Run the digest: 0 if every digest went out, 1 if any failed (the next run retries)."""
     dcfg = cfg.digest
     sender = dcfg.sender or cfg.notices.sender or f"mail-filter@{cfg.server.name}"
@@ -311,7 +319,7 @@ def _digest(args: argparse.Namespace, cfg: Config, store: DirectoryStore) -> int
 
 
 async def _release(
-    store: DirectoryStore, reinjector: Reinjector, args: argparse.Namespace, who: Actor
+    store: QuarantineStore, reinjector: Reinjector, args: argparse.Namespace, who: Actor
 ) -> qactions.Released:
     try:
         return await qactions.release(

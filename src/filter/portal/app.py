@@ -30,11 +30,11 @@ from pathlib import Path
 import uvicorn
 
 from filter import app as filter_app
+from filter import qopen
 from filter.config import Config, ConfigError, split_listen
 from filter.portal.auth import Saslimap
 from filter.portal.sessions import Sessions
 from filter.portal.web import Portal, build
-from filter.qdir import DirectoryStore
 from filter.smtp_out import Reinjector
 from mailgate import lifecycle, sdnotify
 from mailgate.lifecycle import ConfigSource
@@ -114,7 +114,7 @@ class PortalDaemon:
         self.secret = load_secret(cfg.portal.secret_file, "portal.secret_file")
         self.reinjector = _reinjector(cfg)
         self.portal = Portal(
-            cfg.portal, cfg.notices, cfg.server.name, DirectoryStore(cfg.quarantine.directory),
+            cfg.portal, cfg.notices, cfg.server.name, qopen.open_store(cfg.quarantine),
             self.reinjector, Saslimap(cfg.portal.auth_socket, cfg.portal.auth_timeout),
             _sessions(cfg, self.secret), self.secret,
         )  # fmt: skip

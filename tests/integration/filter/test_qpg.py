@@ -24,7 +24,8 @@ import pytest
 from devstack.ports import LOOPBACK, free_port
 from devstack.postgres import Postgres
 from devstack.tls import make_tls
-from filter import cli, qactions, qpg, release_links
+from filter import cli, qactions, qopen, qpg, release_links
+from filter import config as config_mod
 from filter.qpg import PostgresStore, SchemaMismatch, StoreUnavailable
 from filter.qstore import Actor, AlreadyReleased, Query
 from filter.quarantine import Entry, NotFound, QuarantineError, new_id
@@ -631,3 +632,34 @@ def test_the_server_listens_on_loopback_only(postgres_server: Postgres, database
     """The devstack server's only TCP address is 127.0.0.1."""
     with psycopg.connect(**_params(postgres_server, database), autocommit=True) as conn:
         assert ("127.0.0.1",) == conn.execute("SHOW listen_addresses").fetchone()
+
+
+def test_the_cli_lists_shows_and_deletes_from_the_configured_database(
+    store: PostgresStore,
+    postgres_server: Postgres,
+    database: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`[quarantine] store` makes `mail-filter quarantine` work on the database (qopen's choice);
+    reindex, which only the directory store has, is refused."""
+    entry = hold(store, T0, subject="from the database")
+    config = tmp_path / "filter.toml"
+    config.write_text(
+        f'[quarantine]\nstore = "{postgres_server.url_for(database)}"\n'
+        f'password_file = "{postgres_server.password_file}"\naudit_log = "stderr"\n'
+        f'directory = "{tmp_path / "unused"}"\n'
+    )
+    assert isinstance(qopen.open_store(config_mod.load(config).quarantine), PostgresStore)
+    quarantine = ["quarantine", "--config", str(config)]
+    assert 0 == cli.main([*quarantine, "list"])
+    out, err = capsys.readouterr()
+    assert entry.id in out
+    assert f"1 message(s) in {postgres_server.url_for(database)}" in err
+    assert 0 == cli.main([*quarantine, "show", entry.id])
+    assert "from the database" in capsys.readouterr().out
+    assert 1 == cli.main([*quarantine, "reindex"])
+    assert "no separate index" in capsys.readouterr().err
+    assert 0 == cli.main([*quarantine, "delete", entry.id])
+    assert [] == store.search(Query()).entries
+    assert not (tmp_path / "unused").exists()
