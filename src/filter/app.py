@@ -197,5 +197,6 @@ def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> i
     """Run the filter in a fresh event loop (``server.event_loop``: uvloop when installed)."""
     # aiosmtpd logs every SMTP command at INFO; our summary line per message says enough.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    qopen.check_at_start(cfg.quarantine)  # a schema it does not know: cannot start
     run = lifecycle.runner(cfg.server.event_loop)
     return run(Daemon(cfg, ConfigSource(load_config, config_path, overrides)).run())

@@ -8,12 +8,15 @@ portal, the CLI and the digest all open their store here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from filter.config import ConfigError, QuarantineConfig
 from filter.qdir import DirectoryStore
 from filter.qstore import QuarantineStore, Query, Skip, ignore
 from filter.quarantine import Entry, QuarantineError
+
+log = logging.getLogger(__name__)
 
 # The largest page the stores serve: what the CLI's list walks in.
 PAGE = 1000
@@ -35,6 +38,30 @@ def open_store(cfg: QuarantineConfig, busy_timeout: float = 5.0) -> QuarantineSt
     except QuarantineError as err:
         raise ConfigError(f"quarantine.password_file: {err}") from err
     return qpg.PostgresStore(cfg.store, password=password, ca_file=cfg.ca_file, timeout=cfg.timeout)
+
+
+def check_at_start(cfg: QuarantineConfig) -> None:
+    """At a daemon's start: refuse a database whose schema this code does not know.
+
+    SchemaMismatch (an OSError: "cannot start", exit 1) if the schema is
+    missing, older or newer.  A database that cannot be reached is only a
+    warning: mail that needs no quarantine keeps flowing, holds answer 451
+    until it is back.  Nothing to check for the directory store.
+    """
+    if not cfg.store:
+        return
+    from filter import qpg
+
+    store = open_store(cfg)
+    assert isinstance(store, qpg.PostgresStore)
+    try:
+        store.check()
+    except qpg.SchemaMismatch:
+        raise
+    except qpg.StoreUnavailable as err:
+        log.warning("%s; starting anyway: held mail is deferred (451) until it answers", err)
+    finally:
+        store.close()
 
 
 def where(cfg: QuarantineConfig) -> str:

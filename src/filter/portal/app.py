@@ -228,5 +228,6 @@ def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> i
     """Run the portal in a fresh event loop."""
     # uvicorn's own error lines (a broken request) are kept; its chatter is not.
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    qopen.check_at_start(cfg.quarantine)  # a schema it does not know: cannot start
     run = lifecycle.runner(cfg.server.event_loop)
     return run(PortalDaemon(cfg, ConfigSource(load_config, config_path, overrides)).run())

@@ -663,3 +663,21 @@ def test_the_cli_lists_shows_and_deletes_from_the_configured_database(
     assert 0 == cli.main([*quarantine, "delete", entry.id])
     assert [] == store.search(Query()).entries
     assert not (tmp_path / "unused").exists()
+
+
+def test_a_daemon_start_refuses_an_unknown_schema_and_warns_when_unreachable(
+    postgres_server: Postgres, fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """check_at_start (serve and portal): no schema is SchemaMismatch, an OSError, so the
+    daemon says "cannot start"; a database nobody answers on is a warning only."""
+    cfg = config_mod.QuarantineConfig(
+        store=postgres_server.url_for(fresh_db), password_file=postgres_server.password_file
+    )
+    with pytest.raises(SchemaMismatch, match="db upgrade"):
+        qopen.check_at_start(cfg)
+    qpg.upgrade(_params(postgres_server, fresh_db))
+    qopen.check_at_start(cfg)
+    down = config_mod.QuarantineConfig(store=f"postgresql://u@{LOOPBACK}:{free_port()}/q")
+    qopen.check_at_start(down)
+    assert "starting anyway" in caplog.text
+    qopen.check_at_start(config_mod.QuarantineConfig())  # the directory store: nothing to check
