@@ -4,7 +4,8 @@ This module owns one throw-away cluster: ``initdb`` into ``workdir/data`` with
 a superuser role and its password, the ``postgres`` process as our foreground
 child (listening on 127.0.0.1 at a free port and on a Unix socket in
 ``workdir/run``, optionally with TLS), the database the tests use, and its
-life cycle (start, stop, restart keeping the data).
+life cycle (start, stop, restart keeping the data, pause and resume to play a
+hung server).
 
 PostgreSQL refuses to run as root (initdb and postgres both exit with "cannot
 be run as root"), and tests run as root here: the cluster's files are then
@@ -43,6 +44,7 @@ from devstack.proc import (
     check_config_path,
     check_traversable,
     check_unix_path,
+    child_pids,
     tail,
 )
 from devstack.tls import TlsFiles
@@ -108,6 +110,7 @@ class Postgres(ChildLauncher):
         self.run_as = run_as if run_as is not None else _default_user()
         self._fsync = fsync
         self._process = None
+        self._paused = False
         self.start_seconds: float | None = None
         """Wall time the last start() took until the database answered."""
 
@@ -288,6 +291,8 @@ class Postgres(ChildLauncher):
         process = self._process
         if process is None:
             return
+        if self._paused and process.poll() is None:
+            self.resume()  # a stopped process keeps SIGINT pending
         if process.poll() is None:
             os.kill(process.pid, signal.SIGINT)
             try:
@@ -297,6 +302,25 @@ class Postgres(ChildLauncher):
                     "postgres %s ignored SIGINT for %.1f s; killed it", self.workdir, timeout
                 )
         self._reap(1.0)
+
+    def _cluster_pids(self) -> list[int]:
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"postgres in {self.workdir} is not running")
+        return [pid, *child_pids(pid)]
+
+    def pause(self) -> None:
+        """SIGSTOP the server and every backend: connections are still accepted by the
+        kernel, nothing is answered, and keepalives are still acknowledged (a hung server)."""
+        for pid in self._cluster_pids():
+            os.kill(pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused server; it answers what queued up meanwhile."""
+        for pid in self._cluster_pids():
+            os.kill(pid, signal.SIGCONT)
+        self._paused = False
 
     def restart(self, timeout: float = 60.0) -> None:
         """Stop and start again on the same port: the data is kept."""

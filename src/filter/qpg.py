@@ -18,7 +18,10 @@ host can list, show, release and delete any held message:
   host's timer may run it at once without waiting on, or doubling, another's work.
 - Every call has a deadline: ``connect_timeout`` for the connection,
   ``statement_timeout`` and ``lock_timeout`` for each statement, and
-  ``idle_in_transaction_session_timeout`` against a transaction left open.
+  ``idle_in_transaction_session_timeout`` against a transaction left open;
+  and, for a server that hangs (whose kernel still acknowledges, so none of
+  those fire), a watchdog that shuts the socket down under a call that
+  outlives twice the deadline plus a second.
   A database that cannot be reached or does not answer in time is
   :class:`StoreUnavailable`, which is also an ``OSError``: the filter's hold
   answers 451 for it, as for a disk that fails.
@@ -38,8 +41,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -263,6 +268,18 @@ def _connect(params: dict[str, Any]) -> psycopg.Connection[tuple[Any, ...]]:
         raise StoreUnavailable(f"quarantine database: {_reason(err)}") from err
 
 
+def _shut_down(conn: psycopg.Connection[tuple[Any, ...]], fired: threading.Event) -> None:
+    """Shut the connection's socket down (from the watchdog's thread): the call blocked
+    on it returns with an error; the connection is then closed and never reused."""
+    fired.set()
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error):
+        pass  # closed meanwhile: the call finished
+    log.warning("quarantine database did not answer within the deadline; connection dropped")
+
+
 def _reason(err: psycopg.Error) -> str:
     """The first line of a driver error (its messages carry no password)."""
     text = str(err).strip().splitlines()
@@ -359,6 +376,9 @@ class PostgresStore:
         timeout: float = 5.0,
     ) -> None:
         self._params = conninfo(url, password, ca_file, timeout)
+        # A whole call (a few statements, each under statement_timeout) gets twice the
+        # deadline and a second before the client gives up on a server that hangs.
+        self._deadline = 2 * timeout + 1.0
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
         self._finished = False
@@ -375,14 +395,20 @@ class PostgresStore:
         """A connection whose schema was checked; driver errors come out as ours."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
+        fresh = conn is None
         if conn is None:
             conn = _connect(self._params)
-            try:
-                check_schema(conn)
-            except BaseException:
-                conn.close()
-                raise
+        # The server's timeouts need a server that runs: one that hangs (stopped, its host
+        # gone without a reset) still has its kernel acknowledge our packets and
+        # keepalives. Past the deadline the socket is shut down under the waiting call,
+        # which then fails like a lost connection.
+        fired = threading.Event()
+        watchdog = threading.Timer(self._deadline, _shut_down, (conn, fired))
+        watchdog.daemon = True
+        watchdog.start()
         try:
+            if fresh:
+                check_schema(conn)
             yield conn
         except psycopg.Error as err:
             conn.close()  # its state is unknown: never reused
@@ -392,7 +418,10 @@ class PostgresStore:
         except BaseException:
             conn.close()
             raise
-        if conn.closed or conn.broken or conn.info.transaction_status != 0:  # 0: IDLE
+        finally:
+            watchdog.cancel()
+        # fired: the watchdog went off just as the call finished; its socket is shut.
+        if fired.is_set() or conn.closed or conn.broken or conn.info.transaction_status != 0:
             conn.close()
             return
         with self._lock:

@@ -681,3 +681,24 @@ def test_a_daemon_start_refuses_an_unknown_schema_and_warns_when_unreachable(
     qopen.check_at_start(down)
     assert "starting anyway" in caplog.text
     qopen.check_at_start(config_mod.QuarantineConfig())  # the directory store: nothing to check
+
+
+def test_a_hung_server_ends_in_the_clients_deadline(
+    store: PostgresStore, postgres_server: Postgres, database: str
+) -> None:
+    """The server stopped (SIGSTOP: its kernel still acknowledges): the call fails with
+    StoreUnavailable, an OSError for the hold's 451, instead of hanging; after it resumes
+    the store works again."""
+    entry = hold(store, T0)
+    quick = _store(postgres_server, database, timeout=0.2)
+    quick.check()  # an open idle connection, as a running daemon has
+    postgres_server.pause()
+    try:
+        with pytest.raises(StoreUnavailable):
+            quick.get(entry.id)
+        with pytest.raises(StoreUnavailable):
+            hold(quick, T0 + 1)  # a new connection: connect_timeout
+    finally:
+        postgres_server.resume()
+    assert entry.id == quick.get(entry.id).id
+    quick.close()
