@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
@@ -119,7 +124,13 @@ def _log_in(browser: Browser, gateway: Gateway, user: str, password: str) -> Non
 
 
 def _wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, WAIT)
+    """A wait that polls through a page being replaced: an element found on the old page
+    may be gone (stale, or "node does not belong to the document") by the time it is read."""
+    return WebDriverWait(
+        driver, WAIT,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException,
+                            WebDriverException),
+    )  # fmt: skip
 
 
 def _subjects(driver: WebDriver) -> list[str]:
