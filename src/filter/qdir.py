@@ -99,12 +99,44 @@ class DirectoryStore:
 
     # Holding mail
 
-    def add(self, entry: Entry, message: bytes, more: Iterable[bytes] = ()) -> None:
-        """Write the files durably (OSError if not), then index the entry (never raises)."""
+    def add(
+        self, entry: Entry, message: bytes, more: Iterable[bytes] = (), *, key: str | None = None
+    ) -> str:
+        """Write the files durably (OSError if not), then index the entry (never raises).
+
+        With ``key``, a message held before under it (and still held) is not written
+        again: its id is returned.  The key is recorded in the ledger after the files;
+        a ledger that fails only costs that dedup (a warning), never the hold.
+        """
+        if key is not None:
+            earlier = self._held_as(key)
+            if earlier is not None:
+                return earlier
         if not entry.subject:
             entry.subject = subject_of(message)
         self.files.write(entry, message, more)
         self._index([entry])
+        if key is not None:
+            try:
+                self.ledger.record_hold(key, entry.id)
+            except (QuarantineError, OSError, sqlite3.Error) as err:
+                log.warning("%s: hold not recorded for retries (%s)", entry.id, err)
+        return entry.id
+
+    def _held_as(self, key: str) -> str | None:
+        """The id of a still-held entry with ``key`` (None if none, or the ledger fails)."""
+        if not self.directory.is_dir():
+            return None
+        try:
+            earlier = self.ledger.held_as(key)
+            if earlier is not None:
+                self.files.get(earlier)
+        except NotFound:
+            return None  # deleted or expired since: hold it again
+        except (QuarantineError, OSError, sqlite3.Error) as err:
+            log.warning("hold ledger not read (%s); holding as a new message", err)
+            return None
+        return earlier
 
     def _index(self, entries: Sequence[Entry]) -> None:
         try:

@@ -112,7 +112,17 @@ CREATE TABLE IF NOT EXISTS digested (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS digested_by_time ON digested (received_at);
 CREATE TABLE IF NOT EXISTS digest_runs (key TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_by_time ON holds (at);
 """
+
+# How long a hold's key is remembered: longer than Postfix keeps retrying a
+# message (maximal_queue_lifetime, 5 days by default).
+HOLD_KEY_TTL = 6 * 86400.0
 
 # A spent nonce is kept this long past its link's expiry: a token checked just
 # before it expired may still be on its way to spend_link.
@@ -624,6 +634,21 @@ class Ledger(_Database):
         with self._writing() as db:
             row = db.execute("SELECT value FROM digest_runs WHERE key = 'start'").fetchone()
         return float(row[0]) if row else None
+
+    def held_as(self, key: str) -> str | None:
+        """The id a message was held under with this key (None: not within HOLD_KEY_TTL)."""
+        with self._writing() as db:  # a read, but it may be the file's first use
+            row = db.execute(
+                "SELECT id FROM holds WHERE key = ? AND at >= ?", (key, time.time() - HOLD_KEY_TTL)
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def record_hold(self, key: str, entry_id: str) -> None:
+        """Remember that the message with ``key`` is held as ``entry_id``; forget old keys."""
+        now = time.time()
+        with self._writing() as db:
+            db.execute("DELETE FROM holds WHERE at < ?", (now - HOLD_KEY_TTL,))
+            db.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?)", (key, entry_id, now))
 
     def finish(self, next_start: float, forget_before: float) -> None:
         """Set the next run's start; drop marks of mail received before ``forget_before``."""

@@ -147,6 +147,12 @@ CREATE TABLE digested (
 CREATE INDEX digested_by_time ON digested (received_at);
 CREATE TABLE digest_runs (key text PRIMARY KEY, value double precision NOT NULL);
 """,
+    # What makes a retried delivery the same message (filter.quarantine.hold_key): a
+    # retry after a lost 250 finds the entry instead of holding the message twice.
+    2: """
+ALTER TABLE entries ADD COLUMN hold_key text;
+CREATE UNIQUE INDEX entries_by_hold_key ON entries (hold_key);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -440,11 +446,16 @@ class PostgresStore:
 
     # Holding mail
 
-    def add(self, entry: Entry, message: bytes, more: Iterable[bytes] = ()) -> None:
+    def add(
+        self, entry: Entry, message: bytes, more: Iterable[bytes] = (), *, key: str | None = None
+    ) -> str:
         """Insert the entry, its recipients and its message in one committed transaction.
 
         When this returns the message is in the database (durable as its
         ``synchronous_commit`` says); a failure raises StoreUnavailable (an OSError).
+        With ``key``, an entry held under it already (a retry, from any host) is
+        found by its unique index and returned instead of a second one; entries
+        keep their key until deleted, so a retry days later is still recognised.
         """
         check_id(entry.id)
         if not entry.subject:
@@ -453,19 +464,27 @@ class PostgresStore:
         recipients = [_text(r) for r in entry.recipients]
         try:
             with self._conn() as conn, conn.transaction():
-                conn.execute(
+                row = conn.execute(
                     "INSERT INTO entries (id, received_at, category, reason, mail_from, sender_lc,"
                     " recipients, recipients_lc, subject, subject_lc, size, score, queue_id,"
-                    " released_at, release, message)"
-                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    " released_at, release, message, hold_key)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                    " ON CONFLICT (hold_key) DO NOTHING RETURNING id",
                     (
                         entry.id, entry.received_at, _text(entry.category), _text(entry.reason),
                         _text(entry.mail_from), _lower(entry.mail_from), recipients,
                         "\n".join(_lower(r) for r in entry.recipients), _text(entry.subject),
                         _lower(entry.subject), entry.size, entry.score, _text(entry.queue_id),
-                        None, None, data,
+                        None, None, data, key,
                     ),
-                )  # fmt: skip
+                ).fetchone()  # fmt: skip
+                if row is None:  # held before under this key (committed: READ COMMITTED sees it)
+                    earlier = conn.execute(
+                        "SELECT id FROM entries WHERE hold_key = %s", (key,)
+                    ).fetchone()
+                    if earlier is not None:
+                        return str(earlier[0])
+                    raise StoreUnavailable(f"{entry.id}: held and deleted meanwhile; try again")
                 with conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO recipients VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
@@ -475,6 +494,7 @@ class PostgresStore:
             raise
         except QuarantineError as err:  # refused by the database (a duplicate id, bad data)
             raise StoreUnavailable(str(err)) from err
+        return entry.id
 
     # Reading
 

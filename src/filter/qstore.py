@@ -191,12 +191,17 @@ class QuarantineStore(Protocol):
     (``[0-9a-f-]``) before anything is looked up.
     """
 
-    def add(self, entry: Entry, message: bytes, more: Iterable[bytes] = ()) -> None:
+    def add(
+        self, entry: Entry, message: bytes, more: Iterable[bytes] = (), *, key: str | None = None
+    ) -> str:
         """Hold a message durably: when this returns, it survives a crash.
 
         ``more``: the rest of the message in pieces (a spooled message's tail).
         Only a failure to store the message itself raises (OSError): anything
         the store keeps beside it for speed (an index) is repaired later instead.
+        ``key`` (:func:`filter.quarantine.hold_key`): a message held before under
+        the same key is not held again.  Returns the id the message is held
+        under: ``entry.id``, or the earlier entry's.
         """
         ...
 

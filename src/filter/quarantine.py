@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import email.header
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -89,6 +90,30 @@ class Entry:
 def new_id() -> str:
     """A quarantine id: sortable by time, unguessable (it authorises a release)."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(5)
+
+
+def hold_key(
+    queue_id: str, mail_from: str, recipients: Sequence[str], size: int, head: bytes
+) -> str | None:
+    """What makes a delivery attempt the same message again: None without a queue id.
+
+    Postfix retries a message whose 250 it never saw (the connection dropped
+    after we held it) or that we answered 451 after holding it (another
+    recipient's re-injection was deferred).  The retry carries the same queue
+    id, envelope, size and bytes, so the store holds it once
+    (``QuarantineStore.add``'s ``key``).  ``head``: the message as kept in
+    memory (a spooled message's head), which carries the Received field with
+    the queue id and the Message-ID; reading a spooled body again would add
+    cost and no certainty.  Without a queue id (mail that did not come through
+    Postfix) two identical messages are two messages: no key.
+    """
+    if not queue_id or queue_id == "-":
+        return None
+    digest = hashlib.sha256()
+    for part in (queue_id, mail_from, *sorted(recipients), str(size)):
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update(head)
+    return digest.hexdigest()
 
 
 # A subject longer than this is cut: it is for a list row and a search, not for delivery.

@@ -22,6 +22,7 @@ summary line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
@@ -37,7 +38,7 @@ from filter.message import Message, Trace, from_addresses, queue_id_of, summary
 from filter.metrics import Metrics
 from filter.policy import Findings, Lists, Treatment, decide
 from filter.qstore import QuarantineStore
-from filter.quarantine import Entry, QuarantineError, subject_of
+from filter.quarantine import Entry, QuarantineError, hold_key, subject_of
 from filter.quarantine import new_id as new_quarantine_id
 from filter.replies import Tempfail
 from filter.scanning import Scanner, SpamScanner, VirusScanner
@@ -184,11 +185,21 @@ class Filter:
             # The files are written first; an index that fails is repaired later and
             # never fails this (QuarantineStore.add).
             tail = msg.tail(self.marker.remove_prefixes)
-            await asyncio.to_thread(self.store.add, entry, copy, tail.chunks() if tail else ())
+            key = hold_key(trace.queue_id, msg.mail_from, held, msg.size, msg.data)
+            held_as = await asyncio.to_thread(
+                functools.partial(
+                    self.store.add, entry, copy, tail.chunks() if tail else (), key=key
+                )
+            )
         except OSError as err:
             log.error("quarantine write failed: %s", err)
             raise Tempfail(replies.QUARANTINE_FAILED) from err
-        trace.quarantine_id = entry.id
+        trace.quarantine_id = held_as
+        if held_as != entry.id:
+            # Postfix's retry of a message held before (its 250 lost, or a 451 after the
+            # hold): the earlier entry stands, and its recipients were told already.
+            log.info("%s: already held as %s (a retry)", trace.queue_id, held_as)
+            return
         if self.notifier is not None:
             # In the background: a slow or failing notice must never delay the answer.
             task = asyncio.ensure_future(self.notifier.notify(entry, copy))

@@ -359,3 +359,38 @@ def test_no_line_of_a_marked_message_starts_with_a_lone_dot(
     assert payload.endswith(b"\r\n.\r\n")
     for line in payload[:-3].split(b"\n"):
         assert not line.startswith(b".") or line.startswith(b".."), payload
+
+
+async def test_a_retry_after_a_lost_250_is_held_once() -> None:
+    """Postfix retrying a held message (its 250 lost) gets the first entry's id, not a second."""
+    f, _, _, _ = make()
+    first = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
+    again = await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
+    assert f.store is not None
+    [entry] = f.store.search(Query()).entries
+    assert entry.id in first
+    assert entry.id in again
+
+
+async def test_a_retry_after_a_451_following_the_hold_is_held_once() -> None:
+    """Held, then a deferred re-injection made it 451: the retry delivers under the same id."""
+    cfg = Config(policy=PolicyConfig(virus_destiny=Destiny.PASS))
+    f, _, _, fwd = make(cfg)
+    fwd.data_reply = Reply(451, "4.3.0 try later")
+    assert (await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))).startswith("451")
+    fwd.data_reply = Reply(250, "2.0.0 Ok: queued as ABC123")
+    assert (await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))).startswith("250")
+    assert f.store is not None
+    [entry] = f.store.search(Query()).entries
+    assert f"X-Quarantine-ID: <{entry.id}>".encode() in fwd.sent[-1].data
+
+
+async def test_two_messages_alike_but_for_the_queue_id_are_two_entries() -> None:
+    """Another queue id (or none at all) is another message: each is held."""
+    f, _, _, _ = make()
+    other = RAW.replace(b"id 4AbCdEf123", b"id 4ZzZzZz999")
+    no_received = RAW.split(b"\r\n", 1)[1]
+    for data in (RAW, other, no_received, no_received):
+        await f.handle(message(data + b"VIRUS-MARKER\r\n"))
+    assert f.store is not None
+    assert 4 == f.store.count(Query())

@@ -22,7 +22,7 @@ from filter import qactions, release_links
 from filter.qdir import MARKER, DirectoryStore
 from filter.qindex import INDEX_NAME
 from filter.qstore import Actor, AlreadyReleased, Query
-from filter.quarantine import Entry, QuarantineError, new_id
+from filter.quarantine import Entry, QuarantineError, hold_key, new_id
 from filter.smtp_out import Delivery, Reply
 
 ADMIN = Actor("unix:root", "local")
@@ -563,3 +563,33 @@ async def test_an_expired_or_forged_link_is_refused(
         await qactions.release_link(store, sender, secret, _link(entry), "::1", now=now)
     assert reason == caught.value.reason
     assert [] == sender.sent
+
+
+# Holding a retried message once
+
+
+def test_a_message_added_again_under_its_key_is_held_once(store: DirectoryStore) -> None:
+    """The same key returns the first entry's id; deleted since, it is held anew."""
+    first = Entry(new_id() + "a", "virus", "x", "a@example.net", ["b@example.com"], T0, 10)
+    again = Entry(new_id() + "b", "virus", "x", "a@example.net", ["b@example.com"], T0 + 9, 10)
+    assert first.id == store.add(first, b"Subject: s\r\n\r\nx\r\n", key="k1")
+    assert first.id == store.add(again, b"Subject: s\r\n\r\nx\r\n", key="k1")
+    assert [first.id] == ids(store.search(Query()).entries)
+    assert again.id == store.add(again, b"Subject: s\r\n\r\nx\r\n", key="k2")
+    store.delete(first.id)
+    third = Entry(new_id() + "c", "virus", "x", "a@example.net", ["b@example.com"], T0, 10)
+    assert third.id == store.add(third, b"Subject: s\r\n\r\nx\r\n", key="k1")
+
+
+def test_hold_keys_differ_with_anything_that_makes_another_message() -> None:
+    """Queue id, sender, recipients (in any order the same), size and head all count."""
+    base = ("4AbC123", "a@example.net", ["b@x", "c@x"], 10, b"head")
+    key = hold_key(*base)
+    assert key is not None
+    assert key == hold_key("4AbC123", "a@example.net", ["c@x", "b@x"], 10, b"head")
+    for i, other in enumerate(("4AbC124", "z@example.net", ["b@x"], 11, b"heaD")):
+        changed = list(base)
+        changed[i] = other
+        assert key != hold_key(*changed)  # type: ignore[arg-type]
+    assert hold_key("-", *base[1:]) is None
+    assert hold_key("", *base[1:]) is None

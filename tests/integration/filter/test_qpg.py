@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,33 @@ def test_a_concurrent_double_release_from_two_processes_delivers_once(
         delivered = [entry_id for future in futures for entry_id in future.result()]
     assert sorted(entries) == sorted(delivered)
     assert all(store.get(e).releases[0]["confirmed"] is True for e in entries)
+
+
+def test_a_message_added_again_under_its_key_is_held_once(
+    store: PostgresStore, postgres_server: Postgres, database: str
+) -> None:
+    """The same key from two connections at once (two hosts) holds one entry; released, it stays."""
+    entries = [
+        Entry(new_id() + f"{n:02x}", "virus", "x", "a@example.net", ["b@example.com"], T0, 10)
+        for n in range(8)
+    ]
+    others = [_store(postgres_server, database) for _ in entries]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(
+                lambda pair: pair[0].add(pair[1], b"Subject: s\r\n\r\nx\r\n", key="k1"),
+                zip(others, entries, strict=True),
+            ))  # fmt: skip
+    finally:
+        for other in others:
+            other.close()
+    assert 1 == len(set(got))
+    assert [got[0]] == ids(store.search(Query()).entries)
+    store.claim_release(got[0], ADMIN)
+    late = Entry(new_id() + "ff", "virus", "x", "a@example.net", ["b@example.com"], T0, 10)
+    assert got[0] == store.add(late, b"x", key="k1")
+    assert late.id == store.add(late, b"x", key="k2")
+    assert 2 == store.count(Query(recipient="b@example.com"))
 
 
 # Requests, allow entries, deletion
