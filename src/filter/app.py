@@ -20,12 +20,14 @@ from typing import Any
 
 from filter import config as config_mod
 from filter import qopen
+from filter.allowcache import AllowCache
 from filter.clamd import ClamdClient
 from filter.config import Config, ConfigError
 from filter.lookup import AddressList, ListError
 from filter.metrics import Metrics
 from filter.notices import Notices
 from filter.policy import Lists
+from filter.qstore import QuarantineStore
 from filter.server import Handler, SmtpListener, start_server
 from filter.service import Filter
 from filter.shared import SharedNotices
@@ -59,10 +61,17 @@ def open_state(cfg: Config, metrics: Metrics) -> SharedState | None:
 
 
 def build_filter(
-    cfg: Config, metrics: Metrics, state: SharedState | None = None
+    cfg: Config,
+    metrics: Metrics,
+    state: SharedState | None = None,
+    allow_cache: AllowCache | None = None,
+    *,
+    same_store: bool = True,
 ) -> tuple[Filter, Reinjector]:
     """The per-message pipeline for a config (list files read here; ``state``: the store
-    shared with other gateway hosts, if one is configured)."""
+    shared with other gateway hosts, if one is configured; ``allow_cache``: the copy of
+    the allow entries kept across reloads, given the new store here, and emptied unless
+    ``same_store``)."""
     host, port = config_mod.split_listen(cfg.reinject.address)
     reinjector = Reinjector(
         host, port, helo=cfg.server.name, timeout=cfg.reinject.timeout,
@@ -81,9 +90,11 @@ def build_filter(
     # The index waits at most 1 s for a writer (a CLI release, a rebuild's batch):
     # past that the message is held all the same and indexed later (filter.qdir).
     store = qopen.open_store(cfg.quarantine, busy_timeout=1.0)
+    if allow_cache is not None:
+        allow_cache.attach(store, same_source=same_store)
     service = Filter(
         cfg, clamd, spamd, reinjector, metrics,
-        lists=load_lists(cfg), store=store, notifier=notices,
+        lists=load_lists(cfg), store=store, notifier=notices, allow_cache=allow_cache,
     )  # fmt: skip
     return service, reinjector
 
@@ -97,6 +108,9 @@ class Daemon:
         self.metrics = Metrics()
         self.state = open_state(cfg, self.metrics)
         self.service, self.reinjector = build_filter(cfg, self.metrics, self.state)
+        assert self.service.allow_cache is not None  # the filter always has a store
+        self.allow_cache = self.service.allow_cache
+        self.allow_cache.on_up = self.metrics.quarantine_store_up.set
         self.handler = Handler(self.service, cfg.server.max_connections)
         # Old re-injection pools and shared stores after reloads, closing in the background.
         self._closing: set[asyncio.Task[None]] = set()
@@ -116,6 +130,7 @@ class Daemon:
         )  # fmt: skip
         if self.state is not None:
             self.state.start()  # in the background: a missing Redis delays nothing
+        refresher = asyncio.get_running_loop().create_task(self._refresh_allow_copy())
         log.info(
             "mail-filter ready on %s; clamd %s, spamd %s, re-injecting to %s",
             self.cfg.server.listen, self.cfg.clamd.address,
@@ -125,25 +140,42 @@ class Daemon:
             log, [SmtpListener(server, self.handler)],
             drain_timeout=self.cfg.server.drain_timeout, reload=self.reload, status="filtering",
         )  # fmt: skip
+        refresher.cancel()
         await self.reinjector.close()
         if self.state is not None:
             await self.state.close()
+        await asyncio.to_thread(self._store().close)
         return lifecycle.finished(log, metrics_server)
+
+    def _store(self) -> QuarantineStore:
+        assert self.service.store is not None  # build_filter always opens one
+        return self.service.store
+
+    async def _refresh_allow_copy(self) -> None:
+        """Load this host's copy of the allow entries now and every ``allow_refresh`` s."""
+        while True:
+            if await asyncio.to_thread(self.allow_cache.reload):
+                self.metrics.allow_copy_entries.set(self.allow_cache.recipients)
+            await asyncio.sleep(self.cfg.quarantine.allow_refresh)
 
     def reload(self) -> None:
         """SIGHUP: rebuild the pipeline from a freshly validated config, or keep the old one."""
         new = self.source.reload(self.cfg)
         if new is None:
             return
-        old, old_state = self.reinjector, self.state
+        old, old_state, old_store = self.reinjector, self.state, self._store()
         state = old_state
+        same_store = (new.quarantine.store, new.quarantine.directory) == (
+            self.cfg.quarantine.store, self.cfg.quarantine.directory,
+        )  # fmt: skip
         try:
             if new.state != self.cfg.state:
                 state = open_state(new, self.metrics)  # another store (or none)
             # Reads the list files again: one may have changed since load_config checked it.
             self.service, self.reinjector = build_filter(
-                replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics, state
-            )
+                replace(new, server=self.cfg.server, metrics=self.cfg.metrics), self.metrics,
+                state, self.allow_cache, same_store=same_store,
+            )  # fmt: skip
         except ConfigError as err:
             if state is not None and state is not old_state:
                 self._background(state.close())
@@ -153,6 +185,8 @@ class Daemon:
         self.handler.service = self.service
         self.cfg = new
         self._background(old.close())
+        # Messages under way may still be holding into the old store: closed after the drain.
+        self._background(_close_store_later(old_store, self.cfg.server.drain_timeout))
         if state is not old_state:
             self.state = state
             if state is not None:
@@ -172,6 +206,11 @@ class Daemon:
 async def _close_later(state: SharedState, delay: float) -> None:
     await asyncio.sleep(delay)
     await state.close()
+
+
+async def _close_store_later(store: QuarantineStore, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await asyncio.to_thread(store.close)
 
 
 def load_config(path: Path | None, overrides: dict[str, str]) -> Config:

@@ -273,6 +273,9 @@ class QuarantineConfig:
     password_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
     ca_file: Path | None = opt(None, optional_path)  # noqa: RUF009 - a field
     timeout: float = opt(5.0, number(0.1, 300))
+    # How often each host reloads its copy of the allow entries, which answers while
+    # the store cannot (filter.allowcache).
+    allow_refresh: float = opt(60.0, number(1, 86400))
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,17 @@ class Metrics:
             buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 5e7),
             registry=r,
         )
+        self.quarantine_store_up = Gauge(
+            "mailfilter_quarantine_store_up",
+            "1 while the quarantine store answered its last lookup, else 0 (allow entries"
+            " then come from this host's copy; mail to be held gets 451).",
+            registry=r,
+        )
+        self.allow_copy_entries = Gauge(
+            "mailfilter_allow_copy_recipients",
+            "Recipients with allow entries in this host's copy of the store's table.",
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self.messages.labels(outcome)
         for scanner in SCANNERS:

@@ -484,7 +484,15 @@ class DirectoryStore:
 
     def is_allowed(self, recipient: str, senders: Sequence[str]) -> bool:
         """Whether ``recipient`` allowed any of ``senders``."""
+        if not self.directory.is_dir():
+            return False  # no entry yet (the portal makes the directory with the first)
         return self.allow_list.any_of(recipient, senders)
+
+    def allow_pairs(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (recipient, sender) pairs from the allow list's file."""
+        if not self.directory.is_dir():
+            return []
+        return self.allow_list.pairs(limit)
 
     # Release links and the digest (digest.sqlite3: not derived, never rebuilt)
 

@@ -576,6 +576,15 @@ class AllowList(_Database):
             ).fetchall()
         return [AllowEntry(*row) for row in rows]
 
+    def pairs(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (recipient, sender) pairs, in key order."""
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT recipient, sender FROM allow ORDER BY recipient, sender LIMIT ?",
+                (max(0, limit),),
+            ).fetchall()
+        return [(str(r), str(s)) for r, s in rows]
+
     def any_of(self, recipient: str, senders: Sequence[str]) -> bool:
         """Whether ``recipient`` allowed any of ``senders`` (one primary-key lookup each)."""
         wanted = [_lower_address(s) for s in senders if s]

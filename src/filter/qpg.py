@@ -782,6 +782,15 @@ class PostgresStore:
             ).fetchone()
         return row is not None
 
+    def allow_pairs(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (recipient, sender) pairs, in primary-key order."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT recipient, sender FROM allow ORDER BY recipient, sender LIMIT %s",
+                (max(0, limit),),
+            ).fetchall()
+        return [(str(r), str(s)) for r, s in rows]
+
     # Release links and the digest
 
     def spend_link(self, nonce: bytes, expires_at: float, now: float | None = None) -> bool:

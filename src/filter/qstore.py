@@ -297,6 +297,11 @@ class QuarantineStore(Protocol):
         """Whether ``recipient`` allowed any of ``senders`` (for the filter's policy)."""
         ...
 
+    def allow_pairs(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` allow entries as (recipient, sender), lower case, in key order
+        (each host's copy for when the store is down: :mod:`filter.allowcache`)."""
+        ...
+
     # Release links and the daily digest (filter.release_links, filter.digest): state
     # that is not derived from the entries, so a rebuilt index never loses it.
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from filter import replies
+from filter.allowcache import ALLOW_DEADLINE, AllowCache
 from filter.config import Config
 from filter.delivery import Courier, Fate, Forwarder, Handoff
 from filter.marks import Marker, dot_lines
@@ -38,7 +38,7 @@ from filter.message import Message, Trace, from_addresses, queue_id_of, summary
 from filter.metrics import Metrics
 from filter.policy import Findings, Lists, Treatment, decide
 from filter.qstore import QuarantineStore
-from filter.quarantine import Entry, QuarantineError, hold_key, subject_of
+from filter.quarantine import Entry, hold_key, subject_of
 from filter.quarantine import new_id as new_quarantine_id
 from filter.replies import Tempfail
 from filter.scanning import Scanner, SpamScanner, VirusScanner
@@ -71,6 +71,7 @@ class Filter:
         lists: Lists | None = None,
         store: QuarantineStore | None = None,
         notifier: Notifier | None = None,
+        allow_cache: AllowCache | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
@@ -82,7 +83,11 @@ class Filter:
         self.store = store
         self.notifier = notifier
         self._background: set[asyncio.Future[None]] = set()
-        self._allow_warned = -math.inf  # when "allow entries not read" was last logged
+        if allow_cache is None and store is not None:
+            allow_cache = AllowCache(store)
+        self.allow_cache = allow_cache
+        # A lookup that takes longer uses this host's copy (and the copy only, for a while).
+        self._allow_deadline = min(cfg.quarantine.timeout, ALLOW_DEADLINE)
 
     async def handle(self, msg: Message) -> str:
         """Process one message and return the SMTP reply for Postfix."""
@@ -114,7 +119,7 @@ class Filter:
         findings = await self.scanner.findings(msg, trace)
         senders = [msg.mail_from, *from_addresses(msg.data)]
         policy = self.cfg.policy
-        allowed = await self._allowed(findings, msg.rcpt_tos, senders, trace)
+        allowed = await self._allowed(findings, msg.rcpt_tos, senders)
         treatments = {
             r: decide(policy, self.lists, findings, senders, r, allowed=r in allowed)
             for r in msg.rcpt_tos
@@ -136,29 +141,25 @@ class Filter:
         return result, answer(handoffs, trace, what)
 
     async def _allowed(
-        self, findings: Findings, recipients: Sequence[str], senders: Sequence[str], trace: Trace
+        self, findings: Findings, recipients: Sequence[str], senders: Sequence[str]
     ) -> set[str]:
         """Recipients who allowed one of ``senders`` in the portal (their allow entries).
 
         Asked only when there is a spam score for it to change.  A store that
-        cannot answer allows nobody (the message is treated as without the
-        entries, never passed unscanned), with a warning at most once a minute.
+        cannot answer in time leaves the answer to this host's copy of the
+        entries (:mod:`filter.allowcache`): the message is never passed unscanned.
         """
-        if self.store is None or findings.report is None:
+        cache = self.allow_cache
+        if cache is None or findings.report is None:
             return set()
-        store = self.store
-
-        def look() -> set[str]:
-            return {r for r in recipients if store.is_allowed(r, senders)}
-
         try:
-            return await asyncio.to_thread(look)
-        except (QuarantineError, OSError) as err:
-            now = time.monotonic()
-            if now - self._allow_warned >= 60.0:
-                self._allow_warned = now
-                log.warning("%s: allow entries not read (%s); treated as none", trace.queue_id, err)
-            return set()
+            async with asyncio.timeout(self._allow_deadline):
+                return await asyncio.to_thread(cache.allowed, recipients, senders)
+        except TimeoutError:
+            # The thread finishes within the store's own deadline; meanwhile, and for a
+            # while after, messages are answered from the copy without waiting.
+            cache.failed(f"no answer within {self._allow_deadline:g} s")
+            return cache.from_copy(recipients, senders)
 
     async def _quarantine(
         self, msg: Message, treatment: Treatment, held: list[str], trace: Trace
@@ -193,6 +194,8 @@ class Filter:
             )
         except OSError as err:
             log.error("quarantine write failed: %s", err)
+            if self.allow_cache is not None:
+                self.allow_cache.failed(str(err))  # the next messages need not wait on it
             raise Tempfail(replies.QUARANTINE_FAILED) from err
         trace.quarantine_id = held_as
         if held_as != entry.id:

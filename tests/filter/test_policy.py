@@ -321,4 +321,4 @@ async def test_allow_entries_that_cannot_be_read_allow_nobody(
     for _ in range(3):
         assert (await f.handle(msg(GTUBE))).startswith("250 2.7.0")
     assert [] == fwd.sent
-    assert 1 == caplog.text.count("allow entries not read")
+    assert 1 == caplog.text.count("quarantine store not answering")
