@@ -44,6 +44,7 @@ import math
 import os
 import re
 import secrets
+import select
 import socket
 import threading
 import time
@@ -286,6 +287,20 @@ def _shut_down(conn: psycopg.Connection[tuple[Any, ...]], fired: threading.Event
     log.warning("quarantine database did not answer within the deadline; connection dropped")
 
 
+def _dropped(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """Whether the server ended an idle connection (a restart, idle_session_timeout).
+
+    An idle connection has nothing to read unless the server said goodbye (an
+    error message, then end of file): reusing it would fail the next call, a 451
+    for a message to hold, after every database restart.  One poll, no round trip.
+    """
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
 def _reason(err: psycopg.Error) -> str:
     """The first line of a driver error (its messages carry no password)."""
     text = str(err).strip().splitlines()
@@ -401,6 +416,9 @@ class PostgresStore:
         """A connection whose schema was checked; driver errors come out as ours."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
+        if conn is not None and _dropped(conn):
+            conn.close()
+            conn = None
         fresh = conn is None
         if conn is None:
             conn = _connect(self._params)

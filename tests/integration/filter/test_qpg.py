@@ -12,6 +12,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
@@ -332,6 +333,23 @@ def test_a_message_added_again_under_its_key_is_held_once(
     assert got[0] == store.add(late, b"x", key="k1")
     assert late.id == store.add(late, b"x", key="k2")
     assert 2 == store.count(Query(recipient="b@example.com"))
+
+
+def test_an_idle_connection_the_server_ended_is_not_reused(
+    store: PostgresStore, postgres_server: Postgres, database: str
+) -> None:
+    """After the server ends the store's idle connections (a restart does), the next call
+    works at once: no call fails on a dead connection (a 451 for mail to hold)."""
+    hold(store, T0)
+    with psycopg.connect(**_params(postgres_server, database), autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name = 'mail-filter' AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchone()
+    assert ended is not None and ended[0] >= 1
+    time.sleep(0.2)  # the goodbye reaches our socket
+    assert 1 == store.count(Query())
 
 
 # Requests, allow entries, deletion
