@@ -123,6 +123,11 @@ class AllowCache:
                 why, state,
             )  # fmt: skip
 
+    def answered(self) -> None:
+        """The store answered (a hold went through): ask it live again from now on."""
+        self._down_until = -math.inf
+        self._answered()
+
     def _answered(self) -> None:
         if self.on_up is not None:
             self.on_up(True)
@@ -150,6 +155,5 @@ class AllowCache:
             if store is self._store:  # not replaced by a reload meanwhile
                 self._copy = {r: frozenset(s) for r, s in copy.items()}
                 self._loaded = True
-        self._down_until = -math.inf
-        self._answered()
+        self.answered()
         return True

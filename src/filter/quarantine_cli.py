@@ -72,9 +72,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     dig = actions.add_parser(
         "digest", help="mail each recipient a list of their newly held spam, with release links"
     )
-    # Also accepted after "digest" (as the timer's unit and the docs write it); SUPPRESS
-    # keeps an absent one from overwriting the value given before the subcommand.
-    dig.add_argument("--config", default=argparse.SUPPRESS, help="TOML file")
     dig.add_argument(
         "--dry-run", action="store_true", help="say who would get how many; send and mark nothing"
     )
@@ -82,6 +79,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--since", type=float, metavar="HOURS",
         help="list mail held in the last HOURS (default: since the last run; first run 24)",
     )  # fmt: skip
+    for action in actions.choices.values():
+        # Also accepted after the action (``quarantine list --config F``, as the digest
+        # timer's unit writes it); SUPPRESS keeps an absent one from overwriting the
+        # value given before it.
+        action.add_argument("--config", default=argparse.SUPPRESS, help="TOML file")
 
 
 def parse_since(text: str, now: float | None = None) -> float:

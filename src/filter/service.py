@@ -198,6 +198,8 @@ class Filter:
                 self.allow_cache.failed(str(err))  # the next messages need not wait on it
             raise Tempfail(replies.QUARANTINE_FAILED) from err
         trace.quarantine_id = held_as
+        if self.allow_cache is not None:
+            self.allow_cache.answered()
         if held_as != entry.id:
             # Postfix's retry of a message held before (its 250 lost, or a 451 after the
             # hold): the earlier entry stands, and its recipients were told already.
