@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +44,14 @@ ALLOW_DEADLINE = 1.0
 MAX_ENTRIES = 200_000
 
 
+# NUL and lone surrogates: what the PostgreSQL store keeps (and looks up) as U+FFFD.
+_UNSTORABLE = re.compile("[\0\ud800-\udfff]")
+
+
 def _normal(address: str) -> str:
-    """As every store keeps an allow entry's addresses: trimmed and lower-cased."""
-    return address.strip().lower()
+    """As the stores look an allow entry's address up: trimmed, lower-cased, and with
+    what PostgreSQL cannot hold as U+FFFD (the copy answers as the store would)."""
+    return _UNSTORABLE.sub("\ufffd", address.strip().lower())
 
 
 class AllowCache:
@@ -69,6 +75,7 @@ class AllowCache:
         self._loaded = False
         self._down_until = -math.inf
         self._down = False  # said once per outage
+        self._failures = 0  # a lookup that succeeds after a failure was declared proves little
         self._lock = threading.Lock()
 
     def attach(self, store: QuarantineStore, *, same_source: bool) -> None:
@@ -93,16 +100,21 @@ class AllowCache:
 
         Never raises: a failing store is reported once per outage.
         """
-        if self._clock() < self._down_until:
+        if self.known_down():
             return self.from_copy(recipients, senders)
-        store = self._store
+        store, failures = self._store, self._failures
         try:
             found = {r for r in recipients if store.is_allowed(r, senders)}
         except (QuarantineError, OSError) as err:
             self.failed(str(err))
             return self.from_copy(recipients, senders)
-        self._answered()
+        if failures == self._failures:  # else its caller gave up on it: the copy stands
+            self._answered()
         return found
+
+    def known_down(self) -> bool:
+        """Whether the copy answers alone for now (a failure less than ``retry`` s ago)."""
+        return self._clock() < self._down_until
 
     def from_copy(self, recipients: Sequence[str], senders: Sequence[str]) -> set[str]:
         """The copy's answer (nobody allowed anybody before a first load)."""
@@ -113,6 +125,7 @@ class AllowCache:
     def failed(self, why: str) -> None:
         """The store did not answer (or not in time): use the copy for ``retry`` seconds."""
         self._down_until = self._clock() + self.retry
+        self._failures += 1
         if self.on_up is not None:
             self.on_up(False)
         if not self._down:

@@ -154,8 +154,11 @@ class Daemon:
     async def _refresh_allow_copy(self) -> None:
         """Load this host's copy of the allow entries now and every ``allow_refresh`` s."""
         while True:
-            if await asyncio.to_thread(self.allow_cache.reload):
-                self.metrics.allow_copy_entries.set(self.allow_cache.recipients)
+            try:
+                if await asyncio.to_thread(self.allow_cache.reload):
+                    self.metrics.allow_copy_entries.set(self.allow_cache.recipients)
+            except Exception:  # a bug here must not end the refreshes for good
+                log.exception("allow entries' copy not reloaded")
             await asyncio.sleep(self.cfg.quarantine.allow_refresh)
 
     def reload(self) -> None:

@@ -19,6 +19,10 @@ from filter import headers
 from filter.spool import Spool, Tail
 from filter.verdicts import Category, Result
 
+# Postfix folds its Received field before "by": the client's HELO (on the first line)
+# cannot reach the "by" line, so the id read there is Postfix's own.
+_QUEUE_ID_BY = re.compile(rb"\n[ \t]+by [^\r\n]*?\(Postfix\) with \S+ id ([0-9A-Za-z]{6,})\b")
+# An unfolded field (another MTA, or one written by hand): the last "id" on it.
 _QUEUE_ID = re.compile(rb"\bid\s+([0-9A-Za-z]{6,})\b")
 
 
@@ -97,9 +101,11 @@ def queue_id_of(data: bytes) -> str:
     """The front Postfix's queue id, from the topmost Received field (``... id 4Xyz...``)."""
     received = headers.first_field(data, b"received")
     if received:
-        match = _QUEUE_ID.search(received)
-        if match:
-            return match.group(1).decode("ascii")
+        match = _QUEUE_ID_BY.search(received)
+        if match is None:
+            ids = _QUEUE_ID.findall(received.split(b"\n", 1)[0])
+            return ids[-1].decode("ascii") if ids else "-"
+        return match.group(1).decode("ascii")
     return "-"
 
 

@@ -363,6 +363,9 @@ def upgrade(params: dict[str, Any]) -> tuple[int | None, int]:
                     current = conn.execute("SELECT max(version) FROM schema_version").fetchone()
                     if current is not None and current[0] is not None and current[0] >= version:
                         continue  # applied before (or by another host meanwhile)
+                    # A step may build an index over every row: no statement deadline.
+                    # lock_timeout stays: rather fail than hold up every host's holds.
+                    conn.execute("SET LOCAL statement_timeout = 0")
                     conn.execute(MIGRATIONS[version].encode())  # DDL only: no parameters
                     conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                     log.info("quarantine database schema upgraded to version %d", version)

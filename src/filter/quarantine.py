@@ -93,7 +93,12 @@ def new_id() -> str:
 
 
 def hold_key(
-    queue_id: str, mail_from: str, recipients: Sequence[str], size: int, head: bytes
+    queue_id: str,
+    mail_from: str,
+    recipients: Sequence[str],
+    size: int,
+    head: bytes,
+    category: str = "",
 ) -> str | None:
     """What makes a delivery attempt the same message again: None without a queue id.
 
@@ -105,12 +110,15 @@ def hold_key(
     memory (a spooled message's head), which carries the Received field with
     the queue id and the Message-ID; reading a spooled body again would add
     cost and no certainty.  Without a queue id (mail that did not come through
-    Postfix) two identical messages are two messages: no key.
+    Postfix) two identical messages are two messages: no key.  ``category`` is
+    in the key: a retry judged worse (a virus now, after a signature update,
+    where it was spam) is held again under its new verdict, with its notice,
+    not answered by the milder entry.
     """
     if not queue_id or queue_id == "-":
         return None
     digest = hashlib.sha256()
-    for part in (queue_id, mail_from, *sorted(recipients), str(size)):
+    for part in (category, queue_id, mail_from, *sorted(recipients), str(size)):
         digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
     digest.update(head)
     return digest.hexdigest()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,10 @@ class Notifier(Protocol):
         ...
 
 
+# After a hold failed, holds answer 451 without trying for this many seconds.
+HOLD_RETRY = 5.0
+
+
 class Filter:
     """The per-message pipeline: the order of the steps and the answer to Postfix."""
 
@@ -88,6 +93,7 @@ class Filter:
         self.allow_cache = allow_cache
         # A lookup that takes longer uses this host's copy (and the copy only, for a while).
         self._allow_deadline = min(cfg.quarantine.timeout, ALLOW_DEADLINE)
+        self._holds_down_until = -math.inf  # holds answer 451 at once until then
 
     async def handle(self, msg: Message) -> str:
         """Process one message and return the SMTP reply for Postfix."""
@@ -152,6 +158,8 @@ class Filter:
         cache = self.allow_cache
         if cache is None or findings.report is None:
             return set()
+        if cache.known_down():  # decided here: no worker thread needed, none waited for
+            return cache.from_copy(recipients, senders)
         try:
             async with asyncio.timeout(self._allow_deadline):
                 return await asyncio.to_thread(cache.allowed, recipients, senders)
@@ -167,6 +175,10 @@ class Filter:
         """Store the message durably before anything is answered; failure is a 451."""
         if self.store is None:
             raise Tempfail(replies.NO_QUARANTINE)
+        if time.monotonic() < self._holds_down_until:
+            # A hold failed moments ago: 451 now rather than each message waiting out
+            # the store's deadline (a hung database) behind the others.
+            raise Tempfail(replies.QUARANTINE_FAILED)
         entry = Entry(
             id=new_quarantine_id(),
             category=treatment.category.value,
@@ -186,7 +198,7 @@ class Filter:
             # The files are written first; an index that fails is repaired later and
             # never fails this (QuarantineStore.add).
             tail = msg.tail(self.marker.remove_prefixes)
-            key = hold_key(trace.queue_id, msg.mail_from, held, msg.size, msg.data)
+            key = hold_key(trace.queue_id, msg.mail_from, held, msg.size, msg.data, entry.category)
             held_as = await asyncio.to_thread(
                 functools.partial(
                     self.store.add, entry, copy, tail.chunks() if tail else (), key=key
@@ -194,6 +206,7 @@ class Filter:
             )
         except OSError as err:
             log.error("quarantine write failed: %s", err)
+            self._holds_down_until = time.monotonic() + HOLD_RETRY
             if self.allow_cache is not None:
                 self.allow_cache.failed(str(err))  # the next messages need not wait on it
             raise Tempfail(replies.QUARANTINE_FAILED) from err

@@ -187,3 +187,44 @@ async def test_a_hung_store_costs_the_deadline_once_then_nothing(store: FlakySto
     await asyncio.sleep(0)
     assert 2 == store.lookups  # the load and the one that hung
     assert 5 == len(fwd.sent)
+
+
+def test_a_late_answer_after_its_caller_gave_up_does_not_end_the_outage(
+    store: FlakyStore,
+) -> None:
+    """A lookup that succeeds after a failure was declared meanwhile leaves the copy in charge."""
+    clock, ups = Clock(), list[bool]()
+    cache = AllowCache(store, clock=clock, on_up=ups.append)
+    store.hang.clear()
+    worker = threading.Thread(target=cache.allowed, args=(["b@example.com"], ["a@example.net"]))
+    worker.start()
+    cache.failed("no answer within 1 s")
+    store.hang.set()
+    worker.join()
+    assert cache.known_down()
+    assert [False] == ups
+
+
+def test_the_copy_looks_up_an_address_as_the_database_stores_it(store: FlakyStore) -> None:
+    """NUL and lone surrogates are U+FFFD in the copy's lookups, as in PostgreSQL's."""
+    store.allow("b@example.com", "a\ufffd@example.net", USER)
+    cache = AllowCache(store)
+    cache.reload()
+    for sender in ("a\0@example.net", "a\udcff@example.net"):
+        assert {"b@example.com"} == cache.from_copy(["b@example.com"], [sender])
+
+
+async def test_after_a_failed_hold_the_next_holds_answer_451_at_once(tmp_path: Path) -> None:
+    """A store that failed a hold is not waited on by the next messages for a while."""
+    store = FlakyStore(tmp_path / "q")
+    f, _ = _filter(store)
+    calls = []
+
+    def failing_add(*args: object, **kwargs: object) -> str:
+        calls.append(1)
+        raise OSError("quarantine database: no answer")
+
+    store.add = failing_add  # type: ignore[method-assign]
+    for _ in range(3):
+        assert (await f.handle(_spam())).startswith("451")
+    assert 1 == len(calls)

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from filter.config import Config, PolicyConfig, ServerConfig, SpamdConfig
-from filter.message import Message
+from filter.message import Message, queue_id_of
 from filter.qdir import DirectoryStore
 from filter.qstore import Query
 from filter.service import Filter
@@ -394,3 +394,16 @@ async def test_two_messages_alike_but_for_the_queue_id_are_two_entries() -> None
         await f.handle(message(data + b"VIRUS-MARKER\r\n"))
     assert f.store is not None
     assert 4 == f.store.count(Query())
+
+
+def test_the_queue_id_is_postfixs_not_one_in_the_clients_helo() -> None:
+    """Postfix's folded Received: the id on its "by" line, whatever the HELO says."""
+    data = (
+        b"Received: from x id FORGED1 (client.example [192.0.2.9])\r\n"
+        b"\tby gw.example (Postfix) with ESMTP id 4AbCdEf123\r\n"
+        b"\tfor <b@example.com>; Mon, 1 Jan 2029 00:00:00 +0000 (UTC)\r\n"
+        b"Subject: s\r\n\r\nbody\r\n"
+    )
+    assert "4AbCdEf123" == queue_id_of(data)
+    assert "4AbCdEf123" == queue_id_of(RAW)
+    assert "-" == queue_id_of(b"Received: from a by b; date\r\n\r\n")

@@ -591,5 +591,6 @@ def test_hold_keys_differ_with_anything_that_makes_another_message() -> None:
         changed = list(base)
         changed[i] = other
         assert key != hold_key(*changed)  # type: ignore[arg-type]
+    assert key != hold_key(*base, category="virus")
     assert hold_key("-", *base[1:]) is None
     assert hold_key("", *base[1:]) is None
