@@ -38,7 +38,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from filter.qstore import AllowEntry, DayCount, Query
 from filter.quarantine import Entry, QuarantineError
@@ -344,6 +344,27 @@ class _Database:
                 raise
             db.execute("COMMIT")
 
+    def _every(self, sql: str, key: Sequence[str], batch: int) -> Iterator[tuple[Any, ...]]:
+        """Every row of ``sql``, ordered by ``key`` (its table's primary key, the first
+        columns it selects), ``batch`` rows per lock hold: a long walk (a migration of
+        the whole file) never keeps the store's other callers waiting for long.
+
+        ``sql`` has ``{after}`` where the condition on the last key read goes.
+        """
+        after = f"WHERE ({', '.join(key)}) > ({', '.join('?' * len(key))})"
+        last: tuple[Any, ...] | None = None
+        while True:
+            with self._connection() as db:
+                if last is None:
+                    rows = db.execute(sql.format(after=""), (batch,)).fetchall()
+                else:
+                    params = (*last[: len(key)], batch)
+                    rows = db.execute(sql.format(after=after), params).fetchall()
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1]
+
     def close(self) -> None:
         """Close the connection (a later call reopens it)."""
         with self._lock:
@@ -598,6 +619,15 @@ class AllowList(_Database):
             ).fetchone()
         return row is not None
 
+    def every(self, batch: int = 1000) -> Iterator[AllowEntry]:
+        """Every entry, by recipient and sender (what a migration copies)."""
+        sql = (
+            "SELECT recipient, sender, added_at, added_by FROM allow {after}"
+            " ORDER BY recipient, sender LIMIT ?"
+        )
+        for row in self._every(sql, ("recipient", "sender"), batch):
+            yield AllowEntry(*row)
+
 
 class Ledger(_Database):
     """The digest's records in one SQLite file (see the module docstring); opened on first use."""
@@ -658,6 +688,22 @@ class Ledger(_Database):
         with self._writing() as db:
             db.execute("DELETE FROM holds WHERE at < ?", (now - HOLD_KEY_TTL,))
             db.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?)", (key, entry_id, now))
+
+    def spent(self, batch: int = 1000) -> Iterator[tuple[bytes, float]]:
+        """Every spent nonce with its link's expiry (what a migration copies)."""
+        sql = "SELECT nonce, expires_at FROM spent_links {after} ORDER BY nonce LIMIT ?"
+        for nonce, expires_at in self._every(sql, ("nonce",), batch):
+            yield bytes(nonce), float(expires_at)
+
+    def marks(self, batch: int = 1000) -> Iterator[tuple[str, str, float, float]]:
+        """Every digest mark: (recipient, id, received_at, sent_at) (what a migration copies)."""
+        sql = (
+            "SELECT recipient, id, received_at, sent_at FROM digested {after}"
+            " ORDER BY recipient, id LIMIT ?"
+        )
+        rows = self._every(sql, ("recipient", "id"), batch)
+        for recipient, entry_id, received_at, sent_at in rows:
+            yield str(recipient), str(entry_id), float(received_at), float(sent_at)
 
     def finish(self, next_start: float, forget_before: float) -> None:
         """Set the next run's start; drop marks of mail received before ``forget_before``."""
