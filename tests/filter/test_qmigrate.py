@@ -13,9 +13,77 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from filter import qmigrate
+from filter.qdir import DirectoryStore
 from filter.qindex import AllowList, Ledger
+from filter.quarantine import Entry, QuarantineError, new_id
 
 T0 = datetime(2026, 11, 20, 12, 0).timestamp()
+
+
+def _entry(**fields: object) -> Entry:
+    entry = Entry(new_id(), "spam", "why", "a@example.net", ["b@example.com"], T0, 10)
+    for name, value in fields.items():
+        setattr(entry, name, value)
+    return entry
+
+
+# Rows from the directory's metadata
+
+
+def test_a_release_record_keeps_its_time_and_fields() -> None:
+    """released_at is the record's time; the record goes whole, texts made storable."""
+    record: dict[str, object] = {
+        "when": "2026-11-20 12:00:00", "at": T0 + 5, "to": "b@example.com", "reply": "250 ok",
+        "by": "unix:root\0", "from": "local", "confirmed": True, "token": "ab12",
+    }  # fmt: skip
+    released_at, stored = qmigrate.release_columns(_entry(releases=[record])) or (0.0, {})
+    assert T0 + 5 == released_at
+    assert {**record, "by": "unix:root\ufffd"} == stored
+
+
+def test_an_old_release_record_is_still_a_release() -> None:
+    """A record without a time takes it from "when"; one with neither is released at 0,
+    never NULL (NULL would let it be released again); an entry never released has none."""
+    old = _entry(releases=[{"when": "2026-11-01 10:00:00", "to": "b@example.com", "reply": ""}])
+    assert datetime(2026, 11, 1, 10).timestamp() == (qmigrate.release_columns(old) or (0,))[0]
+    odd = _entry(releases=[{"when": "yesterday"}])
+    assert (0.0, {"when": "yesterday"}) == qmigrate.release_columns(odd)
+    assert qmigrate.release_columns(_entry()) is None
+
+
+def test_requests_become_rows_in_their_order() -> None:
+    """Each request one row (id, at, by, address, note); a time that is not a number is 0."""
+    entry = _entry(
+        requests=[
+            {"at": T0, "by": "alice@example.com", "from": "203.0.113.5", "note": "mine\ud800"},
+            {"at": "soon", "by": "bob@example.com"},
+        ]
+    )
+    assert [
+        (entry.id, T0, "alice@example.com", "203.0.113.5", "mine\ufffd"),
+        (entry.id, 0.0, "bob@example.com", "", ""),
+    ] == qmigrate.request_rows(entry)
+
+
+def test_entries_that_cannot_be_trusted_are_skipped_with_their_reason(tmp_path: Path) -> None:
+    """Bad metadata and a symlinked message file are reported to on_skip and left out; a name
+    whose files went away since the listing is dropped silently."""
+    store = DirectoryStore(tmp_path / "q")
+    good = _entry()
+    store.add(good, b"Subject: hi\r\n\r\n")
+    linked = _entry()
+    store.add(linked, b"Subject: hi\r\n\r\n")
+    (tmp_path / "q" / f"{linked.id}.eml").unlink()
+    (tmp_path / "q" / f"{linked.id}.eml").symlink_to("/etc/passwd")
+    (tmp_path / "q" / "00aa.json").write_text("{}")
+    skipped: list[QuarantineError] = []
+    names = [*store.files.names(), "00bb"]
+    assert [good] == qmigrate.trusted(store.files, names, skipped.append)
+    assert ["00aa: bad metadata", f"{linked.id}: message file is a symbolic link"] == sorted(
+        str(e).split(" (")[0].split(";")[0] for e in skipped
+    )
+    store.close()
 
 
 # The SQLite readers a migration walks
@@ -46,3 +114,10 @@ def test_the_ledger_is_read_whole_a_batch_at_a_time(tmp_path: Path) -> None:
         ("bob@example.com", "0001", T0 + 1, T0 + 90),
     ] == list(ledger.marks(batch=2))
     ledger.close()
+
+
+def test_a_report_sums_up_as_the_command_prints_it() -> None:
+    """The four counts, as the command prints them; done counts every entry dealt with."""
+    report = qmigrate.Report(copied=998, already=1, skipped=2, failed=3)
+    assert "998 copied, 1 already there, 2 skipped, 3 failed" == report.summary()
+    assert 1004 == report.done
