@@ -2,7 +2,8 @@
 
 Subcommands: ``serve`` (the content filter), ``check-config FILE``,
 ``quarantine ...``, ``learn``, ``portal`` (the quarantine's web pages) and
-``db upgrade`` (the quarantine database's schema, with ``[quarantine] store``).
+``db upgrade`` (the quarantine database's schema, with ``[quarantine] store``
+or ``--url``).
 Exit code 78 (EX_CONFIG) for a bad configuration; ``learn`` exits 75
 (EX_TEMPFAIL) when its shared store (``[state]``) cannot be reached at the
 start, and 0 when another gateway host holds the learn lock.
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument(
         "--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG} if present)"
     )
+    upgrade.add_argument(
+        "--url",
+        help="this database instead of quarantine.store (before `quarantine migrate --to URL`)",
+    )
     return parser
 
 
@@ -119,7 +124,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     try:
-        cfg = app.load_config(path, {})
+        # --url: the schema for a migration, while this host still uses the directory.
+        cfg = app.load_config(path, {"quarantine.store": args.url} if args.url else {})
         if not cfg.quarantine.store:
             raise ConfigError(
                 "quarantine.store: not a database (the directory store has no schema)"

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from filter import digest, qactions, qopen
 from filter.config import Config, ConfigError, split_listen
@@ -37,7 +37,37 @@ from filter.qdir import DirectoryStore
 from filter.qstore import Actor, QuarantineStore, Query
 from filter.quarantine import Entry, QuarantineError
 from filter.smtp_out import Reinjector
+from mailgate.command import EX_CONFIG
+from mailgate.config import override
 from mailgate.state import load_secret
+
+if TYPE_CHECKING:  # at run time only migrate imports it: it loads the PostgreSQL driver
+    from filter.qmigrate import Report as MigrateReport
+
+
+MIGRATE_HELP = """\
+Copy everything this host's quarantine directory ([quarantine] directory of
+--config, which goes before "migrate") holds into the PostgreSQL database at
+--to: each message byte for byte with its id and metadata, release records (a
+released message stays released), release requests, allow entries, spent
+release links and the digest's marks and start.  The directory is only read,
+never changed.  It resumes: run it again after an interruption, or after the
+switch to carry over what was held meanwhile; what is there already is
+counted, never copied twice.
+
+The database's password, CA certificate and timeout are [quarantine]
+password_file, ca_file and timeout: put them in the config first (they are
+ignored while store is ""); the switched config needs them too.  The database
+needs the schema first: mail-filter db upgrade --url URL.
+"""
+MIGRATE_EXIT = """\
+exit status: 0 everything is in the database; 1 some entries were skipped (the
+directory store cannot trust them) or failed (the database refused them), each
+named on stderr, or the database's schema is missing or another version;
+75 the database cannot be reached or was lost, 130 interrupted (run it again:
+it goes on where it stopped); 78 a bad --to or configuration.
+"""
+EX_TEMPFAIL = 75  # sysexits.h, as db upgrade's: the database did not answer; run it again
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,6 +99,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     exp = actions.add_parser("expire", help="delete entries older than quarantine.max_age_days")
     exp.add_argument("--older-than", type=float, help="days (default: quarantine.max_age_days)")
     actions.add_parser("reindex", help="rebuild the quarantine's index from its files")
+    mig = actions.add_parser(
+        "migrate",
+        help="copy this host's quarantine directory into a PostgreSQL database",
+        description=MIGRATE_HELP,
+        epilog=MIGRATE_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mig.add_argument(
+        "--to", required=True, metavar="URL",
+        help="the database: postgresql://USER@HOST:PORT/DATABASE (no password in it)",
+    )  # fmt: skip
     dig = actions.add_parser(
         "digest", help="mail each recipient a list of their newly held spam, with release links"
     )
@@ -198,6 +239,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     exits 0; ``expire`` exits 1 if it had to keep any (the timer's unit fails, so
     someone looks).
     """
+    if args.action == "migrate":
+        return _migrate(args, cfg)
     try:
         store = qopen.open_store(cfg.quarantine)
     except ConfigError as err:
@@ -329,3 +372,120 @@ async def _release(
         )
     finally:
         await reinjector.close()
+
+
+def _migrate(args: argparse.Namespace, cfg: Config) -> int:
+    """Copy the configured directory store into the database at ``--to`` (see MIGRATE_EXIT)."""
+    # Imported here: the other commands never load the PostgreSQL driver for nothing.
+    from filter import qmigrate, qpg
+
+    try:
+        try:
+            target = override(cfg, "quarantine.store", args.to).quarantine
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("quarantine.store", "--to", 1)) from None
+        if not target.store:
+            raise ConfigError("--to: a postgresql:// URL is needed")
+        password = qpg.read_password(target.password_file)
+    except (ConfigError, QuarantineError) as err:
+        _emit(printable(f"mail-filter quarantine migrate: configuration error: {err}"), sys.stderr)
+        return EX_CONFIG
+    source = DirectoryStore(cfg.quarantine.directory)
+    if not source.directory.is_dir():
+        _error(QuarantineError(f"{source.directory}: no quarantine directory; nothing to migrate"))
+        return 1
+    params = qpg.conninfo(target.store, password, target.ca_file, target.timeout)
+    params["application_name"] = "mail-filter migrate"
+    who = actor()
+    last = qmigrate.Report()
+    tty = sys.stderr.isatty()
+
+    def progress(report: qmigrate.Report) -> None:
+        nonlocal last
+        last = report
+        if tty:
+            print(f"\r{report.done}/{report.listed} entries", end="", file=sys.stderr, flush=True)
+
+    def stopped(why: str) -> str:
+        if not last.listed:
+            return why  # before the first batch committed
+        if tty:
+            print(file=sys.stderr)
+        return f"{why}; stopped after {last.done} of {last.listed} entries ({last.summary()})"
+
+    fields: dict[str, object] = {"to": target.store}
+    try:
+        with audit_to(cfg.quarantine.audit_log):
+            try:
+                with qmigrate.connect(params) as conn:
+                    report = qmigrate.migrate(
+                        source, conn, on_skip=_error, on_fail=_error, progress=progress
+                    )
+            except qpg.SchemaMismatch as err:
+                qactions.audit("migrate", who, "refused", **fields, why=str(err))
+                _error(QuarantineError(f"{err} (for this database: {_upgrade_hint(args)})"))
+                return 1
+            except qpg.StoreUnavailable as err:
+                qactions.audit("migrate", who, "failed", **fields, why=str(err))
+                _error(QuarantineError(stopped(f"{err}") + "; run it again to go on"))
+                return EX_TEMPFAIL
+            except QuarantineError as err:
+                qactions.audit("migrate", who, "failed", **fields, why=str(err))
+                _error(QuarantineError(stopped(f"{err}")))
+                return 1
+            except KeyboardInterrupt:
+                qactions.audit("migrate", who, "interrupted", **fields)
+                _error(QuarantineError(stopped("interrupted") + "; run it again to go on"))
+                return 130
+            if tty:
+                print(file=sys.stderr)
+            result = "partial" if report.skipped or report.failed else "ok"
+            qactions.audit(
+                "migrate", who, result, **fields, copied=report.copied, already=report.already,
+                skipped=report.skipped, failed=report.failed,
+            )  # fmt: skip
+    except OSError as err:
+        _error(QuarantineError(f"audit log {cfg.quarantine.audit_log}: {err.strerror}"))
+        return 1
+    finally:
+        source.close()
+    switched = cfg.quarantine.store == target.store
+    for line in _migrated(report, str(source.directory), target.store, switched):
+        _emit(printable(line))
+    return 1 if report.skipped or report.failed else 0
+
+
+def _upgrade_hint(args: argparse.Namespace) -> str:
+    config = f" --config {args.config}" if args.config else ""
+    return f"mail-filter db upgrade{config} --url {args.to}"
+
+
+def _migrated(report: MigrateReport, directory: str, url: str, switched: bool) -> list[str]:
+    """What a finished run says: its counts, then how to switch (unless ``switched``)."""
+    updated = f"; {report.updated} of those brought up to date" if report.updated else ""
+    start = "none in the directory"
+    if report.digest_start is not None:
+        start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.digest_start))
+    lines = [
+        f"{directory} -> {url}: {report.summary()} (of {report.listed}){updated}",
+        f"allow entries {report.allow}; spent release links {report.spent_links};"
+        f" digest marks {report.digest_marks}; next digest from {start}",
+    ]
+    if report.skipped or report.failed:
+        lines.append("Look at the entries named above: they are not in the database.")
+    if switched:
+        lines += [
+            "The directory is left as it was. [quarantine] store names this database already:",
+            "once mail-filter and mail-filter-portal run with it, nothing more is held in the",
+            "directory; keep it as a backup, or move it away.",
+        ]
+    else:
+        lines += [
+            "The directory is left as it was. To switch this host to the database, set in",
+            "[quarantine]",
+            f'    store = "{url}"',
+            "(password_file, ca_file and timeout stay as they are), restart mail-filter and",
+            "mail-filter-portal, then run this command again: it copies what was held here",
+            "meanwhile.",
+        ]
+    return lines

@@ -13,7 +13,10 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from filter import qmigrate
+import pytest
+
+from devstack.ports import LOOPBACK, free_port
+from filter import cli, qmigrate
 from filter.qdir import DirectoryStore
 from filter.qindex import AllowList, Ledger
 from filter.quarantine import Entry, QuarantineError, new_id
@@ -121,3 +124,88 @@ def test_a_report_sums_up_as_the_command_prints_it() -> None:
     report = qmigrate.Report(copied=998, already=1, skipped=2, failed=3)
     assert "998 copied, 1 already there, 2 skipped, 3 failed" == report.summary()
     assert 1004 == report.done
+
+
+# The command's refusals
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A configuration naming a directory store with one entry, auditing to stderr."""
+    store = DirectoryStore(tmp_path / "q")
+    store.add(_entry(), b"Subject: hi\r\n\r\n")
+    store.close()
+    path = tmp_path / "filter.toml"
+    path.write_text(f'[quarantine]\ndirectory = "{tmp_path / "q"}"\naudit_log = "stderr"\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://u:secret@db.example.com/q", "--to: no password in the URL"),
+        ("mysql://u@db.example.com/q", "--to: must be"),
+        ("", "--to: a postgresql:// URL is needed"),
+    ],
+)
+def test_a_bad_url_is_a_configuration_error(
+    config: Path, capsys: pytest.CaptureFixture[str], url: str, said: str
+) -> None:
+    """--to is checked as [quarantine] store is: 78, naming --to, before anything is read."""
+    assert cli.EX_CONFIG == cli.main(
+        ["quarantine", "--config", str(config), "migrate", "--to", url]
+    )
+    err = capsys.readouterr().err
+    assert said in err
+    assert "secret" not in err
+
+
+def test_an_unreadable_password_file_is_a_configuration_error(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[quarantine] password_file is where the password comes from: missing, 78."""
+    with config.open("a") as f:
+        f.write(f'password_file = "{tmp_path / "nope"}"\n')
+    url = "postgresql://u@db.example.com/q"
+    assert cli.EX_CONFIG == cli.main(
+        ["quarantine", "--config", str(config), "migrate", "--to", url]
+    )
+    assert "cannot read the database password" in capsys.readouterr().err
+
+
+def test_no_quarantine_directory_is_nothing_to_migrate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory that does not exist (a wrong --config?): 1, saying so, nothing created."""
+    path = tmp_path / "filter.toml"
+    path.write_text(f'[quarantine]\ndirectory = "{tmp_path / "none"}"\naudit_log = "stderr"\n')
+    url = "postgresql://u@db.example.com/q"
+    assert 1 == cli.main(["quarantine", "--config", str(path), "migrate", "--to", url])
+    assert "no quarantine directory; nothing to migrate" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_database_that_does_not_answer_is_75(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nobody listening at --to: 75 (EX_TEMPFAIL: run it again later), audited as failed."""
+    url = f"postgresql://u@{LOOPBACK}:{free_port()}/q"
+    assert cli.EX_TEMPFAIL == cli.main(
+        ["quarantine", "--config", str(config), "migrate", "--to", url]
+    )
+    err = capsys.readouterr().err
+    assert "quarantine database: connection" in err
+    assert "run it again to go on" in err
+    assert "action=migrate" in err
+    assert "result=failed" in err
+
+
+def test_db_upgrade_takes_the_database_from_url(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--url stands for [quarantine] store (the directory's config, before a migration),
+    checked the same way: a password in it is 78; nobody listening is 75."""
+    upgrade = ["db", "upgrade", "--config", str(config), "--url"]
+    assert cli.EX_CONFIG == cli.main([*upgrade, "postgresql://u:pw@db.example.com/q"])
+    assert "no password in the URL" in capsys.readouterr().err
+    assert cli.EX_TEMPFAIL == cli.main([*upgrade, f"postgresql://u@{LOOPBACK}:{free_port()}/q"])

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from devstack.postgres import Postgres
-from filter import qmigrate, qpg
+from filter import cli, qmigrate, qpg
 from filter.qdir import DirectoryStore, release_of
 from filter.qmigrate import Tally
 from filter.qpg import PostgresStore
@@ -438,3 +438,46 @@ def test_an_entry_the_database_refuses_fails_alone(
         str(e) for e in failed
     ]
     assert 4 == _count(postgres_server, empty_db, "SELECT count(*) FROM entries")
+
+
+# The command
+
+
+def test_the_command_migrates_reports_and_says_how_to_switch(
+    postgres_server: Postgres,
+    bare_db: str,
+    small: DirectoryStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`db upgrade --url` makes the schema while the config still names the directory;
+    `quarantine migrate --to URL` copies, prints its counts and how to switch, writes its
+    audit line; after the switch it says "already there"; the password is never printed."""
+    url = postgres_server.url_for(bare_db)
+    _hold(small, 5)
+    config = tmp_path / "filter.toml"
+    audit = tmp_path / "audit.log"
+    config.write_text(
+        f'[quarantine]\ndirectory = "{tmp_path / "q"}"\naudit_log = "{audit}"\n'
+        f'password_file = "{postgres_server.password_file}"\n'
+    )
+    migrate = ["quarantine", "--config", str(config), "migrate", "--to", url]
+    assert 1 == cli.main(migrate)
+    assert f"db upgrade --config {config} --url {url}" in capsys.readouterr().err
+    assert 0 == cli.main(["db", "upgrade", "--config", str(config), "--url", url])
+    capsys.readouterr()
+    assert 0 == cli.main(migrate)
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'q'} -> {url}: 5 copied, 0 already there, 0 skipped, 0 failed" in out
+    assert f'\n    store = "{url}"\n' in out
+    with config.open("a") as f:
+        f.write(f'store = "{url}"\n')
+    assert 0 == cli.main(migrate)
+    out2, err2 = capsys.readouterr()
+    assert "0 copied, 5 already there, 0 skipped, 0 failed" in out2
+    assert "store names this database already" in out2
+    assert postgres_server.password not in out + err + out2 + err2
+    lines = audit.read_text().splitlines()
+    assert 3 == len(lines)
+    assert "action=migrate" in lines[1]
+    assert "copied=5 already=0 skipped=0 failed=0 result=ok" in lines[1]
