@@ -705,6 +705,12 @@ class Ledger(_Database):
         for recipient, entry_id, received_at, sent_at in rows:
             yield str(recipient), str(entry_id), float(received_at), float(sent_at)
 
+    def holds(self, batch: int = 1000) -> Iterator[tuple[str, str, float]]:
+        """Every recorded hold: (key, id, at) (what a migration copies)."""
+        sql = "SELECT key, id, at FROM holds {after} ORDER BY key LIMIT ?"
+        for key, entry_id, at in self._every(sql, ("key",), batch):
+            yield str(key), str(entry_id), float(at)
+
     def finish(self, next_start: float, forget_before: float) -> None:
         """Set the next run's start; drop marks of mail received before ``forget_before``."""
         with self._writing() as db:

@@ -2,8 +2,8 @@
 
 This module owns the import: reading everything a :class:`filter.qdir.DirectoryStore`
 keeps (the entries' files with their release records and requests, the allow
-list, the digest's ledger: spent link nonces, digest marks, where the next
-digest starts) and the SQL that writes it into a database at
+list, the ledger: spent link nonces, digest marks, where the next digest
+starts, the keys that recognise a retried delivery) and the SQL that writes it into a database at
 :data:`filter.qpg.SCHEMA_VERSION`, each entry with its own id and its message
 byte for byte.
 
@@ -19,9 +19,10 @@ byte for byte.
   is added; nothing in the database is removed or overwritten.
 - Streamed: the directory is listed once (names only), metadata read a batch at
   a time, and one message at a time is in memory.
-- The source is only read, never locked, changed or deleted: the filter may go
-  on holding mail there until the switch, and a run after the switch carries
-  over what it held meanwhile.
+- The entries' files are only read, never locked, changed or deleted (the
+  SQLite files are opened as the store opens them): the filter may go on holding
+  mail there until the switch, and a run after the switch carries over what it
+  held meanwhile.
 
 Texts are made storable as :class:`filter.qpg.PostgresStore` makes what it adds
 storable (NUL and lone surrogates become U+FFFD, the same ``_lc`` columns), so a
@@ -105,6 +106,14 @@ _INSERT_MARKS = (
     " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[])"
     " ON CONFLICT (recipient, id) DO NOTHING"
 )
+# A retried delivery of a message held in the directory is recognised in the database
+# too (PostgresStore.add's key): each entry copied gets the key the directory recorded
+# for it, unless it has one, or another entry has that key (the retry was held there).
+_SET_HOLD_KEYS = (
+    "UPDATE entries e SET hold_key = h.key FROM unnest(%s::text[], %s::text[]) AS h(key, id)"
+    " WHERE e.id = h.id AND e.hold_key IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM entries x WHERE x.hold_key = h.key)"
+)
 # The earlier start wins: a later digest run then also scans what the directory held
 # but had not listed yet, and the marks keep it from listing anything twice.
 _SET_START = (
@@ -143,6 +152,7 @@ class Report:
     spent_links: Tally = field(default_factory=Tally)
     digest_marks: Tally = field(default_factory=Tally)
     digest_start: float | None = None
+    hold_keys: int = 0
 
     @property
     def done(self) -> int:
@@ -254,7 +264,8 @@ def migrate(
     """Copy what ``source`` holds into the database on ``conn``; what was done.
 
     Entries first, a committed transaction per ``batch``, then ``progress``;
-    then allow entries, spent link nonces, digest marks and the digest's start.
+    then allow entries, spent link nonces, digest marks, the digest's start and
+    the entries' hold keys.
     Entries that cannot be trusted go to ``on_skip``, those the database
     refuses to ``on_fail``, each once its batch committed; the run goes on.
     """
@@ -287,6 +298,8 @@ def migrate(
         if scan_from is not None:
             row = conn.execute(_SET_START, (scan_from,)).fetchone()
             report.digest_start = float(row[0]) if row else None
+        holds = ((key, entry_id) for key, entry_id, _at in source.ledger.holds())
+        report.hold_keys = _copy_rows(conn, _SET_HOLD_KEYS, holds).copied
     return report
 
 
@@ -447,8 +460,9 @@ def _bring_up_to_date(
 def _copy_rows(
     conn: psycopg.Connection[tuple[Any, ...]], sql: str, rows: Iterable[tuple[Any, ...]]
 ) -> Tally:
-    """Insert ``rows`` (one array per column) :data:`ROWS` at a time; what went in and what
-    was there (each statement commits on its own: the rows are keyed, a rerun skips them)."""
+    """Run ``sql`` on ``rows`` (one array per column) :data:`ROWS` at a time; how many it
+    wrote and how many it left (each statement commits on its own: the rows are keyed,
+    a rerun finds them there)."""
     tally = Tally()
     it = iter(rows)
     while chunk := list(islice(it, ROWS)):

@@ -47,13 +47,13 @@ if TYPE_CHECKING:  # at run time only migrate imports it: it loads the PostgreSQ
 
 MIGRATE_HELP = """\
 Copy everything this host's quarantine directory ([quarantine] directory of
---config, which goes before "migrate") holds into the PostgreSQL database at
---to: each message byte for byte with its id and metadata, release records (a
-released message stays released), release requests, allow entries, spent
-release links and the digest's marks and start.  The directory is only read,
-never changed.  It resumes: run it again after an interruption, or after the
-switch to carry over what was held meanwhile; what is there already is
-counted, never copied twice.
+--config) holds into the PostgreSQL database at --to: each message byte for
+byte with its id and metadata, release records (a released message stays
+released), release requests, the keys that recognise a retried delivery,
+allow entries, spent release links and the digest's marks and start.  The
+directory is only read, never changed.  It resumes: run it again after an
+interruption, or after the switch to carry over what was held meanwhile; what
+is there already is counted, never copied twice.
 
 The database's password, CA certificate and timeout are [quarantine]
 password_file, ca_file and timeout: put them in the config first (they are
@@ -469,7 +469,8 @@ def _migrated(report: MigrateReport, directory: str, url: str, switched: bool) -
     lines = [
         f"{directory} -> {url}: {report.summary()} (of {report.listed}){updated}",
         f"allow entries {report.allow}; spent release links {report.spent_links};"
-        f" digest marks {report.digest_marks}; next digest from {start}",
+        f" digest marks {report.digest_marks}; next digest from {start};"
+        f" retry keys set {report.hold_keys}",
     ]
     if report.skipped or report.failed:
         lines.append("Look at the entries named above: they are not in the database.")

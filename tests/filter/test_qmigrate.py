@@ -104,7 +104,7 @@ def test_the_allow_list_is_read_whole_a_batch_at_a_time(tmp_path: Path) -> None:
 
 
 def test_the_ledger_is_read_whole_a_batch_at_a_time(tmp_path: Path) -> None:
-    """spent() and marks() give every nonce and every mark once, in key order."""
+    """spent(), marks() and holds() give every nonce, mark and hold key once, in key order."""
     ledger = Ledger(tmp_path / "digest.sqlite3")
     nonces = [os.urandom(16) for _ in range(5)]
     for nonce in nonces:
@@ -116,6 +116,9 @@ def test_the_ledger_is_read_whole_a_batch_at_a_time(tmp_path: Path) -> None:
         *[("alice@example.com", f"{i:04x}", T0 + i, T0 + 60) for i in range(4)],
         ("bob@example.com", "0001", T0 + 1, T0 + 90),
     ] == list(ledger.marks(batch=2))
+    for n in range(3):
+        ledger.record_hold(f"key{n}", f"{n:04x}")
+    assert [f"key{n}" for n in range(3)] == [key for key, _id, _at in ledger.holds(batch=2)]
     ledger.close()
 
 
