@@ -3,9 +3,9 @@
 This module owns the import: reading everything a :class:`filter.qdir.DirectoryStore`
 keeps (the entries' files with their release records and requests, the allow
 list, the ledger: spent link nonces, digest marks, where the next digest
-starts, the keys that recognise a retried delivery) and the SQL that writes it into a database at
-:data:`filter.qpg.SCHEMA_VERSION`, each entry with its own id and its message
-byte for byte.
+starts, the keys that recognise a retried delivery) and the SQL that writes it
+into a database at :data:`filter.qpg.SCHEMA_VERSION`, each entry with its own
+id and its message byte for byte.
 
 - Resumable and idempotent: entries go in one transaction per batch of
   :data:`BATCH`, each an ``INSERT ... ON CONFLICT (id) DO NOTHING``.  A run
@@ -265,9 +265,9 @@ def migrate(
 
     Entries first, a committed transaction per ``batch``, then ``progress``;
     then allow entries, spent link nonces, digest marks, the digest's start and
-    the entries' hold keys.
-    Entries that cannot be trusted go to ``on_skip``, those the database
-    refuses to ``on_fail``, each once its batch committed; the run goes on.
+    the entries' hold keys.  Entries that cannot be trusted go to ``on_skip``,
+    those the database refuses to ``on_fail``, each once its batch committed;
+    the run goes on.
     """
     report = Report()
     names = source.files.names()
