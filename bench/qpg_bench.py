@@ -286,6 +286,8 @@ def holding(args: argparse.Namespace, root: Path, server: Postgres) -> None:
 
 # 30 days of entries in one statement.  Recipients: users ^ random() is log-uniform over
 # 1..users, i.e. Zipf with s = 1 (user1 gets about 7 % of all mail, user100 0.07 %).
+# Inserted in time order, as mail arrives: the table's pages then hold one day's mail
+# each, as on a real server (in random order every day's rows are spread over every page).
 FILL = """
 INSERT INTO entries (id, received_at, category, reason, mail_from, sender_lc, recipients,
     recipients_lc, subject, subject_lc, size, score, queue_id, released_at, release, message)
@@ -322,6 +324,7 @@ CROSS JOIN LATERAL (
         AS rcpts
     FROM generate_series(1, CASE WHEN s.u < 0.8 THEN 1 WHEN s.u < 0.95 THEN 2 ELSE 3 END)
 ) r
+ORDER BY s.at
 """
 FILL_RECIPIENTS = """
 INSERT INTO recipients (address, received_at, id)
