@@ -28,8 +28,9 @@ fast) and the server's defaults otherwise: ``synchronous_commit`` on, so an
    ``count``; the chart is ``daily_counts``), timed ``--repeat`` times, and
    the portal's pages themselves (in-process, :func:`bench.quarantine_bench.portal_pages`).
    Printed: p50/p99/max in milliseconds against the target (under 100 ms).
-   Calls whose p99 misses are run once more with ``auto_explain`` on, and the
-   plans of their statements are printed from the server's log.
+   Calls whose p99 misses are run again with ``auto_explain`` on, on one
+   connection past its warm-up (psycopg prepares, PostgreSQL may switch to a
+   generic plan), and the plans of their statements are printed from the server's log.
 
 It asserts nothing.  Run: ``.venv/bin/python -m bench.qpg_bench [--messages N]
 [--entries N] [--concurrency N] [--rounds N] [--repeat N] [--users N] [--quick] [--keep]``
