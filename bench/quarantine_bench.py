@@ -45,7 +45,7 @@ from filter.portal.auth import Verdict
 from filter.portal.sessions import Sessions
 from filter.portal.web import Portal, build
 from filter.qdir import DirectoryStore
-from filter.qstore import Query
+from filter.qstore import QuarantineStore, Query
 from filter.quarantine import Entry
 from filter.smtp_out import Delivery
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             timed("chart: per day and category, 30 days", args.repeat,
                   lambda: store.daily_counts(30)),
         ]  # fmt: skip
-        rows += _pages(store, user, args.repeat)
+        rows += portal_pages(store, user, args.repeat)
         size = sum(p.stat().st_size for p in directory.glob("index.sqlite3*"))
         print(f"\n{args.entries} entries, {args.users} recipients ({user}: "
               f"{store.count(mine)} entries); index {size / 1e6:.1f} MB; "
@@ -164,8 +164,11 @@ class _NoSending:
         raise AssertionError("the bench's pages send nothing")
 
 
-def _pages(store: DirectoryStore, user: str, repeat: int) -> list[tuple[str, float, float, float]]:
-    """The portal's pages through the whole application (TestClient, in this process)."""
+def portal_pages(
+    store: QuarantineStore, user: str, repeat: int
+) -> list[tuple[str, float, float, float]]:
+    """The portal's pages through the whole application (TestClient, in this process),
+    on any store (bench.qpg_bench times them on PostgreSQL)."""
     from starlette.testclient import TestClient
 
     admin = "admin@example.com"
