@@ -224,11 +224,11 @@ class DirectoryStore:
                 return
             cursor = page.next_cursor
 
-    def count(self, query: Query) -> int:
-        """How many indexed entries match (the index's word: no file is read)."""
+    def count(self, query: Query, limit: int | None = None) -> int:
+        """How many indexed entries match, at most ``limit`` (the index's word: no file read)."""
         if not self.directory.is_dir():
             return 0
-        return self.index.count(query)
+        return self.index.count(query, limit)
 
     def daily_counts(self, days: int, now: float | None = None) -> list[DayCount]:
         """Entries per local day and category, from local midnight ``days - 1`` days ago."""

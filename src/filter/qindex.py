@@ -469,8 +469,8 @@ class Index(_Database):
         with self._connection() as db:
             return [Row(*row) for row in db.execute(sql, params)]
 
-    def count(self, query: Query) -> int:
-        """How many indexed entries match ``query``."""
+    def count(self, query: Query, limit: int | None = None) -> int:
+        """How many indexed entries match ``query`` (at most ``limit``)."""
         conditions, params = _where(query, "e")
         if query.recipient is not None:
             conditions.insert(0, "r.address = ?")
@@ -479,8 +479,12 @@ class Index(_Database):
         else:
             source = "entries e"
         where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        sql = f"SELECT 1 FROM {source}{where}"  # noqa: S608 - fixed fragments
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, limit))
         with self._connection() as db:
-            row = db.execute(f"SELECT count(*) FROM {source}{where}", params).fetchone()  # noqa: S608
+            row = db.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()  # noqa: S608
         return int(row[0])
 
     def daily_counts(self, days: Sequence[tuple[date, float, float]]) -> list[DayCount]:

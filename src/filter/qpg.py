@@ -571,26 +571,25 @@ class PostgresStore:
         next_cursor = encode_cursor(Row(last.id, last.received_at, "")) if last else None
         return Page(entries, next_cursor)
 
-    def count(self, query: Query) -> int:
-        """How many entries match ``query``."""
+    def count(self, query: Query, limit: int | None = None) -> int:
+        """How many entries match ``query`` (at most ``limit``: the scan stops there)."""
         conditions, params = _where(query)
         source = "entries e"
         if query.recipient is not None and not conditions:
             # A user's whole count: their rows of ``recipients`` alone (an index-only scan);
             # the foreign key already says each has its entry.
-            with self._conn() as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM recipients WHERE address = %s",
-                    (_lower(query.recipient),),
-                ).fetchone()
-            return int(row[0]) if row else 0
-        if query.recipient is not None:
+            source, params = "recipients r WHERE r.address = %s", [_lower(query.recipient)]
+        elif query.recipient is not None:
             source = "recipients r JOIN entries e ON e.id = r.id"
             conditions.insert(0, "r.address = %s")
             params.insert(0, _lower(query.recipient))
         where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        sql = f"SELECT 1 FROM {source}{where}"  # noqa: S608 - fixed fragments
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(max(0, limit))
         with self._conn() as conn:
-            row = conn.execute(f"SELECT count(*) FROM {source}{where}".encode(), params).fetchone()  # noqa: S608
+            row = conn.execute(f"SELECT count(*) FROM ({sql}) t".encode(), params).fetchone()  # noqa: S608
         return int(row[0]) if row else 0
 
     def daily_counts(self, days: int, now: float | None = None) -> list[DayCount]:

@@ -223,8 +223,9 @@ class QuarantineStore(Protocol):
         """
         ...
 
-    def count(self, query: Query) -> int:
-        """How many entries match ``query``."""
+    def count(self, query: Query, limit: int | None = None) -> int:
+        """How many entries match ``query``; with ``limit``, counting stops there (a
+        page that says "more than 10,000" need not count a million rows)."""
         ...
 
     def daily_counts(self, days: int, now: float | None = None) -> list[DayCount]:

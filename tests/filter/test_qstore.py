@@ -594,3 +594,14 @@ def test_hold_keys_differ_with_anything_that_makes_another_message() -> None:
     assert key != hold_key(*base, category="virus")
     assert hold_key("-", *base[1:]) is None
     assert hold_key("", *base[1:]) is None
+
+
+def test_a_count_stops_at_its_limit(store: DirectoryStore) -> None:
+    """count(limit=N) is min(matches, N), for a user's view and the admin's."""
+    for n in range(5):
+        hold(store, T0 + n)
+    assert (5, 3, 5) == (
+        store.count(Query()), store.count(Query(), 3),
+        store.count(Query(recipient="alice@example.com"), 10),
+    )  # fmt: skip
+    assert 2 == store.count(Query(recipient="alice@example.com"), 2)

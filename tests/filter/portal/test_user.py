@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from filter.portal import web
 from filter.qstore import Actor, Query
 from filter.smtp_out import Reply
 from tests.filter.portal.conftest import World, login
@@ -53,6 +54,20 @@ def test_the_list_pages_newest_first(world: World) -> None:
     assert "message 1" in second
     assert "message 0" in second
     assert "message 6" not in second
+
+
+def test_a_list_past_the_count_cap_says_more_than(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past COUNT_CAP entries the page says "More than N messages" rather than counting all."""
+    monkeypatch.setattr(web, "COUNT_CAP", 3)
+    for n in range(5):
+        world.hold([ALICE], subject=f"message {n}", at=1_700_000_000.0 + n)
+    client = world.client()
+    login(client, ALICE)
+    assert "More than 3 messages" in client.get("/messages").text
+    world.hold([ALICE], category="virus", subject="one virus")
+    assert "1 message (" in client.get("/messages?category=virus").text
 
 
 def test_a_user_releases_spam_to_themselves_once(world: World) -> None:

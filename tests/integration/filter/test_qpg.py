@@ -353,6 +353,21 @@ def test_an_idle_connection_the_server_ended_is_not_reused(
     assert 1 == store.count(Query())
 
 
+def test_a_count_stops_at_its_limit(store: PostgresStore) -> None:
+    """count(limit=N) is min(matches, N): a user's whole count, a filtered one, the admin's."""
+    for n in range(5):
+        hold(store, T0 + n, category="spam" if n % 2 else "virus")
+    alice = "alice@example.com"
+    assert (5, 3, 5, 2) == (
+        store.count(Query()), store.count(Query(), 3),
+        store.count(Query(recipient=alice)), store.count(Query(recipient=alice), 2),
+    )  # fmt: skip
+    assert (2, 1) == (
+        store.count(Query(recipient=alice, category="spam")),
+        store.count(Query(recipient=alice, category="spam"), 1),
+    )  # fmt: skip
+
+
 # Requests, allow entries, deletion
 
 
