@@ -104,7 +104,7 @@ class AllowCache:
             return self.from_copy(recipients, senders)
         store, failures = self._store, self._failures
         try:
-            found = {r for r in recipients if store.is_allowed(r, senders)}
+            found = store.allowed_among(recipients, senders)
         except (QuarantineError, OSError) as err:
             self.failed(str(err))
             return self.from_copy(recipients, senders)

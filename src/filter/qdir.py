@@ -488,6 +488,10 @@ class DirectoryStore:
             return False  # no entry yet (the portal makes the directory with the first)
         return self.allow_list.any_of(recipient, senders)
 
+    def allowed_among(self, recipients: Sequence[str], senders: Sequence[str]) -> set[str]:
+        """Each recipient's primary-key lookups in the local allow file (no round trips)."""
+        return {r for r in recipients if self.is_allowed(r, senders)}
+
     def allow_pairs(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (recipient, sender) pairs from the allow list's file."""
         if not self.directory.is_dir():

@@ -815,6 +815,21 @@ class PostgresStore:
             ).fetchone()
         return row is not None
 
+    def allowed_among(self, recipients: Sequence[str], senders: Sequence[str]) -> set[str]:
+        """One statement for every recipient of a message (primary-key lookups)."""
+        wanted = [_address(s) for s in senders if s]
+        if not wanted or not recipients:
+            return set()
+        keys = sorted({_address(r) for r in recipients})
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT recipient FROM allow WHERE recipient = ANY(%s)"
+                " AND sender = ANY(%s)",
+                (keys, wanted),
+            ).fetchall()
+        found = {str(row[0]) for row in rows}
+        return {r for r in recipients if _address(r) in found}
+
     def allow_pairs(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (recipient, sender) pairs, in primary-key order."""
         with self._conn() as conn:

@@ -298,6 +298,11 @@ class QuarantineStore(Protocol):
         """Whether ``recipient`` allowed any of ``senders`` (for the filter's policy)."""
         ...
 
+    def allowed_among(self, recipients: Sequence[str], senders: Sequence[str]) -> set[str]:
+        """Which of ``recipients`` (as given) allowed any of ``senders``: one question for
+        a message with many recipients, rather than one per recipient."""
+        ...
+
     def allow_pairs(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` allow entries as (recipient, sender), lower case, in key order
         (each host's copy for when the store is down: :mod:`filter.allowcache`)."""

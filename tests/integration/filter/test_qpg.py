@@ -368,6 +368,21 @@ def test_a_count_stops_at_its_limit(store: PostgresStore) -> None:
     )  # fmt: skip
 
 
+def test_allowed_among_answers_for_every_recipient_in_one_statement(
+    store: PostgresStore,
+) -> None:
+    """The recipients (as given) who allowed any of the senders; case-insensitive."""
+    store.allow("b@example.com", "a@example.net", ALICE)
+    store.allow("c@example.com", "z@example.net", ALICE)
+    rcpts = ["B@Example.com", "c@example.com", "d@example.com"]
+    assert {"B@Example.com"} == store.allowed_among(rcpts, ["x@y", "A@example.NET"])
+    assert {"B@Example.com", "c@example.com"} == store.allowed_among(
+        rcpts, ["a@example.net", "z@example.net"]
+    )
+    assert set() == store.allowed_among(rcpts, [""])
+    assert set() == store.allowed_among([], ["a@example.net"])
+
+
 # Requests, allow entries, deletion
 
 
