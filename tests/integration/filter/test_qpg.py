@@ -383,6 +383,58 @@ def test_allowed_among_answers_for_every_recipient_in_one_statement(
     assert set() == store.allowed_among([], ["a@example.net"])
 
 
+def test_the_chart_counts_follow_holds_deletes_and_expiry(store: PostgresStore) -> None:
+    """daily_counts, summed from the trigger-kept counters, equals a count of the entries
+    after holds, a delete, a bulk delete and an expiry."""
+    now = T0 + 3 * DAY
+    held = [hold(store, T0 + n * 3600 * 7, category=("spam", "virus")[n % 2]) for n in range(12)]
+
+    def exact() -> list[tuple[object, str, int]]:
+        counts: dict[tuple[object, str], int] = {}
+        for entry in store.search(Query(), limit=1000).entries:
+            day = datetime.fromtimestamp(entry.received_at).date()
+            counts[day, entry.category] = counts.get((day, entry.category), 0) + 1
+        return sorted((d, c, n) for (d, c), n in counts.items())
+
+    def chart() -> list[tuple[object, str, int]]:
+        return sorted((c.day, c.category, c.count) for c in store.daily_counts(10, now))
+
+    assert exact() == chart()
+    store.delete(held[0].id)
+    store.delete_many([held[1].id, held[2].id])
+    assert exact() == chart()
+    store.expire(max_age_days=2.0, now=now)
+    assert exact() == chart()
+    assert 0 < sum(n for _, _, n in chart()) < 9
+
+
+def test_upgrading_a_database_with_mail_counts_what_it_holds(
+    postgres_server: Postgres, fresh_db: str
+) -> None:
+    """Version 2 with entries, upgraded to 3: the chart's counters start from what is held."""
+    params = _params(postgres_server, fresh_db)
+    with psycopg.connect(**params, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                     " upgraded_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+        for version in (1, 2):
+            conn.execute(qpg.MIGRATIONS[version].encode())
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        conn.execute(
+            "INSERT INTO entries (id, received_at, category, reason, mail_from, sender_lc,"
+            " recipients, recipients_lc, subject, subject_lc, size, queue_id, message)"
+            " VALUES ('0a1b', %s, 'virus', 'x', 'a@x', 'a@x', '{b@x}', 'b@x', 's', 's', 1,"
+            " 'Q', 'x')",
+            (T0,),
+        )
+    assert (2, qpg.SCHEMA_VERSION) == qpg.upgrade(params)
+    store = _store(postgres_server, fresh_db)
+    try:
+        [count] = store.daily_counts(1, T0)
+    finally:
+        store.close()
+    assert ("virus", 1) == (count.category, count.count)
+
+
 # Requests, allow entries, deletion
 
 
