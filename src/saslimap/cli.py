@@ -164,7 +164,7 @@ def _import_saslauthd(args: argparse.Namespace) -> int:
             raw.decode("utf-8", "replace"), source=str(args.path), imap_url=args.imap or ""
         )
     except import_saslauthd.Unusable as err:
-        print(f"{prog}: {args.path}: {err}; nothing written", file=sys.stderr)
+        print(f"{prog}: {args.path}: {_printable(str(err))}; nothing written", file=sys.stderr)
         return EX_CONFIG
     try:
         _write_new(args.output, imported.toml, force=args.force)
@@ -190,10 +190,16 @@ def _report(imported: import_saslauthd.Imported) -> str:
     order = (outcome.NOT_CARRIED, outcome.CHANGED, outcome.CARRIED, outcome.IGNORED)
     lines = []
     for item in sorted(imported.items, key=lambda item: order.index(item.outcome)):
-        lines.append(f"{item.outcome.value:<12} {item.source}")
-        lines.append(textwrap.fill(item.text, 96, initial_indent="    ", subsequent_indent="    "))
+        lines.append(f"{item.outcome.value:<12} {_printable(item.source)}")
+        text = _printable(item.text)
+        lines.append(textwrap.fill(text, 96, initial_indent="    ", subsequent_indent="    "))
     counts = [f"{sum(i.outcome is o for i in imported.items)} {o.value}" for o in order]
     return "\n".join([*lines, "", ", ".join(counts)])
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (a CR from a file saved on Windows) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _write_new(path: Path, text: str, *, force: bool) -> None:

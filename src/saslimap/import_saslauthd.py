@@ -322,6 +322,11 @@ class _Converter:
         self.items.append(Item(outcome, source, text))
 
     def run(self, text: str) -> Imported:
+        if "\r\n" in text:
+            raise Unusable(
+                "Windows line ends (CR LF): sh reads each CR as part of a value, so saslauthd "
+                "could not use this file either; convert it first (sed -i 's/\\r$//' FILE)"
+            )
         try:
             shell = shellvars.parse(text)
         except shellvars.ShellSyntaxError as err:
@@ -563,7 +568,8 @@ class _Converter:
             self._report(
                 Outcome.CARRIED,
                 next(o.source for o in options if o.letter == "V"),
-                'logging.level = "debug" (saslimap never logs a password, at any level)',
+                'logging.level = "debug": verbose, as -V (credentials stay out of it at every '
+                "level)",
             )
         reasons = {
             "d": "runs saslauthd in the foreground for debugging (Debian's init script refuses "

@@ -397,6 +397,12 @@ def test_conditional_threads_are_not_carried() -> None:
     assert "max_concurrency" not in result.settings["imap"]
 
 
+def test_windows_line_ends_are_unusable() -> None:
+    """CR LF would put a CR in every value (sh keeps it): said plainly, with the fix."""
+    with pytest.raises(Unusable, match="CR LF"):
+        imported(GUIDE.replace("\n", "\r\n"))
+
+
 def test_a_shell_syntax_error_is_unusable() -> None:
     """An unterminated quote would stop the init script too."""
     with pytest.raises(Unusable, match="line 2"):
