@@ -423,7 +423,12 @@ class _Converter:
             )
         target, outcome, why = rimap_target(option.value, self.services)
         self._report(outcome, option.source, why)
-        self._set("imap.url", _url(target), f"from {option.source} (rimap)")
+        how = {
+            "imaps": "TLS",
+            "imap": "STARTTLS, required: rimap sent passwords in clear",
+            "imap+plaintext": "clear text, as rimap, to this host itself",
+        }[target.scheme]
+        self._set("imap.url", _url(target), f"from {option.source} (rimap): {how}")
 
     def _second_mechanism(self, options: list[Option]) -> None:
         extra = [o for o in options if o.letter == "a"][1:]
@@ -447,8 +452,11 @@ class _Converter:
         if len(path.encode()) > 107:
             raise Unusable(f"{source}: {path} is longer than the 107 bytes a socket path holds")
         self._set("server.socket", path, f"from {source}: saslauthd listens on DIR/mux")
-        self._set("server.socket_mode", SOCKET_MODE, "group sasl may connect, as Debian's")
-        self._set("server.socket_group", SOCKET_GROUP, "directory root:sasl 0710 gave saslauthd")
+        self._set(
+            "server.socket_mode", SOCKET_MODE,
+            "its group may connect, as Debian's root:sasl 0710 saslauthd directory allowed",
+        )  # fmt: skip
+        self._set("server.socket_group", SOCKET_GROUP, "Debian's (adduser postfix sasl)")
         self._report(
             Outcome.CARRIED,
             source,
@@ -634,7 +642,18 @@ class _Converter:
             for name, value in self.settings[section].items():
                 lines.append(f"# {_comment(self.comments[(section, name)])}")
                 lines.append(f"{name} = {_toml_value(value)}")
+            if section == "users":
+                lines += _USERS_ADVICE
         return "\n".join(lines) + "\n"
+
+
+# Two guards saslauthd never had: left off, as before, but named where an admin looks.
+_USERS_ADVICE = [
+    "# New in saslimap, off here as in saslauthd: the domains whose users may",
+    "# authenticate at all, and the characters a user name may hold (set the IMAP",
+    "# server's own; conf/saslimap.toml shows Dovecot's). For example:",
+    '# allowed_domains = ["example.com"]',
+]
 
 
 def _comment(text: str) -> str:
