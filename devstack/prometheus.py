@@ -4,7 +4,8 @@ This module owns one throw-away Prometheus: its generated configuration
 (static scrape targets by job, a short scrape interval, optional rule files),
 its data directory and log under a caller-chosen ``workdir``, its life cycle
 (start, stop), and the few HTTP API calls tests need: run a query, list the
-targets, wait until every target has been scraped a few times. Prometheus runs
+targets, wait until every target has been scraped a few times or until a query
+has data. Prometheus runs
 in the foreground as our child process, listening on 127.0.0.1 at a free
 port; the Debian package's /etc/prometheus, /etc/default/prometheus and its
 systemd unit are not used.
@@ -195,3 +196,12 @@ class Prometheus(ChildLauncher):
                     f"targets not scraped {count} times within {timeout} s: {health}"
                 )
             time.sleep(self.scrape_interval / 2)
+
+    def wait_for(self, expr: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Poll until ``expr`` has a sample (a scrape brought it); its result."""
+        deadline = time.monotonic() + timeout
+        while not (result := self.query(expr)):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{expr!r} had no data within {timeout} s")
+            time.sleep(self.scrape_interval / 2)
+        return result

@@ -10,12 +10,8 @@ from typing import Any
 
 import yaml
 
-from filter.metrics import Metrics as FilterMetrics
-from saslimap.metrics import Metrics as SaslimapMetrics
+from tests.integration.monitoring.shipped import EXAMPLE_CONFIG, RULES, exported_names
 
-ROOT = Path(__file__).resolve().parents[3]
-RULES = ROOT / "conf/prometheus/mailgate-rules.yml"
-EXAMPLE_CONFIG = ROOT / "conf/prometheus/prometheus.yml"
 RULE_TESTS = Path(__file__).with_name("mailgate-rules.test.yml")
 
 
@@ -36,20 +32,6 @@ def rule_test_cases() -> list[dict[str, Any]]:
     """Every ``alert_rule_test`` entry of the promtool test file."""
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     return [case for test in tests for case in test.get("alert_rule_test", [])]
-
-
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
-
-
-def exported_names() -> set[str]:
-    """Every series name both daemons export, the optional [state] gauges included
-    (by type: a histogram's labelled series appear only after a first observation)."""
-    names: set[str] = set()
-    for metrics in (SaslimapMetrics(), FilterMetrics()):
-        metrics.state_gauge()
-        for family in metrics.registry.collect():
-            names.update(family.name + suffix for suffix in SUFFIXES[family.type])
-    return names
 
 
 def test_promtool_accepts_the_rules() -> None:
