@@ -1,6 +1,6 @@
 """Every Prometheus metric mail-filter exports, on an injected registry.
 
-Labels come only from small fixed sets (outcomes, scanners, error kinds):
+Labels come only from small fixed sets (outcomes, categories, scanners, error kinds):
 never an address, subject or virus name.
 """
 
@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from filter.verdicts import Result
+from filter.verdicts import Category, Result
 
 OUTCOMES = tuple(result.value for result in Result)
+CATEGORIES = tuple(category.value for category in Category)
 SCANNERS = ("clamd", "spamd")
 ERROR_KINDS = ("connect", "timeout", "protocol", "error")
 
@@ -54,6 +55,14 @@ class Metrics:
             buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 5e7),
             registry=r,
         )
+        # Counted when the store took a new entry (a retry of one held before is not new):
+        # its rate is how fast the quarantine grows, whatever store holds it.
+        self.quarantined = Counter(
+            "mailfilter_quarantined",
+            "Messages newly held in the quarantine, by category.",
+            ["category"],
+            registry=r,
+        )
         self.quarantine_store_up = Gauge(
             "mailfilter_quarantine_store_up",
             "1 while the quarantine store answered its last lookup, else 0 (allow entries"
@@ -67,6 +76,8 @@ class Metrics:
         )
         for outcome in OUTCOMES:
             self.messages.labels(outcome)
+        for category in CATEGORIES:
+            self.quarantined.labels(category)
         for scanner in SCANNERS:
             for kind in ERROR_KINDS:
                 self.scanner_errors.labels(scanner, kind)

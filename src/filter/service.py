@@ -218,6 +218,7 @@ class Filter:
             # hold): the earlier entry stands, and its recipients were told already.
             log.info("%s: already held as %s (a retry)", trace.queue_id, held_as)
             return
+        self.metrics.quarantined.labels(entry.category).inc()
         if self.notifier is not None:
             # In the background: a slow or failing notice must never delay the answer.
             task = asyncio.ensure_future(self.notifier.notify(entry, copy))

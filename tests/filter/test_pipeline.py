@@ -372,6 +372,18 @@ async def test_a_retry_after_a_lost_250_is_held_once() -> None:
     assert entry.id in again
 
 
+async def test_holds_are_counted_by_category_once_each() -> None:
+    """mailfilter_quarantined_total counts new entries by category; a retry adds none."""
+    f, _, _, _ = make()
+    sample = f.metrics.registry.get_sample_value
+    assert 0.0 == sample("mailfilter_quarantined_total", {"category": "virus"})
+    await f.handle(message())
+    await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))
+    await f.handle(message(RAW + b"VIRUS-MARKER\r\n"))  # Postfix's retry: held before
+    assert 1.0 == sample("mailfilter_quarantined_total", {"category": "virus"})
+    assert 0.0 == sample("mailfilter_quarantined_total", {"category": "clean"})
+
+
 async def test_a_retry_after_a_451_following_the_hold_is_held_once() -> None:
     """Held, then a deferred re-injection made it 451: the retry delivers under the same id."""
     cfg = Config(policy=PolicyConfig(virus_destiny=Destiny.PASS))
