@@ -87,7 +87,8 @@ def unit_settings(name: str) -> dict[str, list[str]]:
 
 def main_cf(key: str) -> str:
     """A parameter conf/postfix/main.cf sets (not a commented alternative)."""
-    found = re.findall(rf"^{key} = (.*)$", (ROOT / "conf/postfix/main.cf").read_text(), re.M)
+    text = (ROOT / "conf/postfix/main.cf").read_text()
+    found: list[str] = re.findall(rf"^{key} = (.*)$", text, re.M)
     assert 1 == len(found), key
     return found[0]
 
