@@ -1,7 +1,8 @@
 """The ``serve`` command's common steps, for both daemons' command lines.
 
 This module owns: the config path default, flags as overrides, exit 78
-(EX_CONFIG, sysexits.h) on a bad configuration, logging set up from the
+(EX_CONFIG, sysexits.h) on a bad configuration (found loading it, or when the
+daemon starts with it), logging set up from the
 config, and exit 1 when the daemon cannot start; and ``check-config``.
 """
 
@@ -52,6 +53,9 @@ def serve_command(
     logs.setup(prog, cfg.logging.level)
     try:
         return serve(cfg, path, overrides)
+    except ConfigError as err:  # found at start: e.g. sockets systemd passed that do not fit
+        log.error("configuration error: %s", err)
+        return EX_CONFIG
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1

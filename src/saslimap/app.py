@@ -2,12 +2,13 @@
 
 This is the only place that knows how the pieces fit: config -> IMAP backend
 -> authenticator (caches, budgets, per-IP limits) -> mux server and Dovecot
-listener, plus the metrics endpoint.  It owns the process lifecycle: readiness
-to systemd, SIGTERM/SIGINT (stop accepting, let checks in progress finish
-within ``drain_timeout``, then exit), and SIGHUP (re-read and validate the
-config file; on error keep the old one and say so; on success rebuild the
-backend and authenticator, which flushes every cache and limit).  Metrics live
-for the whole process, across reloads.
+listener, on the sockets systemd passed (:mod:`saslimap.activation`) or on
+sockets of its own, plus the metrics endpoint.  It owns the process
+lifecycle: readiness to systemd, SIGTERM/SIGINT (stop accepting, let checks
+in progress finish within ``drain_timeout``, then exit), and SIGHUP (re-read
+and validate the config file; on error keep the old one and say so; on
+success rebuild the backend and authenticator, which flushes every cache and
+limit).  Metrics live for the whole process, across reloads.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from mailgate.lifecycle import ConfigSource, Listener
 from mailgate.metrics_http import MetricsServer
 from mailgate.sockets import bind_unix_socket, unlink_if_ours
 from mailgate.state import SharedState, open_shared
+from saslimap import activation
 from saslimap import config as config_mod
+from saslimap.activation import Adopted
 from saslimap.config import Config
 from saslimap.dovecot_server import DovecotAuthServer
 from saslimap.imap import ImapBackend
@@ -74,9 +78,12 @@ def open_state(cfg: Config, metrics: Metrics) -> SharedState | None:
 class Daemon:
     """The running daemon: one server, and the current authenticator behind it."""
 
-    def __init__(self, cfg: Config, source: ConfigSource[Config]) -> None:
+    def __init__(
+        self, cfg: Config, source: ConfigSource[Config], sockets: Adopted | None = None
+    ) -> None:
         self.cfg = cfg
         self.source = source
+        self.sockets = sockets or Adopted()  # passed by systemd; None each: bind our own
         self.metrics = Metrics()
         self.backend = ImapBackend.from_config(cfg.imap)
         self.state = open_state(cfg, self.metrics)
@@ -92,22 +99,17 @@ class Daemon:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
         _warn_about(self.cfg)
         self.metrics_server = metrics_http.start(self.cfg.metrics.listen, self.metrics.registry)
-        inherited = sdnotify.listen_sockets()
         self.server = MuxServer(self.cfg.server, self.auth, self.metrics)
-        await self.server.start(inherited[0] if inherited else None)
+        await self.server.start(self.sockets.mux)
         listeners: list[Listener] = [self.server]
         if self.cfg.dovecot.socket is not None:
-            d = self.cfg.dovecot
-            assert d.socket is not None
-            sock = bind_unix_socket(d.socket, d.socket_mode, d.socket_group)
-            self.dovecot_socket = (d.socket, os.stat(d.socket).st_ino)
             self.dovecot = DovecotAuthServer(
                 self.auth, self.metrics, self.cfg.server.max_connections,
-                read_timeout=self.cfg.server.read_timeout, idle_timeout=d.idle_timeout,
+                read_timeout=self.cfg.server.read_timeout,
+                idle_timeout=self.cfg.dovecot.idle_timeout,
             )  # fmt: skip
-            await self.dovecot.start(sock)
+            await self.dovecot.start(self._dovecot_socket())
             listeners.append(self.dovecot)
-            log.info("Dovecot-protocol listener on %s", d.socket)
         self.backend.start()
         if self.state is not None:
             self.state.start()  # in the background: a missing Redis delays nothing
@@ -124,6 +126,30 @@ class Daemon:
         if self.state is not None:
             await self.state.close()
         return lifecycle.finished(log, self.metrics_server)
+
+    def _dovecot_socket(self) -> socket.socket:
+        """The Dovecot-protocol listener's socket: the one systemd passed, else our own."""
+        d = self.cfg.dovecot
+        assert d.socket is not None
+        if self.sockets.dovecot is not None:
+            # The unit's path, mode and group win over dovecot.socket's.
+            sock = self.sockets.dovecot
+            log.info("Dovecot-protocol listener on %s (passed by systemd)", sdnotify.describe(sock))
+            return sock
+        try:
+            sock = bind_unix_socket(d.socket, d.socket_mode, d.socket_group)
+        except OSError as err:
+            if self.sockets.mux is None:
+                raise
+            # Under systemd, the hardened unit cannot create it in Postfix's spool.
+            raise OSError(
+                err.errno,
+                f"{d.socket}: {err.strerror or err}; under systemd, enable "
+                f"{activation.UNITS[activation.DOVECOT]}, which passes this socket",
+            ) from err
+        self.dovecot_socket = (d.socket, os.stat(d.socket).st_ino)
+        log.info("Dovecot-protocol listener on %s", d.socket)
+        return sock
 
     def reload(self) -> None:
         """SIGHUP: swap in a freshly validated config, or keep the old one."""
@@ -172,6 +198,8 @@ def load_config(path: Path | None, overrides: dict[str, str]) -> Config:
 
 
 def serve(cfg: Config, config_path: Path | None, overrides: dict[str, str]) -> int:
-    """Run the daemon in a fresh event loop."""
+    """Run the daemon in a fresh event loop, on the sockets systemd passed if any
+    (ConfigError when they do not fit the config)."""
+    sockets = activation.adopt(sdnotify.passed_sockets(), cfg.dovecot)
     run = lifecycle.runner(cfg.server.event_loop)
-    return run(Daemon(cfg, ConfigSource(load_config, config_path, overrides)).run())
+    return run(Daemon(cfg, ConfigSource(load_config, config_path, overrides), sockets).run())
