@@ -464,6 +464,21 @@ class _Converter:
             "saslauthd directory allowed. Under systemd, saslimap.socket's "
             "ListenStream= must name the same path",
         )
+        # Not in saslauthd: the shipped units create this socket too (saslimap-dovecot.socket),
+        # and saslimap refuses a socket passed for a listener that is off. On, it is the
+        # recommended Postfix wiring, and harmless while Postfix still uses the mux.
+        self._set(
+            "dovecot.socket", DOVECOT_SOCKET,
+            "new: the Dovecot-protocol listener (smtpd_sasl_type = dovecot), as shipped",
+        )  # fmt: skip
+        self._set("dovecot.socket_group", "postfix", "Postfix's smtpd connects to it")
+        self._report(
+            Outcome.CHANGED,
+            "(no saslauthd option)",
+            f"dovecot.socket = {DOVECOT_SOCKET}: a second listener for Postfix's "
+            "smtpd_sasl_type = dovecot (per-IP limits), as the shipped "
+            "saslimap-dovecot.socket creates it; Postfix may keep the saslauthd wiring",
+        )
 
     def _realm(self, option: Option | None) -> None:
         if option is not None:
@@ -636,7 +651,7 @@ class _Converter:
             "# Every other key has its default; all are documented in conf/saslimap.toml",
             "# and docs/configuration.md. Check it with: saslimap check-config FILE",
         ]
-        order = ("server", "imap", "users", "cache", "logging")
+        order = ("server", "dovecot", "imap", "users", "cache", "logging")
         for section in sorted(self.settings, key=order.index):
             lines += ["", f"[{section}]"]
             for name, value in self.settings[section].items():
@@ -654,6 +669,10 @@ _USERS_ADVICE = [
     "# server's own; conf/saslimap.toml shows Dovecot's). For example:",
     '# allowed_domains = ["example.com"]',
 ]
+
+
+# Where the shipped saslimap-dovecot.socket and conf/saslimap.toml put the Dovecot listener.
+DOVECOT_SOCKET = "/var/spool/postfix/private/saslimap-auth"
 
 
 def _comment(text: str) -> str:

@@ -70,6 +70,10 @@ def test_a_gateway_guide_file_is_carried_whole() -> None:
             "socket_mode": "0660",
             "socket_group": "sasl",
         },
+        "dovecot": {
+            "socket": "/var/spool/postfix/private/saslimap-auth",
+            "socket_group": "postfix",
+        },
         "imap": {"url": "imap://10.0.0.2", "max_concurrency": 5},
         "users": {"realm": "join"},
         "cache": {"ttl": 3600.0},

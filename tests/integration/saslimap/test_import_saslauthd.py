@@ -64,6 +64,9 @@ def test_saslauthd_and_the_imported_saslimap_answer_alike(workroot: Path, doveco
     assert 0 == done.returncode, done.stdout + done.stderr
     settings = tomllib.loads(out.read_text())
     assert f"imap+plaintext://{dovecot.host}:{dovecot.imap_port}" == settings["imap"]["url"]
+    # The imported file turns on the Dovecot listener in Postfix's spool, as shipped: not
+    # a path a test may touch, and this test compares the saslauthd socket only.
+    assert "/var/spool/postfix/private/saslimap-auth" == settings.pop("dovecot")["socket"]
 
     cases = [
         ("alice", "alice pw", "example.com"),  # Postfix's split of alice@example.com
