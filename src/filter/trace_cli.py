@@ -94,8 +94,8 @@ Without --log or --journal: /var/log/mail.log and its rotations if it exists
 journal.
 """
 EXIT = """\
-exit status: 0 something matched; 1 nothing did; 66 no log could be read;
-78 a bad --config.
+exit status: 0 something matched; 1 nothing did; 2 nothing to look for or a
+bad --since/--until; 66 no log could be read; 78 a bad --config.
 """
 
 
@@ -117,22 +117,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--to", dest="recipients", action="append", default=[], metavar="ADDR",
         help="only to this recipient (@domain: any of it; repeatable)",
     )  # fmt: skip
-    trace.add_argument("--since", help="only messages with a line since: 2026-11-28, 12h, 7d")
-    trace.add_argument("--until", help="only messages with a line before this (same forms)")
+    trace.add_argument(
+        "--since", metavar="WHEN", help="only messages with a line since: 2026-11-28, 12h, 7d"
+    )
+    trace.add_argument(
+        "--until", metavar="WHEN", help="only messages with a line before this (same forms)"
+    )
     trace.add_argument(
         "--log", action="append", default=[], type=Path, metavar="FILE",
         help="read this log file and its rotations (repeatable; any of the formats)",
     )  # fmt: skip
     trace.add_argument("--journal", action="store_true", help="read the journal (journalctl)")
     trace.add_argument(
-        "--config", type=Path,
+        "--config", type=Path, metavar="FILE",
         help=f"for the quarantine and the filter's address (default {DEFAULT_CONFIG} if present)",
     )  # fmt: skip
     trace.add_argument("--json", action="store_true", help="one JSON object per message")
     trace.add_argument("--lines", action="store_true", help="show each step's log line too")
     trace.add_argument(
-        "--limit", type=int, default=1000, help="show at most this many messages (1000)"
-    )
+        "--limit", type=int, default=1000, metavar="N",
+        help="show at most this many messages (1000)",
+    )  # fmt: skip
 
 
 # -- sources ---------------------------------------------------------------------------------
