@@ -30,8 +30,10 @@ import enum
 import json
 import re
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 MAX_LINE = 64 * 1024
 """The longest line read whole (bytes); a longer one is skipped (a Postfix line is under 2 KiB)."""
@@ -168,6 +170,9 @@ def parse_journal(record: str) -> Line | None:
     return Line(micros / 1e6, host, program, number, message.rstrip("\n"))
 
 
+_NOTHING: Mapping[str, str] = MappingProxyType({})  # one empty, read-only mapping for all
+
+
 class Kind(enum.Enum):
     """What one event says about a message."""
 
@@ -230,7 +235,8 @@ class Event:
     filter_id: str = ""
     detail: str = ""
     size: int | None = None
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
+    extra: Mapping[str, str] = field(default_factory=lambda: _NOTHING)
+    """What else a line says (the filter's ``virus=``, ``score=``; an audit line's ``why=``)."""
 
 
 # Postfix queue ids: short ones are upper-case hex; long ones (enable_long_queue_ids) use
@@ -286,60 +292,69 @@ def event_of(line: Line) -> Event | None:
 
 
 def _postfix(line: Line, daemon: str) -> Event | None:
+    # Events are built field by field, not with dataclasses.replace: this runs for every
+    # line of a log, and replace() cost as much as the parsing.
     match = _QUEUE_PREFIX.fullmatch(line.text)
     if match is None:
         return None
     qid = "" if match["qid"] == "NOQUEUE" else match["qid"]
-    rest = match["rest"]
-    base = Event(line.at, Kind.REMOVED, qid, daemon, line.pid, line.text)
+    rest, at, pid, raw = match["rest"], line.at, line.pid, line.text
     if (action := _ACTION.fullmatch(rest)) is not None:
         what = action["what"] + (f": {action['tail']}" if action["tail"] else "")
         to = (action["to"],) if action["to"] else ()
-        return replace(
-            base, kind=Kind.REJECT, status=action["action"], text=what, sender=action["sender"],
-            recipients=to,
+        return Event(
+            at, Kind.REJECT, qid, daemon, pid, raw, status=action["action"], text=what,
+            sender=action["sender"], recipients=to,
         )  # fmt: skip
     if not qid:
         return None
     if (delivery := _DELIVERY.fullmatch(rest)) is not None:
-        return _delivery(delivery, base)
+        return _delivery(delivery, line, qid, daemon)
     if rest == "removed":
-        return base
+        return Event(at, Kind.REMOVED, qid, daemon, pid, raw)
     if daemon == "smtpd" and (client := _CLIENT.fullmatch(rest)) is not None:
         more = client["rest"]
         method, user, orig = (p.search(more) for p in (_SASL_METHOD, _SASL_USER, _ORIG_QUEUE_ID))
-        return replace(
-            base, kind=Kind.CLIENT, text=client["client"], method=method["v"] if method else "",
-            user=user["v"] if user else "", prev_id=orig["v"] if orig else "",
+        return Event(
+            at, Kind.CLIENT, qid, daemon, pid, raw, text=client["client"],
+            method=method["v"] if method else "", user=user["v"] if user else "",
+            prev_id=orig["v"] if orig else "",
         )  # fmt: skip
     if (queued := _QUEUED.fullmatch(rest)) is not None:
-        return replace(
-            base, kind=Kind.QUEUED, sender=queued["sender"], size=int(queued["size"]),
-            text=queued["n"],
+        return Event(
+            at, Kind.QUEUED, qid, daemon, pid, raw, sender=queued["sender"],
+            size=int(queued["size"]), text=queued["n"],
         )  # fmt: skip
     if (mid := _MESSAGE_ID.fullmatch(rest)) is not None:
-        return replace(base, kind=Kind.MESSAGE_ID, message_id=normal_message_id(mid["id"]))
+        message_id = normal_message_id(mid["id"])
+        return Event(at, Kind.MESSAGE_ID, qid, daemon, pid, raw, message_id=message_id)
     if (expired := _EXPIRED.fullmatch(rest)) is not None:
-        return replace(base, kind=Kind.EXPIRED, sender=expired["sender"])
+        return Event(at, Kind.EXPIRED, qid, daemon, pid, raw, sender=expired["sender"])
     if (notice := _NOTIFICATION.fullmatch(rest)) is not None:
-        return replace(base, kind=Kind.NOTIFICATION, text=notice["what"], next_id=notice["id"])
+        return Event(
+            at, Kind.NOTIFICATION, qid, daemon, pid, raw, text=notice["what"],
+            next_id=notice["id"],
+        )  # fmt: skip
     if daemon == "pickup" and (pickup := _PICKUP.fullmatch(rest)) is not None:
-        return replace(base, kind=Kind.PICKUP, text=pickup["uid"], sender=pickup["sender"])
+        return Event(
+            at, Kind.PICKUP, qid, daemon, pid, raw, text=pickup["uid"], sender=pickup["sender"]
+        )
     if rest in ("placed on hold", "released from hold", "requeued"):
-        return replace(base, kind=Kind.QUEUE_ACTION, text=rest)
+        return Event(at, Kind.QUEUE_ACTION, qid, daemon, pid, raw, text=rest)
     return None
 
 
-def _delivery(match: re.Match[str], base: Event) -> Event:
+def _delivery(match: re.Match[str], line: Line, qid: str, daemon: str) -> Event:
     reply = match["reply"] or ""
     said = _SAID.match(reply)
     if said is not None:
         reply = said["reply"]  # the relay is shown anyway; "host X said:" only repeats it
     queued = _QUEUED_AS.search(reply)
     recipients = (match["to"],) if not match["orig"] else (match["to"], match["orig"])
-    return replace(
-        base, kind=Kind.DELIVERY, recipients=recipients, relay=match["relay"],
-        status=match["status"], text=reply, next_id=queued["id"].rstrip(".") if queued else "",
+    return Event(
+        line.at, Kind.DELIVERY, qid, daemon, line.pid, line.text, recipients=recipients,
+        relay=match["relay"], status=match["status"], text=reply,
+        next_id=queued["id"].rstrip(".") if queued else "",
     )  # fmt: skip
 
 
@@ -349,25 +364,27 @@ def _filter(line: Line) -> Event | None:
         text = own["text"]
     level = _LEVEL.fullmatch(text)
     message = level["text"] if level is not None else text
-    base = Event(line.at, Kind.FILTER_NOTE, "", "mail-filter", line.pid, message)
     if (summary := _SUMMARY.fullmatch(message)) is not None:
-        return _summary(summary, base)
+        return _summary(summary, line, message)
     if (audit := _AUDIT.fullmatch(message)) is not None:
-        return _audit(audit["fields"], base)
+        return _audit(audit["fields"], line, message)
     if level is None:
         return None
     if (held := _HELD_RETRY.fullmatch(message)) is not None:
         qid = held["qid"] if held["qid"] != "-" else ""
-        return replace(
-            base, queue_id=qid, quarantine_ids=(held["held"],),
-            text=f"a retry, already held as {held['held']}",
+        return Event(
+            line.at, Kind.FILTER_NOTE, qid, "mail-filter", line.pid, message,
+            quarantine_ids=(held["held"],), text=f"a retry, already held as {held['held']}",
         )  # fmt: skip
     if (note := _FILTER_QID_NOTE.fullmatch(message)) is not None and note["qid"] != "-":
-        return replace(base, queue_id=note["qid"], text=note["note"])
+        return Event(
+            line.at, Kind.FILTER_NOTE, note["qid"], "mail-filter", line.pid, message,
+            text=note["note"],
+        )  # fmt: skip
     return None
 
 
-def _summary(match: re.Match[str], base: Event) -> Event:
+def _summary(match: re.Match[str], line: Line, message: str) -> Event:
     fields: dict[str, str] = {}
     for found in _FIELD.finditer(match["rest"]):
         key = found["k"] or found["k2"]
@@ -375,16 +392,17 @@ def _summary(match: re.Match[str], base: Event) -> Event:
     reply = match["reply"]
     queued = _QUEUED_AS.search(reply) if reply.startswith("250") else None
     held = fields.get("quarantine", "")
-    return replace(
-        base, kind=Kind.SCANNED, queue_id=match["qid"] if match["qid"] != "-" else "",
-        sender=match["sender"], recipients=tuple(match["to"][1:-1].split(">,<")),
-        size=int(match["size"]), status=match["result"], text=reply, filter_id=match["fid"],
+    return Event(
+        line.at, Kind.SCANNED, match["qid"] if match["qid"] != "-" else "", "mail-filter",
+        line.pid, message, sender=match["sender"],
+        recipients=tuple(match["to"][1:-1].split(">,<")), size=int(match["size"]),
+        status=match["result"], text=reply, filter_id=match["fid"],
         quarantine_ids=(held,) if held else (), next_id=queued["id"] if queued else "",
         extra=fields,
     )  # fmt: skip
 
 
-def _audit(text: str, base: Event) -> Event | None:
+def _audit(text: str, line: Line, message: str) -> Event | None:
     fields: dict[str, str] = {}
     for found in _AUDIT_FIELD.finditer(text):
         value = found["v"]
@@ -397,8 +415,9 @@ def _audit(text: str, base: Event) -> Event | None:
     ids = tuple(i for i in fields.get("id", "").split(",") if QUARANTINE_ID.fullmatch(i))
     if not ids:
         return None  # a refused link names no entry
-    return replace(
-        base, kind=Kind.AUDIT, status=fields.get("action", ""), text=fields.get("result", ""),
+    return Event(
+        line.at, Kind.AUDIT, "", "mail-filter", line.pid, message,
+        status=fields.get("action", ""), text=fields.get("result", ""),
         user=fields.get("by", ""), detail=fields.get("from", ""), quarantine_ids=ids,
         recipients=tuple(a for a in fields.get("to", "").split(", ") if a),
         extra={k: v for k, v in fields.items() if k in ("why", "refused")},

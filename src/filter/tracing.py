@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 
 from filter.maillog import QUARANTINE_ID, Event, Kind, normal_message_id
 
-LINGER = 300.0
-"""Seconds of log time a group is kept after its last queue id left the queue."""
+LINGER = 120.0
+"""Seconds of log time a group is kept after its last queue id left the queue (the sources
+are merged by time, so the filter's lines come within a second or two of Postfix's)."""
 STALE = 7 * 86400.0
 """A group with no line for this long (log time) is dropped, even if still queued (lost lines)."""
-MAX_GROUPS = 100_000
-"""Groups in flight at most (a few KiB each); past it the oldest unmatched are dropped."""
+MAX_GROUPS = 20_000
+"""Groups in flight at most (about 10 KiB each: 200 MB); past it the oldest unmatched are
+dropped.  In flight: the messages deferred in Postfix's queue, and LINGER's worth of the rest."""
 MAX_EVENTS = 500
 """Events kept per message; a message deferred for days logs a line per retry."""
 SWEEP_EVERY = 5_000
@@ -170,7 +172,8 @@ class Group:
             return False
         if len(self.seen) < 2 * MAX_EVENTS:  # past that, lines are only counted anyway
             self.seen.add(mark)
-        self._append(event)
+        if event.kind is not Kind.REMOVED or event.program == "postsuper":
+            self._append(event)  # qmgr's "removed" shows nowhere: only the queued set keeps it
         self.first, self.last = min(self.first, event.at), max(self.last, event.at)
         self.in_range = self.in_range or criteria.in_range(event.at)
         if event.sender is not None:
