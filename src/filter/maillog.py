@@ -288,7 +288,9 @@ def event_of(line: Line) -> Event | None:
     program = line.program
     if program.startswith("postfix"):  # postfix/smtpd, postfix/submission/smtpd, postfix-b/qmgr
         return _postfix(line, program.rsplit("/", 1)[-1])
-    return _filter(line)
+    if program.startswith("mail-filter"):  # the daemon, the portal, the CLI's audit lines
+        return _filter(line)
+    return None  # another program's line is never taken for the filter's, whatever it says
 
 
 def _postfix(line: Line, daemon: str) -> Event | None:

@@ -466,3 +466,10 @@ def test_an_audit_line_naming_no_entry_is_none() -> None:
     )
     assert line is not None
     assert event_of(line) is None
+
+
+def test_another_programs_line_shaped_like_the_filters_is_none() -> None:
+    """Only mail-filter's own lines (by their program name) are read as the filter's."""
+    line = parse_line("Dec  4 10:00:00 gw someone[3]: " + SUMMARY_HELD.split(": ", 1)[1], YEARS)
+    assert line is not None
+    assert event_of(line) is None
