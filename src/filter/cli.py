@@ -1,9 +1,10 @@
 """The ``mail-filter`` command: argument parsing, logging setup and exit codes.
 
 Subcommands: ``serve`` (the content filter), ``check-config FILE``,
-``quarantine ...``, ``learn``, ``portal`` (the quarantine's web pages) and
+``quarantine ...``, ``learn``, ``portal`` (the quarantine's web pages),
 ``db upgrade`` (the quarantine database's schema, with ``[quarantine] store``
-or ``--url``).
+or ``--url``) and ``trace QUERY`` (a message's way through the logs:
+:mod:`filter.trace_cli`).
 Exit code 78 (EX_CONFIG) for a bad configuration; ``learn`` exits 75
 (EX_TEMPFAIL) when its shared store (``[state]``) cannot be reached at the
 start, and 0 when another gateway host holds the learn lock.
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from filter import app, learn, quarantine_cli, shared
+from filter import app, learn, quarantine_cli, shared, trace_cli
 from filter.config import Config, ConfigError
 from filter.quarantine import QuarantineError
 from mailgate import command, logs
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         "--url",
         help="this database instead of quarantine.store (before `quarantine migrate --to URL`)",
     )
+    # mail-filter trace: follow a message through the logs and the quarantine (issue 19).
+    trace_cli.add_parser(sub)
     return parser
 
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return _portal(args)
     if args.command == "db":
         return _db_upgrade(args)
+    if args.command == "trace":
+        return trace_cli.run(args)
     return _check_config(args)
 
 
