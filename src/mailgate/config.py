@@ -351,21 +351,30 @@ class ImapTarget:
 
 
 def parse_imap_url(url: str, key: str = "imap.url") -> ImapTarget:
-    """Parse ``imaps://host[:993]``, ``imap://host[:143]`` or ``imap+plaintext://host[:143]``."""
+    """Parse ``imaps://host[:993]``, ``imap://host[:143]`` or ``imap+plaintext://host[:143]``.
+
+    No error quotes a ``user:password@`` part back (errors reach journals and tickets).
+    """
+    shown = _hide_userinfo(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as err:
-        raise ConfigError(f"{key}: {url!r} is not a valid URL ({err})") from err
+        raise ConfigError(f"{key}: {shown!r} is not a valid URL") from err
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise ConfigError(
-            f"{key}: scheme must be imaps://, imap:// (STARTTLS) or imap+plaintext://, got {url!r}"
+            f"{key}: scheme must be imaps://, imap:// (STARTTLS) or imap+plaintext://,"
+            f" got {shown!r}"
         )
     if not parts.hostname:
-        raise ConfigError(f"{key}: {url!r} names no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"{key}: {url!r} must be scheme://host[:port] and nothing more")
+        raise ConfigError(f"{key}: {shown!r} names no host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{key}: {shown!r}: no user or password in the URL (saslimap logs in as each user)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{key}: {shown!r} must be scheme://host[:port] and nothing more")
     checked: Scheme = scheme  # type: ignore[assignment]  # membership checked above
     return ImapTarget(checked, parts.hostname, port or _DEFAULT_PORTS[scheme])
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 from collections.abc import Collection, MutableMapping, Sequence
 from typing import NamedTuple
 
@@ -66,13 +67,23 @@ def passed_sockets(
         env.pop(name, None)  # not inherited by anything we start
     names = raw_names.split(":") if raw_names is not None else [UNNAMED] * count
     if len(names) != count:
-        log.warning(
-            "LISTEN_FDNAMES names %d sockets but LISTEN_FDS passes %d; taking them as unnamed",
-            len(names), count,
-        )  # fmt: skip
-        names = [UNNAMED] * count
+        # Not what systemd hands over: guessing which socket is which could leave the
+        # one Postfix connects to unanswered, so do not start (systemd says why).
+        raise OSError(
+            f"LISTEN_FDNAMES names {len(names)} sockets but LISTEN_FDS passes {count}:"
+            " not starting on sockets that cannot be told apart"
+        )
     out = []
     for fd, name in zip(range(first_fd, first_fd + count), names, strict=True):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as err:
+            raise OSError(
+                f"LISTEN_FDS passes {count} sockets from fd {first_fd}, but fd {fd}"
+                f" ({name!r}) is not open ({err.strerror})"
+            ) from err
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"LISTEN_FDS passes fd {fd} ({name!r}), which is not a socket")
         os.set_inheritable(fd, False)
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)

@@ -20,6 +20,9 @@ import re
 from dataclasses import dataclass, field
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The longest value a variable may take once $VAR references are expanded: the file
+# itself is at most 64 KiB, and no saslauthd setting is anywhere near this.
+MAX_VALUE = 64 * 1024
 _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 # Words that open and close a compound command (sh(1), "Compound Commands").
 _OPENS = frozenset({"if", "case", "for", "while", "until", "{"})
@@ -385,6 +388,11 @@ class _Evaluator:
                 text.append(known.value if known else "")
             else:
                 text.append(part.text)
+        if sum(map(len, text)) > MAX_VALUE:
+            # A=$A$A repeated doubles each time: 40 short lines would be terabytes.
+            raise ShellSyntaxError(
+                f"line {line}: {name}'s value would be over {MAX_VALUE} characters"
+            )
         self.variables[name] = Assignment(name, "".join(text), line)
         self.unreadable.pop(name, None)
 

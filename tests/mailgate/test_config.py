@@ -83,3 +83,16 @@ def test_imap_url_forms() -> None:
     assert "imap" == parse_imap_url("imap://[::1]").scheme
     with pytest.raises(ConfigError, match=r"learn\.imap_url"):
         confkit.imap_url("learn.imap_url", "http://x")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["imaps://bob:s3cretpw@imap.example.com", "imaps://:s3cretpw@imap.example.com",
+     "ftp://bob:s3cretpw@imap.example.com", "imaps://bob:s3cretpw@imap.example.com:99999"],
+)  # fmt: skip
+def test_an_imap_url_error_never_quotes_a_password(url: str) -> None:
+    """A user or password in the IMAP URL is refused, and the message hides them."""
+    with pytest.raises(ConfigError) as caught:
+        parse_imap_url(url)
+    assert "s3cretpw" not in str(caught.value)
+    assert "***@imap.example.com" in str(caught.value)

@@ -72,13 +72,27 @@ def test_without_listen_fdnames_every_socket_is_unknown(take: Take) -> None:
     assert [("unknown", "s0"), ("unknown", "s1")] == paths(passed)
 
 
-def test_names_for_a_different_count_are_dropped(
-    take: Take, caplog: pytest.LogCaptureFixture
-) -> None:
-    """LISTEN_FDNAMES naming another number of sockets than LISTEN_FDS is not trusted."""
-    passed = take(environ(2, "saslauthd"))
-    assert [("unknown", "s0"), ("unknown", "s1")] == paths(passed)
-    assert "LISTEN_FDNAMES names 1 sockets but LISTEN_FDS passes 2" in caplog.text
+def test_names_for_a_different_count_refuse_the_start(take: Take) -> None:
+    """LISTEN_FDNAMES naming another number of sockets than LISTEN_FDS: no start (an OSError
+    naming both), rather than a guess that leaves Postfix's socket unanswered."""
+    with pytest.raises(OSError, match="LISTEN_FDNAMES names 1 sockets but LISTEN_FDS passes 2"):
+        take(environ(2, "saslauthd"))
+
+
+def test_more_fds_announced_than_passed_is_an_error_naming_them() -> None:
+    """LISTEN_FDS counting an fd that is not open, or not a socket: an error naming the fd."""
+    first = 150
+    with open(os.devnull, "rb") as plain:
+        os.dup2(plain.fileno(), first)
+    try:
+        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "a"}
+        with pytest.raises(OSError, match=f"fd {first} .'a'., which is not a socket"):
+            sdnotify.passed_sockets(env, first_fd=first)
+    finally:
+        os.close(first)
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "a"}
+    with pytest.raises(OSError, match=f"LISTEN_FDS passes 1 sockets from fd {first}"):
+        sdnotify.passed_sockets(env, first_fd=first)
 
 
 def test_sockets_for_another_pid_are_left_alone(take: Take) -> None:

@@ -178,3 +178,10 @@ def test_unterminated_quotes_are_syntax_errors(text: str) -> None:
 def test_split_fields_splits_on_blanks_and_keeps_quotes() -> None:
     """$OPTIONS unquoted becomes words on space, tab and newline; quotes inside stay text."""
     assert ["-c", "-m", '"/var/run/x"', "-r"] == split_fields(' -c\t-m "/var/run/x"\n -r ')
+
+
+def test_a_value_doubled_line_after_line_is_refused_not_expanded() -> None:
+    """A=$A$A forty times (terabytes once expanded) is a syntax error past 64 KiB."""
+    text = "A=xxxxxxxxxxxxxxxx\n" + "A=$A$A\n" * 40
+    with pytest.raises(ShellSyntaxError, match="over 65536 characters"):
+        parse(text)
