@@ -477,7 +477,7 @@ def _trace(
     reading: Reading,
 ) -> int:
     lookup = QuarantineLookup(store, reading) if store is not None else None
-    listen = [cfg.server.listen] if cfg is not None else ["127.0.0.1:10024"]
+    listen = [cfg.server.listen] if cfg is not None else None  # None: loopback, see Tracer
     tracer = Tracer(wanted, filter_addresses=listen, lookup=lookup, limit=max(1, args.limit))
     if lookup is not None:
         for held in sorted(wanted.quarantine_ids):  # found even if its lines are gone

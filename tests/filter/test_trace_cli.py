@@ -224,6 +224,13 @@ def test_no_query_is_a_usage_error(run: Run) -> None:
     assert 2 == run()[0]
 
 
+def test_a_query_of_only_space_is_a_usage_error(run: Run) -> None:
+    """A blank QUERY is refused like none (2), not searched for as a queue id."""
+    code, _, err = run("   ")
+    assert 2 == code
+    assert "give a QUERY" in err
+
+
 def test_a_bad_since_is_a_usage_error(run: Run) -> None:
     """--since must be a date or 12h/7d."""
     code, _, err = run("--since", "yesterday", "x@example.com")
