@@ -253,9 +253,18 @@ _PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>")
 _MESSAGE_ID = re.compile(r"message-id=(?P<id>.*)")
 _QUEUED = re.compile(r"from=<(?P<sender>.*)>, size=(?P<size>\d+), nrcpt=(?P<n>\d+)(?: .*)?")
 _EXPIRED = re.compile(r"from=<(?P<sender>.*)>, status=expired, returned to sender")
+# An address as Postfix logs it: a local part with specials ("<", ">", ",", space) is quoted
+# (RFC 5321 4.1.2, Postfix's quote_822_local), so text that looks like Postfix's own fields
+# can only stand inside quotes, and a quoted string is taken whole.
+_ADDRESS = r'(?:"(?:[^"\\]|\\.)*"|[^"])*?'
+# Postfix's fields after the recipient, in the order it writes them (postfix/src/global/
+# log_adhoc.c): each value of a fixed shape, so the status is the delivery agent's and
+# text quoted from the next hop (the reply, last) cannot stand in for it.
 _DELIVERY = re.compile(
-    r"to=<(?P<to>.*?)>, (?:orig_to=<(?P<orig>.*?)>, )?relay=(?P<relay>[^,]*), "
-    r".*?status=(?P<status>[a-z]+)(?: \((?P<reply>.*)\))?"
+    rf"to=<(?P<to>{_ADDRESS})>, (?:orig_to=<(?P<orig>{_ADDRESS})>, )?relay=(?P<relay>[^,]*), "
+    r"(?:conn_use=\d+, )?delay=[\d.]+, delays=[\d./]+, dsn=\d\.\d{1,3}\.\d{1,3}, "
+    r"status=(?P<status>sent|deferred|bounced|expired|undeliverable|deliverable)"
+    r"(?: \((?P<reply>.*)\))?"
 )
 _NOTIFICATION = re.compile(
     rf"(?P<what>(?:sender|postmaster) (?:non-delivery|delivery status|delay) notification): "
@@ -269,16 +278,31 @@ _ACTION = re.compile(
 _QUEUED_AS = re.compile(r"\bqueued as (?P<id>[0-9A-Za-z.@_-]{1,64})")
 _SAID = re.compile(r"^host \S+ said: (?P<reply>.*?)(?: \(in reply to [^)]*\))?$")
 
-# mail-filter's summary line (filter.message.summary): its format does not change.
-_SUMMARY = re.compile(
-    r"queue_id=(?P<qid>\S+) id=(?P<fid>\S+) from=<(?P<sender>.*?)> to=(?P<to><.*?>) "
-    r"size=(?P<size>\d+) result=(?P<result>\w+)(?P<rest>.*?) reply=\"(?P<reply>.*)\""
+# mail-filter's summary line (filter.message.summary): its format does not change.  The sender
+# and recipients are the SMTP client's choice and may hold text like the fields after them
+# (the writer only turns '"' into '?').  So the line is read from both ends: the head and
+# the tail (size= to reply=) have values of fixed shapes, the tail's quoted values hold no
+# '"' and the reply ends the line; no complete tail can start inside an address, since an
+# address is followed by '>' and a '"' written by the filter.  What lies between is
+# "from=<SENDER> to=<RCPT>,<RCPT>", split at its last "> to=<".
+_RESULTS = "clean|spam|virus|banned|unchecked|tempfail|rejected"  # filter.verdicts.Result
+_MS = r"(?:\d+\.\d+|-)"
+_FILTER_QID = r"[0-9A-Za-z]{1,64}"  # as filter.message.queue_id_of reads it, or "-"
+_SUMMARY_HEAD = re.compile(rf"queue_id=(?P<qid>{_FILTER_QID}|-) id=(?P<fid>[0-9a-f]{{12}}) from=<")
+_SUMMARY_TAIL = re.compile(
+    rf"> size=(?P<size>\d+) result=(?P<result>{_RESULTS})"
+    r'(?: virus="(?P<virus>[^"]*)")?(?: unchecked="(?P<unchecked>[^"]*)")?'
+    rf"(?: quarantine=(?P<quarantine>{QUARANTINE_ID.pattern}))?"
+    r'(?: score=(?P<score>-?\d+\.\d+|-?inf|nan))?(?: spam="(?P<spam>[^"]*)")?'
+    rf" clamd_ms={_MS} spamd_ms={_MS} reinject_ms={_MS} total_ms={_MS}"
+    r' reply="(?P<reply>[^"]*)"\Z'
 )
-_FIELD = re.compile(
-    r' (?P<k>virus|unchecked|spam)="(?P<v>[^"]*)"| (?P<k2>quarantine|score)=(?P<v2>\S+)'
+_SUMMARY_FIELDS = ("virus", "unchecked", "quarantine", "score", "spam")
+_HELD_RETRY = re.compile(
+    rf"(?P<qid>{_FILTER_QID}|-): already held as (?P<held>{QUARANTINE_ID.pattern})"
+    r" \(a retry\)"
 )
-_HELD_RETRY = re.compile(r"(?P<qid>\S+): already held as (?P<held>\S+) \(a retry\)")
-_FILTER_QID_NOTE = re.compile(r"queue_id=(?P<qid>[^\s:]+): (?P<note>.*)")
+_FILTER_QID_NOTE = re.compile(rf"queue_id=(?P<qid>{_FILTER_QID}): (?P<note>.*)")
 _AUDIT = re.compile(r"quarantine (?P<fields>action=.*)")
 _AUDIT_FIELD = re.compile(r'(?P<k>[a-z_]+)=(?P<v>"(?:[^"\\]|\\.)*"|\S*)')
 
@@ -366,8 +390,8 @@ def _filter(line: Line) -> Event | None:
         text = own["text"]
     level = _LEVEL.fullmatch(text)
     message = level["text"] if level is not None else text
-    if (summary := _SUMMARY.fullmatch(message)) is not None:
-        return _summary(summary, line, message)
+    if (scanned := _summary(message, line)) is not None:
+        return scanned
     if (audit := _AUDIT.fullmatch(message)) is not None:
         return _audit(audit["fields"], line, message)
     if level is None:
@@ -378,7 +402,7 @@ def _filter(line: Line) -> Event | None:
             line.at, Kind.FILTER_NOTE, qid, "mail-filter", line.pid, message,
             quarantine_ids=(held["held"],), text=f"a retry, already held as {held['held']}",
         )  # fmt: skip
-    if (note := _FILTER_QID_NOTE.fullmatch(message)) is not None and note["qid"] != "-":
+    if (note := _FILTER_QID_NOTE.fullmatch(message)) is not None:
         return Event(
             line.at, Kind.FILTER_NOTE, note["qid"], "mail-filter", line.pid, message,
             text=note["note"],
@@ -386,19 +410,25 @@ def _filter(line: Line) -> Event | None:
     return None
 
 
-def _summary(match: re.Match[str], line: Line, message: str) -> Event:
-    fields: dict[str, str] = {}
-    for found in _FIELD.finditer(match["rest"]):
-        key = found["k"] or found["k2"]
-        fields[key] = found["v"] if found["k"] else found["v2"]
-    reply = match["reply"]
+def _summary(message: str, line: Line) -> Event | None:
+    """The summary line's event, or None if ``message`` is not one (see ``_SUMMARY_TAIL``)."""
+    head = _SUMMARY_HEAD.match(message)
+    if head is None:
+        return None
+    tail = _SUMMARY_TAIL.search(message, head.end())
+    if tail is None:
+        return None
+    sender, split, to = message[head.end() : tail.start()].rpartition("> to=<")
+    if not split:
+        return None
+    fields = {key: tail[key] for key in _SUMMARY_FIELDS if tail[key] is not None}
+    reply = tail["reply"]
     queued = _QUEUED_AS.search(reply) if reply.startswith("250") else None
     held = fields.get("quarantine", "")
     return Event(
-        line.at, Kind.SCANNED, match["qid"] if match["qid"] != "-" else "", "mail-filter",
-        line.pid, message, sender=match["sender"],
-        recipients=tuple(match["to"][1:-1].split(">,<")), size=int(match["size"]),
-        status=match["result"], text=reply, filter_id=match["fid"],
+        line.at, Kind.SCANNED, head["qid"] if head["qid"] != "-" else "", "mail-filter",
+        line.pid, message, sender=sender, recipients=tuple(to.split(">,<")),
+        size=int(tail["size"]), status=tail["result"], text=reply, filter_id=head["fid"],
         quarantine_ids=(held,) if held else (), next_id=queued["id"] if queued else "",
         extra=fields,
     )  # fmt: skip

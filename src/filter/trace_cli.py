@@ -17,8 +17,11 @@ Where it reads, unless told (``--log FILE``, ``--journal``):
   rsyslog): facility ``mail`` (every Postfix program, the quarantine's audit
   lines) and the ``mail-filter.service`` unit.
 
-A line read twice (a file and the journal) is shown once.  Every line is read
-at most :data:`filter.maillog.MAX_LINE` bytes at a time; a longer one is skipped.
+A line read twice (a file and the journal) is shown once.  Only regular files
+are read (a FIFO or a device is a problem noted).  Every line is read at most
+:data:`filter.maillog.MAX_LINE` bytes at a time; a longer one is skipped, up to
+:data:`MAX_SKIP` bytes, past which the rest of its source is given up.  A damaged
+rotation is a problem noted too, and the other files are read.
 Compressed rotations (gzip, bzip2, xz: told by their first bytes) are read as
 a stream, never whole.  Everything printed passes through ``printable`` (log
 lines carry what senders chose); ``--json`` is ASCII with escapes.
@@ -35,9 +38,11 @@ import json
 import lzma
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -73,6 +78,9 @@ shows whole (it is listed only if one of its lines falls inside)."""
 EX_NOINPUT = 66  # sysexits.h: no log could be read
 EX_CONFIG = 78
 NOTHING = 1
+MAX_SKIP = 16 * 1024 * 1024
+"""Bytes of one overlong line skipped at most before the rest of its source is given up
+(a log of mail has no such line: it is not a log, or it is damaged)."""
 _ROTATED = re.compile(
     r"\.(?P<n>\d{1,4})(?:\.(?:gz|bz2|xz))?|-(?P<date>\d{8,10})(?:\.(?:gz|bz2|xz))?"
 )
@@ -190,8 +198,15 @@ def _open_any(raw: io.BufferedReader) -> io.BufferedIOBase:
     return raw
 
 
-def bounded_lines(stream: IO[bytes] | io.BufferedIOBase, limit: int = MAX_LINE) -> Iterator[bytes]:
-    """The stream's lines, each read at most ``limit`` bytes at a time; longer ones skipped."""
+class OverlongLine(ValueError):
+    """A line ran past :data:`MAX_SKIP` bytes without an end: its source is given up."""
+
+
+def bounded_lines(
+    stream: IO[bytes] | io.BufferedIOBase, limit: int = MAX_LINE, skip: int = MAX_SKIP
+) -> Iterator[bytes]:
+    """The stream's lines, each read at most ``limit`` bytes at a time; longer ones skipped,
+    up to ``skip`` bytes of one line (past that :class:`OverlongLine`: ``/dev/zero`` ends)."""
     while True:
         line = stream.readline(limit + 1)
         if not line:
@@ -199,8 +214,12 @@ def bounded_lines(stream: IO[bytes] | io.BufferedIOBase, limit: int = MAX_LINE) 
         if len(line) <= limit:
             yield line
             continue
+        skipped = len(line)
         while line and not line.endswith(b"\n"):  # the rest of the long line, piece by piece
+            if skipped > skip:
+                raise OverlongLine(f"a line of over {skip} bytes")
             line = stream.readline(limit + 1)
+            skipped += len(line)
 
 
 @dataclass
@@ -233,23 +252,33 @@ def _in_window(lines: Iterable[Event], since: float | None, until: float | None)
 def file_events(
     path: Path, reading: Reading, since: float | None, until: float | None
 ) -> Iterator[Event]:
-    """The events of one log file (plain or compressed), streamed."""
+    """The events of one log file (plain or compressed), streamed.
+
+    Only a regular file is read (a symlink to one is, as rotated logs often are): a
+    FIFO, a device or a directory is a problem noted, and the other files are read on.
+    It is opened without blocking (a FIFO would wait for a writer in ``open``).
+    """
     try:
-        raw = path.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         reading.problems.append(f"{path}: {err.strerror}")
         return
-    with raw:
-        mtime = os.fstat(raw.fileno()).st_mtime
-        if since is not None and mtime < since - MARGIN:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        reading.problems.append(f"{path}: not a regular file, not read")
+        return
+    with os.fdopen(fd, "rb") as raw:
+        if since is not None and info.st_mtime < since - MARGIN:
             return  # last written before the window: every line in it is older
         reading.sources.append(str(path))
-        years = YearGuess(mtime)
+        years = YearGuess(info.st_mtime)
         before = reading.lines
         try:
             with _open_any(raw) as stream:
                 yield from _in_window(_parsed(bounded_lines(stream), years, reading), since, until)
-        except (OSError, EOFError, lzma.LZMAError) as err:  # a damaged rotation
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, OverlongLine) as err:
+            # a damaged rotation (gzip's zlib.error is no OSError), or not a log at all
             done = reading.lines - before
             reading.problems.append(f"{path}: unreadable after {done} lines ({err})")
 
@@ -302,6 +331,8 @@ def journal_events(
                 event = event_of(line)
                 if event is not None and _wanted(event.at, since, until):
                     yield event
+        except OverlongLine as err:
+            reading.problems.append(f"journalctl: gave up its output ({err})")
         finally:
             if proc.poll() is None:
                 proc.kill()  # we stopped early (or were interrupted): it has nothing more to say
@@ -477,7 +508,7 @@ def _trace(
     reading: Reading,
 ) -> int:
     lookup = QuarantineLookup(store, reading) if store is not None else None
-    listen = [cfg.server.listen] if cfg is not None else ["127.0.0.1:10024"]
+    listen = [cfg.server.listen] if cfg is not None else None  # None: loopback, see Tracer
     tracer = Tracer(wanted, filter_addresses=listen, lookup=lookup, limit=max(1, args.limit))
     if lookup is not None:
         for held in sorted(wanted.quarantine_ids):  # found even if its lines are gone

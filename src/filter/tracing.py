@@ -27,6 +27,7 @@ choice): the texts are data, escaped by whoever prints them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import time
@@ -47,6 +48,10 @@ MAX_EVENTS = 500
 """Events kept per message; a message deferred for days logs a line per retry."""
 SWEEP_EVERY = 5_000
 """Events between two looks for groups to drop."""
+
+DEFAULT_FILTER_PORT = "10024"
+"""The port of the filter's default ``server.listen`` (and of Postfix's content filter
+convention): the filter hop on a loopback address when no configuration says otherwise."""
 
 # mail-filter's replies to Postfix all carry its id for the message (filter.replies).
 _FILTER_REPLY = re.compile(r"\bid=[0-9a-f]{12}\b")
@@ -91,8 +96,11 @@ class Criteria:
 
 def criteria_for(query: str) -> Criteria:
     """What a QUERY names: a quarantine id, a ``<Message-ID>``, an address (or a Message-ID
-    without brackets), ``@domain``, or else a queue id (this gateway's or the next hop's)."""
+    without brackets), ``@domain``, or else a queue id (this gateway's or the next hop's).
+    Nothing but space names nothing (:attr:`Criteria.empty`)."""
     text = query.strip()
+    if not text:
+        return Criteria()
     if QUARANTINE_ID.fullmatch(text):
         return Criteria(quarantine_ids=frozenset([text]))
     if text.startswith("<") and text.endswith(">"):
@@ -215,8 +223,11 @@ class Tracer:
 
     ``filter_addresses``: where Postfix hands mail to the filter (``host:port``,
     ``server.listen``); a delivery there is the filter hop, whose ``queued as``
-    is the re-injected copy.  A reply of the filter's shape (``id=`` and twelve
-    hex digits) marks the hop too, so the default needs no configuration.
+    is the re-injected copy.  Without them (no configuration to read), a
+    delivery to a loopback address is the hop when it is to the default port
+    (:data:`DEFAULT_FILTER_PORT`) or answered in the filter's shape (``id=`` and
+    twelve hex digits): the reply alone proves nothing, since any server mail
+    is delivered to chooses its reply.
     ``lookup``: the quarantine, asked about each held message that matched.
     """
 
@@ -224,7 +235,7 @@ class Tracer:
         self,
         criteria: Criteria,
         *,
-        filter_addresses: Sequence[str] = ("127.0.0.1:10024",),
+        filter_addresses: Sequence[str] | None = None,
         lookup: Lookup | None = None,
         limit: int = 1000,
     ) -> None:
@@ -234,7 +245,7 @@ class Tracer:
         self.more = 0
         """Messages that matched after ``limit`` were found (not shown)."""
         self.now = float("-inf")
-        self._filters = [_host_port(a) for a in filter_addresses]
+        self._filters = [_host_port(a) for a in filter_addresses or ()]
         self._by_key: dict[str, Group] = {}
         self._live: set[Group] = set()
         self._kept: list[Group] = []
@@ -308,17 +319,30 @@ class Tracer:
             groups.sort(key=lambda g: len(g.events), reverse=True)
             group = groups[0]
             for other in groups[1:]:
-                group.absorb(other)
-                for key in other.keys:
-                    self._by_key[key] = group
-                self._live.discard(other)
-                if other.kept:
-                    self._kept.remove(other)
+                self._merge(group, other)
         for key in keys:
             if key not in group.keys:
                 group.keys.add(key)
                 self._by_key[key] = group
         return group
+
+    def _merge(self, group: Group, other: Group) -> None:
+        """``group`` takes ``other`` in, and its place among the kept (one message, counted
+        once: kept if either was, and no longer among those past the limit then)."""
+        kept, over = group.kept, group.over
+        group.absorb(other)
+        for key in other.keys:
+            self._by_key[key] = group
+        self._live.discard(other)
+        if other.kept:
+            self._kept.remove(other)
+            if not kept:
+                self._kept.append(group)
+        if group.kept:
+            self.more -= over + other.over
+            group.over = False
+        elif over and other.over:
+            self.more -= 1
 
     def _into(self, group: Group, event: Event, links: Sequence[tuple[str, str]]) -> None:
         if not group.add(event, self.criteria):
@@ -357,11 +381,13 @@ class Tracer:
 
     def filter_hop(self, event: Event) -> bool:
         """Whether a delivery went to the content filter (its ``queued as`` is ours again)."""
-        if _FILTER_REPLY.search(event.text):
-            return True
         relay = _RELAY.fullmatch(event.relay)
         if relay is None:
             return False
+        if not self._filters:
+            return _loopback(relay["addr"]) and (
+                relay["port"] == DEFAULT_FILTER_PORT or _FILTER_REPLY.search(event.text) is not None
+            )
         for host, port in self._filters:
             if relay["port"] == port and host in (relay["addr"], relay["name"], "0.0.0.0", "::"):
                 return True
@@ -399,8 +425,23 @@ class Tracer:
     # -- results ------------------------------------------------------------------------
 
     def finish(self) -> list[Timeline]:
-        """One timeline per matching message, oldest first."""
-        return [timeline(g, self) for g in sorted(self._kept, key=lambda g: g.first)]
+        """One timeline per matching message, oldest first.
+
+        A queue id asked for that is one of this gateway's (a message here was queued
+        under it) names that message: another one whose next hop happened to answer
+        ``queued as`` that id (a remote server's reply says what it likes) is left out.
+        """
+        wanted = self.criteria.ids
+        ours = set[str]().union(*(g.keys & wanted for g in self._kept))
+        kept = [g for g in self._kept if g.keys & wanted or g.remote_ids.isdisjoint(ours)]
+        return [timeline(g, self) for g in sorted(kept, key=lambda g: g.first)]
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.removeprefix("ipv6:")).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_port(address: str) -> tuple[str, str]:

@@ -473,3 +473,87 @@ def test_another_programs_line_shaped_like_the_filters_is_none() -> None:
     line = parse_line("Dec  4 10:00:00 gw someone[3]: " + SUMMARY_HELD.split(": ", 1)[1], YEARS)
     assert line is not None
     assert event_of(line) is None
+
+
+# -- what senders choose cannot make fields ------------------------------------------------------
+
+
+def _summary(sender: str, result: str, extra: str = "") -> str:
+    """A summary line of the filter's, with the sender and verdict given."""
+    return (
+        "2026-12-04 21:00:51,242 mail-filter[15625]: INFO filter.service: queue_id=0A1B2C3D4E"
+        f" id=6aa25b99ef9f from=<{sender}> to=<user@example.com> size=410 result={result}"
+        f"{extra} clamd_ms=1.0 spamd_ms=1.0 reinject_ms=- total_ms=2.0"
+        ' reply="250 2.7.0 Ok, discarded, id=6aa25b99ef9f - INFECTED: Eicar"'
+    )
+
+
+# The SMTP client chooses the sender; filter.message.summary only turns '"' into '?'.
+FORGING_SENDER = "?x> to=<ceo@example.com> size=1 result=clean y=<?@evil.example"
+
+
+def test_a_sender_address_cannot_forge_the_filters_verdict_or_recipients() -> None:
+    """Fields spelled inside the sender stay the sender's: result and to= are the filter's."""
+    found = event(_summary(FORGING_SENDER, "virus", ' virus="Eicar"'))
+    assert (Kind.SCANNED, "virus", ("user@example.com",), 410, FORGING_SENDER) == (
+        found.kind, found.status, found.recipients, found.size, found.sender,
+    )  # fmt: skip
+
+
+def test_a_sender_address_cannot_name_a_quarantine_entry() -> None:
+    """A ``quarantine=`` inside the sender links no entry to the message."""
+    victim = "20261204-210051-3fc94dabf8"
+    sender = f"?x> to=<u@example.com> size=1 result=clean quarantine={victim} y=<?@evil.example"
+    found = event(_summary(sender, "clean"))
+    assert ((), "clean", ("user@example.com",)) == (
+        found.quarantine_ids, found.status, found.recipients,
+    )  # fmt: skip
+
+
+def test_a_summary_with_a_value_out_of_shape_is_not_the_filters() -> None:
+    """A result outside the filter's set, or a quarantine id not of its format, is no summary."""
+    for extra, result in ((" quarantine=../../etc", "virus"), ("", "ok")):
+        line = parse_line(_summary("a@example.net", result, extra), YEARS)
+        assert line is not None
+        assert event_of(line) is None
+
+
+def test_already_held_names_only_a_quarantine_id() -> None:
+    """``already held as`` with something else than a quarantine id links nothing."""
+    line = parse_line(
+        "2026-12-04 21:00:51,000 mail-filter[1]: INFO filter.service: 0753A2307FF:"
+        " already held as ../x (a retry)",
+        YEARS,
+    )
+    assert line is not None
+    assert event_of(line) is None
+
+
+def test_a_recipient_address_cannot_forge_a_delivery() -> None:
+    """Postfix's fields spelled in a quoted recipient are the address's: status and relay stay."""
+    rcpt = (
+        '"x>, relay=127.0.0.1[127.0.0.1]:10024, delay=0, delays=0/0/0/0, dsn=2.0.0,'
+        ' status=sent (250 id=0123456789ab queued as 5DAEC230818)"@example.com'
+    )
+    found = event(
+        f"Dec 04 21:00:52 gateway postfix/smtp[1]: 1A2B3C4D5E: to=<{rcpt}>,"
+        " relay=backend.example.com[10.0.0.2]:25, delay=0.1, delays=0/0/0/0.1, dsn=5.1.1,"
+        " status=bounced (host backend.example.com[10.0.0.2] said: 550 5.1.1 no such user)"
+    )
+    assert ("bounced", "backend.example.com[10.0.0.2]:25", (rcpt,), "") == (
+        found.status, found.relay, found.recipients, found.next_id,
+    )  # fmt: skip
+
+
+def test_a_reply_quoting_postfix_fields_does_not_change_the_status() -> None:
+    """The next hop's reply comes after Postfix's fields: it cannot stand in for them."""
+    found = event(
+        "Dec 04 21:00:52 gateway postfix/smtp[1]: 1A2B3C4D5E: to=<a@example.org>,"
+        " relay=mx.example.org[192.0.2.9]:25, delay=0.1, delays=0/0/0/0.1, dsn=5.0.0,"
+        " status=bounced (host mx.example.org[192.0.2.9] said: 550 <a@example.org>,"
+        " relay=127.0.0.1[127.0.0.1]:10024, delay=0, delays=0/0/0/0, dsn=2.0.0, status=sent"
+        " (250 queued as 5DAEC230818))"
+    )
+    assert ("bounced", "mx.example.org[192.0.2.9]:25", ("a@example.org",)) == (
+        found.status, found.relay, found.recipients,
+    )  # fmt: skip

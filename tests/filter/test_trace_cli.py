@@ -10,6 +10,8 @@ import json
 import lzma
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +23,12 @@ from filter.maillog import MAX_LINE, YearGuess, parse_line
 from filter.qdir import DirectoryStore
 from filter.qstore import Actor
 from filter.quarantine import Entry
-from filter.trace_cli import bounded_lines, rotation_order
+from filter.trace_cli import OverlongLine, bounded_lines, rotation_order
 from tests.filter.trace_samples import AUDIT_LOG, FILTER_LOG, MAILLOG
 
 SPAM_HELD = "20261204-210051-3fc94dabf8"
 WRITTEN = datetime(2026, 12, 5).timestamp()  # the logs' mtime: their year is 2026
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Run:
@@ -130,6 +133,85 @@ def test_a_damaged_rotation_is_said_and_the_rest_read(run: Run, tmp_path: Path) 
     assert 1 == out.count("message 054DD2307FC")
 
 
+@pytest.mark.parametrize(
+    ("name", "compress"),
+    [("mail.log.2.gz", gzip.compress), ("mail.log.2.bz2", bz2.compress),
+     ("mail.log.2.xz", lzma.compress)],
+    ids=["gz", "bz2", "xz"],
+)  # fmt: skip
+def test_a_corrupt_rotation_is_a_problem_not_a_traceback(
+    run: Run, tmp_path: Path, name: str, compress: Callable[[bytes], bytes]
+) -> None:
+    """Damaged compressed data (zlib.error, bz2's OSError, LZMAError): a note, the rest read."""
+    line = b"Dec  4 20:10:16 gw postfix/qmgr[1]: ABCDEF123: removed\n"
+    data = bytearray(compress(line * 1000))
+    for i in range(20, 60):
+        data[i] ^= 0x55  # inside the compressed data, past the header
+    (tmp_path / name).write_bytes(bytes(data))
+    write(tmp_path / "mail.log", MAILLOG)
+    code, out, err = run("--log", str(tmp_path / "mail.log"), "054DD2307FC")
+    assert 0 == code
+    assert f"{name}: unreadable after" in err
+    assert 1 == out.count("message 054DD2307FC")
+
+
+def test_a_line_without_end_is_given_up_after_the_skip_limit() -> None:
+    """Past ``skip`` bytes of one line the source is given up, not read to its end."""
+    stream = io.BytesIO(b"one\n" + b"\0" * (20 * MAX_LINE))
+    lines = bounded_lines(stream, skip=4 * MAX_LINE)
+    assert b"one\n" == next(lines)
+    with pytest.raises(OverlongLine):
+        next(lines)
+    assert stream.tell() < 8 * MAX_LINE
+
+
+def test_what_is_not_a_regular_file_is_said_and_the_rest_read(run: Run, tmp_path: Path) -> None:
+    """A directory or a FIFO given as --log: a note; the other logs still traced."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    code, out, err = run(
+        "--log", str(tmp_path / "fifo"), "--log", str(tmp_path / "dir"), *logs(tmp_path),
+        "054DD2307FC",
+    )  # fmt: skip
+    assert 0 == code
+    assert "fifo: not a regular file, not read" in err
+    assert "dir: not a regular file, not read" in err
+    assert 1 == out.count("message 054DD2307FC")
+
+
+def test_a_symlink_to_a_log_is_read(run: Run, tmp_path: Path) -> None:
+    """Symlinks to rotated logs are usual: followed, not refused."""
+    target = write(tmp_path / "real.log", MAILLOG)
+    (tmp_path / "mail.log").symlink_to(target)
+    code, out, _ = run("--log", str(tmp_path / "mail.log"), "054DD2307FC")
+    assert (0, 1) == (code, out.count("message 054DD2307FC"))
+
+
+def _trace_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mail-filter trace`` in a child, killed after 15 s (a hang fails the test, not CI)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
+    code = "import sys; from filter import cli; sys.exit(cli.main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, "trace", *args], capture_output=True, text=True,
+        timeout=15, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_log_dev_zero_ends_with_a_note() -> None:
+    """``--log /dev/zero`` (endless, no newline) is refused, not read forever."""
+    done = _trace_process("--log", "/dev/zero", "ABCDEF123")
+    assert 66 == done.returncode
+    assert "/dev/zero: not a regular file" in done.stderr
+
+
+def test_log_fifo_without_writer_does_not_block(tmp_path: Path) -> None:
+    """A FIFO with no writer is refused, not waited on in ``open``."""
+    os.mkfifo(tmp_path / "mail.log")
+    done = _trace_process("--log", str(tmp_path / "mail.log"), "ABCDEF123")
+    assert 66 == done.returncode
+    assert "mail.log: not a regular file" in done.stderr
+
+
 def test_december_lines_rotated_in_january_are_last_years(run: Run, tmp_path: Path) -> None:
     """The year a syslog date lacks comes from the file's mtime."""
     log = write(
@@ -222,6 +304,13 @@ def test_no_readable_log_is_66(run: Run, tmp_path: Path) -> None:
 def test_no_query_is_a_usage_error(run: Run) -> None:
     """Nothing to look for: 2, as argparse's errors."""
     assert 2 == run()[0]
+
+
+def test_a_query_of_only_space_is_a_usage_error(run: Run) -> None:
+    """A blank QUERY is refused like none (2), not searched for as a queue id."""
+    code, _, err = run("   ")
+    assert 2 == code
+    assert "give a QUERY" in err
 
 
 def test_a_bad_since_is_a_usage_error(run: Run) -> None:

@@ -255,6 +255,85 @@ def test_without_xforward_the_filters_reply_links_the_copy() -> None:
     assert "3333333333" not in found[0].queue_ids  # the next hop's id is another server's
 
 
+VICTIM = "5DAEC230818"  # another message of this gateway's, nothing to do with the other one
+
+
+def _queued(qid: str, sender: str, at: str) -> str:
+    """A message received and queued at ``at`` (smtpd's and qmgr's lines)."""
+    return (
+        f"Dec 04 {at} gateway postfix/smtpd[2]: {qid}: client=mx.evil.example[192.0.2.1]\n"
+        f"Dec 04 {at} gateway postfix/qmgr[3]: {qid}: from=<{sender}>, size=100, nrcpt=1"
+        " (queue active)\n"
+    )
+
+
+def _delivered(rcpt: str, relay: str, status: str, reply: str) -> str:
+    """A delivery of 1A2B3C4D5E's, as smtp logs it."""
+    return (
+        f"Dec 04 21:00:52 gateway postfix/smtp[1]: 1A2B3C4D5E: to=<{rcpt}>, relay={relay},"
+        f" delay=0.1, delays=0/0/0/0.1, dsn=5.0.0, status={status} ({reply})\n"
+    )
+
+
+def test_a_remote_servers_reply_of_the_filters_shape_is_not_the_filter_hop() -> None:
+    """A far server's ``id=<12 hex> ... queued as X`` links nothing: the hop is the relay."""
+    log = (
+        _queued(VICTIM, "boss@example.com", "21:00:49")
+        + _queued("1A2B3C4D5E", "a@example.com", "21:00:50")
+        + _delivered(
+            "someone@evil.example", "mx.evil.example[192.0.2.9]:25", "sent",
+            f"250 2.0.0 Ok id=0123456789ab queued as {VICTIM}",
+        )
+    )  # fmt: skip
+    assert [(VICTIM,)] == [t.queue_ids for t in trace(VICTIM, logs=(log,))]
+
+
+def test_a_recipient_spelling_a_delivery_links_no_other_message() -> None:
+    """A quoted recipient holding ``relay=... status=sent (... queued as X)`` does not join X."""
+    rcpt = (
+        '"x>, relay=127.0.0.1[127.0.0.1]:10024, status=sent (250 id=0123456789ab queued as'
+        f' {VICTIM})"@example.com'
+    )
+    log = (
+        _queued(VICTIM, "boss@example.com", "21:00:49")
+        + _queued("1A2B3C4D5E", "a@evil.example", "21:00:50")
+        + _delivered(
+            rcpt, "backend.example.com[10.0.0.2]:25", "bounced",
+            "host backend.example.com[10.0.0.2] said: 550 5.1.1 no such user",
+        )
+    )  # fmt: skip
+    assert [(VICTIM,)] == [t.queue_ids for t in trace(VICTIM, logs=(log,))]
+
+
+def test_with_the_listen_address_only_a_delivery_there_is_the_filter_hop() -> None:
+    """Configured: the relay's host and port decide; the reply's shape does not."""
+    hop = Event(
+        0.0, Kind.DELIVERY, "1A2B3C4D5E", relay="127.0.0.1[127.0.0.1]:10026",
+        text="250 Ok, id=0123456789ab, queued as 2B3C4D5E6F", status="sent",
+    )  # fmt: skip
+    assert Tracer(Criteria(), filter_addresses=["127.0.0.1:10026"]).filter_hop(hop)
+    assert not Tracer(Criteria(), filter_addresses=["127.0.0.1:10024"]).filter_hop(hop)
+
+
+def test_a_matched_message_merged_into_a_bigger_group_is_still_found() -> None:
+    """The group that absorbs a kept one is kept in its place (the query still finds it)."""
+    log = (
+        "Dec  4 10:00:00 gw postfix/smtpd[1]: 1111111111: client=a[192.0.2.1]\n"
+        "Dec  4 10:00:01 gw postfix/smtpd[2]: 2222222222: client=localhost[127.0.0.1]\n"
+        "Dec  4 10:00:01 gw postfix/cleanup[2]: 2222222222: message-id=<m@example.com>\n"
+        "Dec  4 10:00:01 gw postfix/qmgr[2]: 2222222222: from=<s@example.com>, size=1, nrcpt=1\n"
+        "Dec  4 10:00:01 gw postfix/smtp[3]: 1111111111: to=<u@example.com>,"
+        " relay=127.0.0.1[127.0.0.1]:10024, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent"
+        " (250 2.0.0 Ok: queued as 2222222222)\n"
+    )
+    assert [("1111111111", "2222222222")] == [t.queue_ids for t in trace("1111111111", (log,))]
+
+
+def test_a_query_of_only_space_names_nothing() -> None:
+    """Blank is no queue id: the criteria are empty (the command refuses them)."""
+    assert criteria_for("  \t ").empty
+
+
 def test_a_bulk_delete_does_not_make_two_messages_one() -> None:
     """An audit line naming many entries belongs to each, joining none."""
     log = (
