@@ -553,7 +553,11 @@ class Machine:
         try:
             text = self.reader(path)
         except (OSError, ValueError) as err:
-            return Unknown(f"{name}('{path}'): cannot read it ({err})", where)
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            failed = Unknown(f"{name}('{path}'): cannot read it ({reason})", where)
+            if target is not None:
+                self.set(target.sigil, target.name, failed, where)  # reported where it is used
+            return failed
         table: Value
         if name == "read_hash":
             table = parse_hash_file(text, path, self.limits)
