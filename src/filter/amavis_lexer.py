@@ -41,6 +41,7 @@ _OPERATORS = sorted(
     key=len,
     reverse=True,
 )  # fmt: skip
+_OPERATOR = re.compile("|".join(re.escape(op) for op in _OPERATORS))  # longest first
 _POD_END = re.compile(r"^=cut\b.*$", re.M)
 _CLOSERS = {"(": ")", "[": "]", "{": "}", "<": ">"}
 # After these words an expression starts, so a / begins a pattern, not a division.
@@ -211,10 +212,10 @@ class _Lexer:
             if readline:
                 self.emit("cmd", readline.group(), i, "readline")
                 return readline.end()
-        for op in _OPERATORS:
-            if text.startswith(op, i):
-                self.emit("op", op, i)
-                return i + len(op)
+        found = _OPERATOR.match(text, i)
+        if found:
+            self.emit("op", found.group(), i)
+            return found.end()
         self.emit("op", c, i)  # anything else: a character the parser will refuse
         return i + 1
 

@@ -44,8 +44,9 @@ def carry_lists(m: Mapping) -> None:
         ("unchecked_lovers", "@unchecked_lovers_maps"),
     ):
         positives, negatives = m.entries(maps)
+        listed = {p.entry for p in positives}
         for entry, source in negatives:
-            wider = covered(entry, [p.entry for p in positives])
+            wider = covered(entry, listed)
             if wider:
                 m.note(
                     NOT_CARRIED,

@@ -74,7 +74,7 @@ def carry(machine: Machine) -> Carried:
         leftovers,
     ):
         step(m)
-    return m.out
+    return m.finish()
 
 
 def listen(m: Mapping) -> None:

@@ -13,7 +13,8 @@ access lists, ``new_RE``) as list entries.  Pure.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from filter.amavis_perl import Machine
@@ -98,6 +99,7 @@ class Carried:
         return not any(note.kind == NOT_CARRIED for note in self.notes)
 
 
+MAX_NOTES = 50  # report lines about one setting (a list file of 100,000 bad lines...)
 _MAIL_ADDRESS = re.compile(r"[^\s@<>()\",;:\\\[\]]+@[^\s@<>()\",;:\\\[\]]+")
 ENTRY_OK = re.compile(r"[^\s@]*@?[^\s@]*")
 
@@ -114,6 +116,7 @@ class Mapping:
         self.machine = machine
         self.out = Carried()
         self.handled: set[str] = set()
+        self.noted: Counter[tuple[str, str]] = Counter()
 
     def value(self, key: str) -> Value:
         """The value of ``key`` (sigil + name: "$sa_tag_level_deflt"); marks it handled."""
@@ -140,7 +143,18 @@ class Mapping:
 
     def note(self, kind: str, key: str, text: str, where: str | None = None) -> None:
         """A report line about ``key`` (where: its assignment, unless given)."""
+        self.noted[(kind, key)] += 1
+        if self.noted[(kind, key)] > MAX_NOTES:
+            return  # counted; finish() says how many more
         self.out.notes.append(Note(kind, self.where(key) if where is None else where, key, text))
+
+    def finish(self) -> Carried:
+        """The result, with one line for each setting whose notes were too many to list."""
+        for (kind, key), count in self.noted.items():
+            if count > MAX_NOTES:
+                more = f"{count - MAX_NOTES} more like these (only {MAX_NOTES} are listed)"
+                self.out.notes.append(Note(kind, self.where(key), key, more))
+        return self.out
 
     def setting(self, section: str, key: str, value: TomlValue, source: str) -> None:
         """A filter.toml key carried over, with the amavisd-new source to name beside it."""
@@ -285,14 +299,13 @@ class Mapping:
             self.note(NOT_CARRIED, maps, f"{show(table)}: not a table mail-filter can read")
 
 
-def covered(entry: str, positives: list[str]) -> str | None:
+def covered(entry: str, positives: Collection[str]) -> str | None:
     """A positive entry that lists what the negative ``entry`` excepted, if any."""
     if "@" in entry:
         example = entry + "example.invalid" if entry.endswith("@") else entry
     else:
         example = "someone@" + entry.lstrip(".")
-    keys = set(lookup_keys(example))
-    for positive in positives:
-        if positive != entry and positive in keys:
-            return positive
+    for key in lookup_keys(example):
+        if key != entry and key in positives:
+            return key
     return None

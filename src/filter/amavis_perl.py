@@ -50,6 +50,7 @@ from filter.amavis_values import (
     Binding,
     Code,
     Entry,
+    Exhausted,
     HashV,
     Limits,
     ListV,
@@ -78,6 +79,11 @@ Reader = Callable[[str], str]
 """Reads a file named by the configuration (``read_hash``, ``include_config_files``);
 raises OSError or ValueError with a reason when it cannot or may not."""
 
+
+_EXHAUSTED = (
+    "the configuration asks for more work than an import allows (Limits.max_work):"
+    " the rest is not read"
+)
 
 # Scalars amavisd-new computes itself at start: without --var their value is unknown.
 RUNTIME_SCALARS = {
@@ -109,27 +115,52 @@ class Machine:
         self.vars.update(self.pinned)
         self.path = ""
         self.include_depth = 0
+        self.work = self.limits.max_work
 
     # -- running files ---------------------------------------------------
 
     def run_text(self, text: str, path: str, *, builtin: bool = False) -> None:
         """Evaluate one file's text (``builtin``: amavisd-new's defaults, where = BUILTIN)."""
         self.files.append(path)
+        if self.work < 0:
+            self.problems.append(Problem(Where(path, 1), "", _EXHAUSTED))
+            return
+        self.spend(len(text))
         statements = parse(text, path, self.limits)
         saved = self.path
         self.path = path
+        found = 0
         try:
             for statement in statements:
                 where = BUILTIN if builtin else Where(path, statement.line)
-                if statement.node is None:
-                    self.problems.append(Problem(where, statement.subject, statement.skipped))
-                    continue
-                try:
-                    self.statement(statement.node, where)
-                except Trouble as trouble:
-                    self.problems.append(Problem(where, statement.subject, trouble.reason))
+                reason = statement.skipped
+                if statement.node is not None:
+                    try:
+                        self.statement(statement.node, where)
+                        continue
+                    except Exhausted:
+                        self.problems.append(Problem(where, statement.subject, _EXHAUSTED))
+                        return
+                    except Trouble as trouble:
+                        reason = trouble.reason
+                found += 1
+                if found <= self.limits.max_problems:
+                    self.problems.append(Problem(where, statement.subject, reason))
+            if found > self.limits.max_problems:
+                more = found - self.limits.max_problems
+                self.problems.append(
+                    Problem(Where(path, 0 if builtin else statements[-1].line), "",
+                            f"{more} more statements not read (only the first"
+                            f" {self.limits.max_problems} of a file are listed)")
+                )  # fmt: skip
         finally:
             self.path = saved
+
+    def spend(self, steps: int) -> None:
+        """Count work done; past the budget, :class:`Exhausted` stops the evaluation."""
+        self.work -= steps
+        if self.work < 0:
+            raise Exhausted(_EXHAUSTED)
 
     def statement(self, node: Node, where: Where) -> None:
         if isinstance(node, Opaque):
@@ -217,11 +248,13 @@ class Machine:
             return self.list_of(node.items, where)
         if isinstance(node, Var) and node.sigil == "@":
             value = self.value("@", node.name)
+            self.spend(len(value.items) if isinstance(value, ListV) else 1)
             return list(value.items) if isinstance(value, ListV) else [value]
         if isinstance(node, Var) and node.sigil == "%":
             value = self.value("%", node.name)
             out: list[Value] = []
             if isinstance(value, HashV):
+                self.spend(len(value.entries))
                 for entry in value.entries:
                     out += [Str(entry.key, entry.where), entry.value]
             return out
@@ -240,9 +273,11 @@ class Machine:
             out += self.listed(node, where)
             if len(out) > self.limits.max_items:
                 raise Trouble(f"a list of more than {self.limits.max_items} items")
+        self.spend(len(out))
         return out
 
     def hash_of(self, items: Sequence[Value], where: Where, origin: str = "") -> HashV:
+        self.spend(len(items))
         entries: dict[str, Entry] = {}
         for n in range(0, len(items), 2):
             key_value = items[n]
@@ -270,6 +305,7 @@ class Machine:
             if key is None:
                 return Unknown(f"${node.name}{{...}} with a key that is not known", where)
             container = self.value("%", node.name)
+            self.spend(len(container.entries) if isinstance(container, HashV) else 1)
             found = container.get(key) if isinstance(container, HashV) else None
             return Undef() if found is None else found
         index = number_of(self.scalar(node.key, where))
@@ -283,9 +319,11 @@ class Machine:
 
     def interpolate(self, node: Interp, where: Where) -> Value:
         out: list[str] = []
+        length = 0
         for part in node.parts:
             if isinstance(part, str):
                 out.append(part)
+                length += len(part)
                 continue
             if part.sigil == "@":
                 if self.get("@", part.name) is None:
@@ -301,6 +339,7 @@ class Machine:
                 if any(t is None for t in texts) or any(isinstance(i, Unknown) for i in items):
                     return Unknown(f'"@{part.name}" interpolates values that are not known', where)
                 out.append(" ".join(t or "" for t in texts))
+                length += len(out[-1])
                 continue
             value = self.value("$", part.name)
             if isinstance(value, Unknown):
@@ -317,8 +356,10 @@ class Machine:
             if text is None:
                 return Unknown(f'"${part.name}" interpolates a reference', where)
             out.append(text)
-            if sum(map(len, out)) > self.limits.max_string:
+            length += len(text)
+            if length > self.limits.max_string:
                 raise Trouble(f"a string longer than {self.limits.max_string} characters")
+        self.spend(length)
         return Str("".join(out), where)
 
     def binary(self, node: Binary, where: Where) -> Value:
@@ -345,6 +386,7 @@ class Machine:
                 return Unknown("the . of a reference", where)
             if len(texts[0]) + len(texts[1]) > self.limits.max_string:
                 raise Trouble(f"a string longer than {self.limits.max_string} characters")
+            self.spend(len(texts[0]) + len(texts[1]))
             return Str(texts[0] + texts[1], where)
         if op in ("+", "-", "*", "/", "%", "**"):
             a = 0.0 if isinstance(left, Undef) else number_of(left)
@@ -435,6 +477,7 @@ class Machine:
             if key is None:
                 raise Trouble(f"${target.name}{{...}} = with a key that is not known")
             current = self.value("%", target.name)
+            self.spend(len(current.entries) if isinstance(current, HashV) else 1)
             entries = (
                 [e for e in current.entries if e.key != key] if isinstance(current, HashV) else []
             )
@@ -448,6 +491,7 @@ class Machine:
             if index is None or not -len(items) <= int(index) < self.limits.max_items:
                 raise Trouble(f"${target.name}[...] = with an index that is not known")
             position = int(index)
+            self.spend(max(len(items), position) + 1)
             while position >= len(items):
                 items.append(Undef())
             items[position] = value
@@ -517,6 +561,7 @@ class Machine:
         return Unknown(f"the result of {name}(...) is not evaluated", where)
 
     def new_re(self, items: list[Value], where: Where) -> Value:
+        self.spend(len(items))
         entries: list[tuple[Regex, Value]] = []
         for item in items:
             if isinstance(item, Regex):
@@ -558,6 +603,7 @@ class Machine:
             if target is not None:
                 self.set(target.sigil, target.name, failed, where)  # reported where it is used
             return failed
+        self.spend(len(text))
         table: Value
         if name == "read_hash":
             table = parse_hash_file(text, path, self.limits)
@@ -565,6 +611,7 @@ class Machine:
             table = parse_array_file(text, path, self.limits)
         if target is not None:
             current = self.value(target.sigil, target.name)
+            self.spend(len(current.entries) if isinstance(current, HashV) else 1)
             if isinstance(table, HashV) and isinstance(current, HashV):
                 kept = tuple(e for e in current.entries if table.get(e.key) is None)
                 table = HashV(kept + table.entries, path)
@@ -600,6 +647,7 @@ class Machine:
         current = self.value("@", array)
         items = list(current.items) if isinstance(current, ListV) else []
         more = self.list_of(args[1:], where)
+        self.spend(len(items) + len(more))
         items = items + more if name == "push" else more + items
         if len(items) > self.limits.max_items:
             raise Trouble(f"a list of more than {self.limits.max_items} items")

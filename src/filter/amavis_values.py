@@ -168,6 +168,11 @@ class Limits:
     max_items: int = 200_000  # items in one list or hash
     max_statements: int = 100_000  # per file
     max_includes: int = 8  # include_config_files nested in each other
+    # Steps of evaluation for all files together (a step: a character made or an item
+    # copied). Real configurations take well under a million; a file made to take
+    # quadratic time (100,000 element assignments to one hash) stops here instead.
+    max_work: int = 20_000_000
+    max_problems: int = 200  # reported per file; past it, one line counts the rest
 
 
 class Trouble(Exception):
@@ -177,6 +182,10 @@ class Trouble(Exception):
         super().__init__(reason)
         self.reason = reason
         self.line = line
+
+
+class Exhausted(Trouble):
+    """The evaluation's work budget (:attr:`Limits.max_work`) is spent: stop reading."""
 
 
 # The D_* destinies and CC_* content categories of Amavis::Conf (2.13).

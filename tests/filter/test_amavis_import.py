@@ -404,3 +404,15 @@ def test_the_daemon_never_loads_the_importer() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "[]" == done.stdout.strip(), done.stderr
+
+
+def test_a_list_file_of_bad_lines_gives_a_bounded_report(tmp_path: Path) -> None:
+    """5,000 lines the lists cannot take: 50 listed, then one line counting the rest."""
+    listed = tmp_path / "whitelist"
+    listed.write_text("".join(f"user{n}@a@b.example\n" for n in range(5000)))
+    conf = tmp_path / "amavisd.conf"
+    conf.write_text(f"read_hash(\\%whitelist_sender, '{listed}');\n")
+    imported = import_amavis([conf], tmp_path / "out")
+    about = [n.text for n in imported.carried.notes if n.setting == "@whitelist_sender_maps"]
+    assert 51 == len(about)
+    assert "4950 more like these" in about[-1]

@@ -361,3 +361,30 @@ def test_statements_keep_their_first_words_for_the_report() -> None:
     """A skipped statement's subject is its first tokens."""
     statements = parse("if ($a) { $b = 1 }\n", "f")
     assert "if ( $a" == statements[0].subject
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "".join(f"$h{{k{i}}} = {i};\n" for i in range(20_000)),  # each store copies the hash
+        "@a = ();\n" + "push @a, 1, 2, 3;\n" * 20_000,
+        "$s = '" + "x" * 50_000 + "';\n" + '$t = "$s$s";\n' * 2_000,
+    ],
+)
+def test_quadratic_files_stop_at_the_work_budget(text: str) -> None:
+    """Statements that each cost more than the last stop at Limits.max_work, reported once."""
+    m = Machine(FakeFiles(), Limits(max_work=1_000_000), {})
+    started = time.monotonic()
+    m.run_text(text, "slow")
+    m.run_text("$after = 1;\n", "next")
+    assert time.monotonic() - started < 10
+    assert 2 == len(m.problems)
+    assert all("more work than an import allows" in p.reason for p in m.problems)
+
+
+def test_problems_listed_per_file_are_capped() -> None:
+    """Past max_problems, one line counts the statements not read."""
+    m = Machine(FakeFiles(), Limits(max_problems=5), {})
+    m.run_text("if ($x) { 1 }\n" * 12, "ifs")
+    assert 6 == len(m.problems)
+    assert "7 more statements not read" in m.problems[-1].reason
