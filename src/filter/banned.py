@@ -74,6 +74,7 @@ __all__ = [
     "inspect",
     "items",
     "may_nest",
+    "name_banned",
     "parse",
     "sniff",
 ]
@@ -227,7 +228,8 @@ def _leaf(
 # ---------------------------------------------------------------------------
 
 
-def _name_banned(name: str, patterns: Sequence[str]) -> str | None:
+def name_banned(name: str, patterns: Sequence[str]) -> str | None:
+    """The first of ``patterns`` that bans a part named ``name``, or None."""
     # Windows drops trailing dots and spaces: "evil.exe. " runs as evil.exe.
     lowered = name.lower().strip().rstrip(". ")
     for pattern in patterns:
@@ -262,7 +264,7 @@ def inspect(
             unchecked = unchecked or found.reason
             continue
         for name in found.names:
-            pattern = _name_banned(name, names)
+            pattern = name_banned(name, names)
             if pattern:
                 return Inspection(banned=f"name {name!r} matches {pattern} in {found.where}")
         for kind, value in [("declared", d) for d in found.declared] + [

@@ -8,6 +8,7 @@ or ``--url``) and ``trace QUERY`` (a message's way through the logs:
 Exit code 78 (EX_CONFIG) for a bad configuration; ``learn`` exits 75
 (EX_TEMPFAIL) when its shared store (``[state]``) cannot be reached at the
 start, and 0 when another gateway host holds the learn lock.
+``import-amavis`` exits as :mod:`filter.amavis_import` says (0, 1, 2, 66, 73).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
     quarantine_cli.add_parser(sub)
+    _add_import_amavis(sub)
     learn_p = sub.add_parser("learn", help="teach Bayes from the admin mailbox's spam/ham folders")
     learn_p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG})")
     learn_p.add_argument(
@@ -71,6 +73,44 @@ def _parser() -> argparse.ArgumentParser:
     # mail-filter trace: follow a message through the logs and the quarantine (issue 19).
     trace_cli.add_parser(sub)
     return parser
+
+
+# -- import-amavis: amavisd-new's configuration into filter.toml (filter.amavis_import) --
+
+
+def _add_import_amavis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = sub.add_parser(
+        "import-amavis",
+        help="turn an amavisd-new configuration into filter.toml and list files",
+        description="Reads amavisd-new's configuration (never running Perl) and writes"
+        " filter.toml and list files into --output, with a report of every setting that"
+        " could not be carried over. Exit 0: all carried; 1: written, some not carried.",
+    )
+    imp.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH",
+        help="/etc/amavis/conf.d (read as amavisd-new does) or amavisd.conf",
+    )  # fmt: skip
+    imp.add_argument("--output", required=True, type=Path, help="directory to write into")
+    imp.add_argument("--force", action="store_true", help="replace files already there")
+    imp.add_argument(
+        "--root", type=Path,
+        help="read files the configuration names (read_hash) under this directory, as if it"
+        " were / (a copy of the old server's files)",
+    )  # fmt: skip
+    imp.add_argument(
+        "--var", action="append", default=[], metavar="NAME=VALUE",
+        help="a value Perl computes at run time, e.g. --var mydomain=example.com",
+    )  # fmt: skip
+    imp.set_defaults(handler=_import_amavis)
+
+
+def _import_amavis(args: argparse.Namespace) -> int:
+    # Imported here: the daemon never loads the importer.
+    from filter import amavis_import
+
+    return amavis_import.run(
+        args.paths, args.output, force=args.force, root=args.root, variables=args.var
+    )
 
 
 def _portal(args: argparse.Namespace) -> int:
@@ -106,6 +146,8 @@ def _check_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mail-filter`` console script."""
     args = _parser().parse_args(argv)
+    if getattr(args, "handler", None) is not None:  # import-amavis
+        return int(args.handler(args))
     if args.command == "serve":
         return _serve(args)
     if args.command == "quarantine":
