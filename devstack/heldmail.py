@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import smtplib
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -64,16 +65,30 @@ def send(smtpd_port: int, sender: str, recipient: str, message: bytes) -> None:
         smtp.sendmail(sender, [recipient], message)
 
 
-def wait_held(directory: Path, count: int, timeout: float = 60.0) -> None:
-    """Block until the quarantine in ``directory`` lists ``count`` entries (TimeoutError if not)."""
+def wait_held(
+    directory: Path,
+    count: int,
+    timeout: float = 60.0,
+    nudge: Callable[[], None] | None = None,
+) -> None:
+    """Block until the quarantine in ``directory`` lists ``count`` entries (TimeoutError if not).
+
+    ``nudge`` (e.g. a Postfix queue flush) is called every 5 s while waiting: a message
+    the filter answered 451 (a scanner slow on a busy machine) is retried by Postfix only
+    after its backoff, minutes by default.
+    """
     store = DirectoryStore(directory)
     try:
         deadline = time.monotonic() + timeout
+        nudged = time.monotonic()
         while (held := store.count(Query())) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{directory}: {held} of {count} messages held after {timeout:g} s"
                 )
+            if nudge is not None and time.monotonic() - nudged >= 5.0:
+                nudge()
+                nudged = time.monotonic()
             time.sleep(0.1)
     finally:
         store.close()

@@ -154,7 +154,7 @@ def _hold_demo_mail(host: Host) -> None:
     for recipient, category, subject in DEMO_HELD:
         make = heldmail.spam if category == "spam" else heldmail.virus
         heldmail.send(host.chain.smtpd_port, SPAMMER, recipient, make(SPAMMER, recipient, subject))
-    heldmail.wait_held(host.chain.root / "quarantine", len(DEMO_HELD))
+    heldmail.wait_held(host.chain.root / "quarantine", len(DEMO_HELD), nudge=host.chain.flush)
 
 
 def _portal_text(hosts: list[Host], admins: list[str], demo_logins: bool) -> str:

@@ -81,6 +81,11 @@ def _run_demo(run_dir: Path, while_up: Callable[[str], None], **env: str) -> str
             rest, _ = demo.communicate(timeout=60)
     finally:
         watchdog.cancel()
+        if demo.poll() is None:  # a failed assertion above: never leave it running
+            demo.kill()
+            demo.wait(timeout=30)
+        if demo.stdout is not None:
+            demo.stdout.close()
     output = "\n".join(lines) + "\n" + rest
     assert 0 == demo.returncode, output
     assert up < 60, output
