@@ -374,17 +374,25 @@ def _validate(files: dict[str, str]) -> None:
 def write(output: Path, files: dict[str, str], *, force: bool = False) -> list[Path]:
     """Write the files into ``output`` (made if missing); FileExistsError before writing
     anything when one is there and ``force`` is not given."""
+    # Encoded first: a value that no UTF-8 file can hold (a lone surrogate from Perl's
+    # "\x{D800}") fails before anything is written, not half way through.
+    encoded = {name: text.encode("utf-8") for name, text in files.items()}
+    if output.is_symlink():
+        # Often run as root: a planted link must not send the files somewhere else.
+        raise OSError(f"{output} is a symbolic link; give the directory itself")
     output.mkdir(parents=True, exist_ok=True)
+    if output.is_symlink() or not output.is_dir():
+        raise OSError(f"{output} is not a directory")
     targets = {name: output / name for name in files}
     existing = [str(p) for p in targets.values() if p.exists() or p.is_symlink()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} already there (--force replaces them)")
     written = []
-    for name, text in files.items():
+    for name in files:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=output)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(encoded[name])
             os.chmod(tmp, 0o644)
             os.replace(tmp, targets[name])
         except BaseException:
@@ -481,6 +489,13 @@ def run(
         return EX_NOINPUT
     try:
         written = write(output, imported.files, force=force)
+    except UnicodeEncodeError as error:
+        print(
+            f"mail-filter import-amavis: a value holds {error.object[error.start : error.end]!r},"
+            " which no file can hold (a lone surrogate, e.g. Perl's \\x{D800}); nothing written",
+            file=err,
+        )
+        return EX_NOINPUT
     except OSError as error:
         print(f"mail-filter import-amavis: cannot write {output}: {error}", file=err)
         return EX_CANTCREAT

@@ -101,7 +101,9 @@ class Carried:
 
 MAX_NOTES = 50  # report lines about one setting (a list file of 100,000 bad lines...)
 _MAIL_ADDRESS = re.compile(r"[^\s@<>()\",;:\\\[\]]+@[^\s@<>()\",;:\\\[\]]+")
-ENTRY_OK = re.compile(r"[^\s@]*@?[^\s@]*")
+# No "#": a list file takes the rest of a line after it as a comment, so ".#x" would
+# be read as "." (every sender).
+ENTRY_OK = re.compile(r"[^\s@#]*@?[^\s@#]*")
 
 
 def is_address(text: str) -> bool:

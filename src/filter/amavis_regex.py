@@ -684,6 +684,11 @@ def address_entries(pattern: str, flags: str = "") -> tuple[list[str], list[str]
             refused.append(f"{alternative.glob()}: not one exact address, user@ or @domain")
             continue
         user, _, domain = text.partition("@")
+        if domain and (domain.startswith(".") or domain.endswith(".") or ".." in domain):
+            # "@\.$" or "@\.example\.com$" match no real address in Perl; as list
+            # entries "." and ".example.com" would mean every sender, or every subdomain.
+            refused.append(f"{alternative.glob()}: a domain starting or ending with a dot")
+            continue
         if alternative.start and alternative.end and user and domain:
             entries.append(text)
         elif not alternative.start and alternative.end and not user and domain:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from filter.amavis_import import ImportLimits, config_files, import_amavis, pars
 from filter.amavis_notes import NOT_CARRIED, NOT_NEEDED, Carried, covered
 from filter.banned import inspect
 from filter.config import Config
-from filter.lookup import lookup_keys
+from filter.lookup import AddressList, lookup_keys
 from filter.policy import Findings, Lists, decide
 from filter.spamd import SpamReport
 from filter.verdicts import Category, Destiny
@@ -416,3 +417,61 @@ def test_a_list_file_of_bad_lines_gives_a_bounded_report(tmp_path: Path) -> None
     about = [n.text for n in imported.carried.notes if n.setting == "@whitelist_sender_maps"]
     assert 51 == len(about)
     assert "4950 more like these" in about[-1]
+
+
+# Never more permissive, never a crash, never through a link (hostile review 19b)
+
+
+def _whitelisted(tmp_path: Path, conf: str, sender: str) -> bool:
+    """Whether the whitelist imported from ``conf`` (as amavisd.conf) lets ``sender`` in."""
+    path = tmp_path / "amavisd.conf"
+    path.write_text(conf, encoding="utf-8")
+    files = import_amavis([path], tmp_path / "out").files
+    lines = files.get("whitelist", "").splitlines()
+    return AddressList.parse("whitelist", lines).contains(sender)
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        "@whitelist_sender_maps = ( { '.#x' => 1 } );\n1;\n",
+        "@whitelist_sender_maps = ( ['.#x'] );\n1;\n",
+        "@whitelist_sender_maps = ( new_RE( qr'\\@\\.$'i ) );\n1;\n",
+    ],
+    ids=["hash-with-hash-sign", "acl-with-hash-sign", "regex-at-dot"],
+)
+def test_no_entry_becomes_a_whitelist_of_everyone(tmp_path: Path, conf: str) -> None:
+    """A '#' in an entry (a list file's comment) or a regex '@\\.$' never whitelists everyone."""
+    assert not _whitelisted(tmp_path, conf, "spammer@evil.example")
+
+
+def test_a_regex_domain_with_a_leading_dot_is_not_widened_to_subdomains(tmp_path: Path) -> None:
+    """Perl's /@\\.example\\.com$/ matches no real address: it is refused, not '.example.com'."""
+    conf = "@whitelist_sender_maps = ( new_RE( qr'\\@\\.example\\.com$'i ) );\n1;\n"
+    assert not _whitelisted(tmp_path, conf, "a@sub.example.com")
+    assert not _whitelisted(tmp_path, conf, "a@example.com")
+
+
+def test_a_value_no_file_can_hold_fails_cleanly_writing_nothing(tmp_path: Path) -> None:
+    """A lone surrogate (Perl's "\\x{D800}") in a value: exit 66 with a reason, no file."""
+    path = tmp_path / "amavisd.conf"
+    path.write_text('$sa_spam_subject_tag = "\\x{D800}***SPAM*** ";\n1;\n')
+    err = io.StringIO()
+    assert 66 == amavis_import.run([path], tmp_path / "out", out=io.StringIO(), err=err)
+    assert "lone surrogate" in err.getvalue()
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_an_output_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    """Run as root, a planted link at --output must not send the files elsewhere (exit 73)."""
+    (tmp_path / "amavisd.conf").write_text("$final_banned_destiny = D_REJECT;\n1;\n")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "out").symlink_to(target)
+    err = io.StringIO()
+    code = amavis_import.run(
+        [tmp_path / "amavisd.conf"], tmp_path / "out", out=io.StringIO(), err=err
+    )
+    assert 73 == code
+    assert "symbolic link" in err.getvalue()
+    assert [] == os.listdir(target)
