@@ -121,6 +121,11 @@ class Machine:
         # when the file ends, as Perl does when amavisd-new's do FILE returns).
         self.lexicals: dict[str, Binding] = {}
         self.hidden: dict[str, Binding | None] = {}
+        # Variables each variable's value was made from (statement by statement), so a
+        # report that hides a password hides the variables it came from too.
+        self.refers: dict[str, set[str]] = {}
+        self.reads: set[str] = set()
+        self.writes: set[str] = set()
 
     # -- running files ---------------------------------------------------
 
@@ -170,6 +175,17 @@ class Machine:
             self.path = saved
             self.lexicals, self.hidden = saved_lexicals, saved_hidden
 
+    def made_from(self, keys: Iterable[str]) -> set[str]:
+        """``keys`` and every variable their values were made from, transitively."""
+        found: set[str] = set()
+        todo = list(keys)
+        while todo:
+            key = todo.pop()
+            if key not in found:
+                found.add(key)
+                todo.extend(self.refers.get(key, ()))
+        return found
+
     def spend(self, steps: int) -> None:
         """Count work done; past the budget, :class:`Exhausted` stops the evaluation."""
         self.work -= steps
@@ -180,13 +196,18 @@ class Machine:
         """Evaluate one statement; what to report about it though it was evaluated."""
         if isinstance(node, Opaque):
             raise Trouble(node.reason)
-        if isinstance(node, Declare):
-            return self.declare(node, where)
-        if isinstance(node, Call):
-            self.call(node, where, statement=True)
+        self.reads, self.writes = set(), set()
+        try:
+            if isinstance(node, Declare):
+                return self.declare(node, where)
+            if isinstance(node, Call):
+                self.call(node, where, statement=True)
+                return ""
+            self.scalar(node, where)
             return ""
-        self.scalar(node, where)
-        return ""
+        finally:
+            for key in self.writes:
+                self.refers.setdefault(key, set()).update(self.reads - {key})
 
     def declare(self, node: Declare, where: Where) -> str:
         """``my``/``local``: the rest of this file sees the value, amavisd-new never does."""
@@ -215,6 +236,7 @@ class Machine:
 
     def get(self, sigil: str, name: str) -> Binding | None:
         """A variable's binding (``sigil`` "$", "@" or "%"), or None if never assigned."""
+        self.reads.add(sigil + name)
         return self.lexicals.get(sigil + name) or self.vars.get(sigil + name)
 
     def value(self, sigil: str, name: str) -> Value:
@@ -233,6 +255,7 @@ class Machine:
 
     def set(self, sigil: str, name: str, value: Value, where: Where) -> None:
         key = sigil + name
+        self.writes.add(key)
         if key in self.lexicals:
             self.lexicals[key] = Binding(value, where)
             return
@@ -337,6 +360,7 @@ class Machine:
 
     def reference(self, target: Node, where: Where) -> Value:
         if isinstance(target, Var):
+            self.reads.add(target.sigil + target.name)
             return VarRef(target.sigil, target.name, where)
         if isinstance(target, Lit) and isinstance(target.value, Code):
             return target.value

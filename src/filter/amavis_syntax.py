@@ -306,7 +306,7 @@ class _Parser:
                 break
             start = self.pos
             first = self.peek()
-            subject = " ".join(t.text for t in self.tokens[start : start + 3] if t.text)
+            subject = " ".join(_shown(t) for t in self.tokens[start : start + 3] if t.text)
             self.depth = 0
             try:
                 node = self.statement()
@@ -708,6 +708,12 @@ class _Parser:
             self.depth -= 1
         self.expect(")")
         return inner.items if isinstance(inner, ListExpr) else (inner,)
+
+
+def _shown(token: Token) -> str:
+    """A token for a statement's subject in the report: strings are never shown (a
+    statement that is not read may hold a password)."""
+    return "'...'" if token.kind in ("sq", "dq", "qw") else token.text
 
 
 def _perl_number(text: str) -> float:
