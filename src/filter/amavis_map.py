@@ -615,6 +615,7 @@ def problems(m: Mapping) -> None:
 
 def leftovers(m: Mapping) -> None:
     """Every variable assigned that no step above looked at: why it does not matter."""
+    secret = m.machine.made_from(k for k in m.machine.vars if _SECRET.search(k))
     for key, binding in m.machine.vars.items():
         if binding.builtin or key in m.handled or binding.where.path == "--var":
             continue
@@ -636,27 +637,31 @@ def leftovers(m: Mapping) -> None:
                     f"{show(value)}: off, nothing to carry (on, it would not carry: {off_reason})",
                 )
             else:
-                m.note(NOT_CARRIED, key, f"{_shown(key, value)}: {off_reason}")
+                m.note(NOT_CARRIED, key, f"{_shown(secret, key, value)}: {off_reason}")
             continue
         if ONLY_THROUGH_MAPS.fullmatch(name):
-            why = f"{show(binding.value)}: not used, no @*_maps list refers to it (nor did"
-            m.note(NOT_NEEDED, key, why + " amavisd-new read it)")
+            shown = _shown(secret, key, binding.value)
+            why = f"{shown}: not used, no @*_maps list refers to it (nor did amavisd-new read it)"
+            m.note(NOT_NEEDED, key, why)
             continue
         reason = OTHER_REASONS.get(key) or OTHER_REASONS.get(name)
         if reason is not None:
-            m.note(NOT_CARRIED, key, f"{_shown(key, binding.value)}: {reason}")
+            m.note(NOT_CARRIED, key, f"{_shown(secret, key, binding.value)}: {reason}")
             continue
+        # Its value is never shown: an unknown variable may hold anything (a password).
         m.note(
             NOT_CARRIED,
             key,
-            f"{_shown(key, binding.value)}: not a setting this"
-            " import knows; nothing in filter.toml comes from it",
+            "(value not shown): not a setting this import knows; nothing in filter.toml"
+            " comes from it",
         )
 
 
 _SECRET = re.compile(r"dsn|ldap|passw|secret|key|token|auth", re.I)
 
 
-def _shown(key: str, value: Value) -> str:
-    """A value for the report, unless it may hold a password (SQL DSNs, LDAP binds)."""
-    return "(value not shown)" if _SECRET.search(key) else show(value)
+def _shown(secret: set[str], key: str, value: Value) -> str:
+    """A value for the report, unless it may hold a password: a key named like one (SQL
+    DSNs, LDAP binds), or in ``secret``, the variables such keys were made from
+    (``$dbpass`` in ``@lookup_sql_dsn = ([..., $dbpass])``)."""
+    return "(value not shown)" if key in secret or _SECRET.search(key) else show(value)

@@ -34,6 +34,7 @@ from filter.amavis_syntax import (
     Binary,
     Call,
     Cond,
+    Declare,
     Elem,
     Interp,
     ListExpr,
@@ -116,6 +117,15 @@ class Machine:
         self.path = ""
         self.include_depth = 0
         self.work = self.limits.max_work
+        # The running file's `my` variables, and the globals its `local`s hid (restored
+        # when the file ends, as Perl does when amavisd-new's do FILE returns).
+        self.lexicals: dict[str, Binding] = {}
+        self.hidden: dict[str, Binding | None] = {}
+        # Variables each variable's value was made from (statement by statement), so a
+        # report that hides a password hides the variables it came from too.
+        self.refers: dict[str, set[str]] = {}
+        self.reads: set[str] = set()
+        self.writes: set[str] = set()
 
     # -- running files ---------------------------------------------------
 
@@ -128,7 +138,9 @@ class Machine:
         self.spend(len(text))
         statements = parse(text, path, self.limits)
         saved = self.path
+        saved_lexicals, saved_hidden = self.lexicals, self.hidden
         self.path = path
+        self.lexicals, self.hidden = {}, {}
         found = 0
         try:
             for statement in statements:
@@ -136,8 +148,9 @@ class Machine:
                 reason = statement.skipped
                 if statement.node is not None:
                     try:
-                        self.statement(statement.node, where)
-                        continue
+                        reason = self.statement(statement.node, where)
+                        if not reason:
+                            continue
                     except Exhausted:
                         self.problems.append(Problem(where, statement.subject, _EXHAUSTED))
                         return
@@ -154,7 +167,24 @@ class Machine:
                             f" {self.limits.max_problems} of a file are listed)")
                 )  # fmt: skip
         finally:
+            for key, binding in self.hidden.items():
+                if binding is None:
+                    self.vars.pop(key, None)
+                else:
+                    self.vars[key] = binding
             self.path = saved
+            self.lexicals, self.hidden = saved_lexicals, saved_hidden
+
+    def made_from(self, keys: Iterable[str]) -> set[str]:
+        """``keys`` and every variable their values were made from, transitively."""
+        found: set[str] = set()
+        todo = list(keys)
+        while todo:
+            key = todo.pop()
+            if key not in found:
+                found.add(key)
+                todo.extend(self.refers.get(key, ()))
+        return found
 
     def spend(self, steps: int) -> None:
         """Count work done; past the budget, :class:`Exhausted` stops the evaluation."""
@@ -162,23 +192,56 @@ class Machine:
         if self.work < 0:
             raise Exhausted(_EXHAUSTED)
 
-    def statement(self, node: Node, where: Where) -> None:
+    def statement(self, node: Node, where: Where) -> str:
+        """Evaluate one statement; what to report about it though it was evaluated."""
         if isinstance(node, Opaque):
             raise Trouble(node.reason)
-        if isinstance(node, Call):
-            self.call(node, where, statement=True)
-            return
-        self.scalar(node, where)
+        self.reads, self.writes = set(), set()
+        try:
+            if isinstance(node, Declare):
+                return self.declare(node, where)
+            if isinstance(node, Call):
+                self.call(node, where, statement=True)
+                return ""
+            self.scalar(node, where)
+            return ""
+        finally:
+            for key in self.writes:
+                self.refers.setdefault(key, set()).update(self.reads - {key})
+
+    def declare(self, node: Declare, where: Where) -> str:
+        """``my``/``local``: the rest of this file sees the value, amavisd-new never does."""
+        inner = node.inner
+        target = inner.target if isinstance(inner, Assign) else inner
+        slots = target.items if isinstance(target, ListExpr) else (target,)
+        names = [slot for slot in slots if isinstance(slot, Var)]
+        if len(names) != len(slots):
+            raise Trouble(f"{node.kind} of something other than variables")
+        for var in names:
+            key = var.sigil + var.name
+            if node.kind == "my":
+                empty: Value = Undef() if var.sigil == "$" else ListV()
+                self.lexicals[key] = Binding(empty if var.sigil != "%" else HashV(), where)
+            elif key not in self.hidden and key not in self.lexicals:
+                self.hidden[key] = self.vars.get(key)
+        self.scalar(inner, where)
+        shown = ", ".join(var.sigil + var.name for var in names)
+        kind = "a lexical" if node.kind == "my" else "a local"
+        return (
+            f"{node.kind} {shown}: {kind} variable: amavisd-new never reads it"
+            " (only the rest of this file sees it)"
+        )
 
     # -- variables -------------------------------------------------------
 
     def get(self, sigil: str, name: str) -> Binding | None:
         """A variable's binding (``sigil`` "$", "@" or "%"), or None if never assigned."""
-        return self.vars.get(sigil + name)
+        self.reads.add(sigil + name)
+        return self.lexicals.get(sigil + name) or self.vars.get(sigil + name)
 
     def value(self, sigil: str, name: str) -> Value:
         """A variable's value now; undef (or empty) when never assigned."""
-        binding = self.vars.get(sigil + name)
+        binding = self.get(sigil, name)
         if binding is not None:
             return binding.value
         if sigil == "$":
@@ -192,6 +255,10 @@ class Machine:
 
     def set(self, sigil: str, name: str, value: Value, where: Where) -> None:
         key = sigil + name
+        self.writes.add(key)
+        if key in self.lexicals:
+            self.lexicals[key] = Binding(value, where)
+            return
         if key in self.pinned:
             return  # --var wins over the configuration
         self.vars[key] = Binding(value, where)
@@ -240,6 +307,8 @@ class Machine:
             return self.scalar(node.then if test else node.other, where)
         if isinstance(node, Assign):
             return self.assign(node, where)
+        if isinstance(node, Declare):
+            raise Trouble(f"{node.kind} inside an expression is not evaluated")
         return Unknown(node.reason, where)
 
     def listed(self, node: Node, where: Where) -> list[Value]:
@@ -291,6 +360,7 @@ class Machine:
 
     def reference(self, target: Node, where: Where) -> Value:
         if isinstance(target, Var):
+            self.reads.add(target.sigil + target.name)
             return VarRef(target.sigil, target.name, where)
         if isinstance(target, Lit) and isinstance(target.value, Code):
             return target.value

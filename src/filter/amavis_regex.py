@@ -12,8 +12,12 @@ construct that would need more than a shell pattern can say (``[^./]*``, a
 lookahead, ``\\b``) is widened, and each widening is named in the result's
 notes.  What cannot be widened safely (a back-reference, an unanchored MIME
 type pattern, a file(1) type mail-filter does not tell by content) is refused
-with the reason.  Pure: strings in, patterns out; bounded in pattern length
-and in the number of alternatives a pattern expands to.
+with the reason.  One narrowing is mail-filter's own and is reported, not
+hidden: its matcher lets a double extension ending in a compression or
+signature extension through (``x.exe.gz`` against ``*.exe.*``), so the names
+of that kind the rule banned are listed as not carried.  Pure: strings in,
+patterns out; bounded in pattern length and in the number of alternatives a
+pattern expands to.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from filter.banned import DEFAULT_TYPES, name_banned
+from filter.banned import _SAFE_SECOND, DEFAULT_TYPES, name_banned
 
 __all__ = [
     "SHORT_TYPES",
@@ -555,12 +559,12 @@ def _also_matches(pattern: str, flags: str, alternatives: Sequence[Alternative],
     return any(fnmatch.fnmatchcase(text, a.glob()) for a in alternatives)
 
 
-def _representative(alternative: Alternative) -> str:
+def _representative(alternative: Alternative, *, lower: bool = True) -> str:
     """A name the alternative matches (what to check mail-filter's matcher against)."""
     out = []
     for atom in alternative.atoms:
         if atom[0] == "c":
-            out.append(atom[1].lower())
+            out.append(atom[1].lower() if lower else atom[1])
         elif atom[0] == "[":
             out.append(next((c for c in "xa0_-.$" if fnmatch.fnmatchcase(c, f"[{atom[1]}]")), "x"))
         elif atom[0] == "w":
@@ -568,6 +572,27 @@ def _representative(alternative: Alternative) -> str:
         else:
             out.append("x")
     return "".join(out)
+
+
+def _compressed_names(alternative: Alternative) -> list[str]:
+    """Names like the alternative's, ending in a compression or signature extension.
+
+    mail-filter's matcher lets ``report.pdf.gz`` through a pattern with two dots
+    (:func:`filter.banned.name_banned`); these are the names to ask the rule
+    whether amavisd-new banned one of them all the same.
+    """
+    names: list[str] = []
+    for lower in (True, False):
+        example = _representative(alternative, lower=lower) or "x"
+        if not alternative.start:
+            example = "x" + example
+        base = example.rsplit(".", 1)[0] if "." in example else ""
+        for second in sorted(_SAFE_SECOND):
+            for ending in (second, second.upper()) if not lower else (second,):
+                names.append(f"{example}.{ending}")
+                if base:
+                    names.append(f"{base}.{ending}")
+    return list(dict.fromkeys(names))
 
 
 def _trimmed(alternative: Alternative) -> Alternative:
@@ -593,6 +618,8 @@ def banned_translation(pattern: str, flags: str = "") -> BannedTranslation:
     types: list[str] = []
     notes = list(expansion.notes)
     refused: list[str] = []
+    kept: list[Alternative] = []  # the alternatives carried as name patterns
+    dropped: list[str] = []  # name patterns refused for a double extension (said already)
     undecipherable = False
     for alternative in expansion.alternatives:
         literal = alternative.literal()
@@ -635,8 +662,30 @@ def banned_translation(pattern: str, flags: str = "") -> BannedTranslation:
                 f"{name_glob}: mail-filter never bans a name like {example!r} by a"
                 " pattern (a compressed file's double extension is allowed)"
             )
+            dropped.append(name_glob)
             continue
         names.append(name_glob)
+        kept.append(trimmed)
+    # A compressed file's double extension is allowed by mail-filter (x.exe.gz against
+    # *.exe.*): say which names amavisd-new banned that it now lets through.
+    let_through = [
+        name
+        for alternative in kept
+        for name in _compressed_names(alternative)
+        if _also_matches(pattern, flags, expansion.alternatives, name)
+        and name_banned(name, names) is None
+        and not any(fnmatch.fnmatchcase(name.lower(), glob) for glob in dropped)
+    ]
+    if let_through:
+        first: dict[str, str] = {}  # each name once, as the rule spells it
+        for name in let_through:
+            first.setdefault(name.lower(), name)
+        shown = ", ".join(repr(n) for n in first.values())
+        second = ", ".join(f".{s}" for s in sorted(_SAFE_SECOND))
+        refused.append(
+            f"names like {shown}: amavisd-new banned them, mail-filter does not (it lets a"
+            f" double extension ending {second} through as a compressed or signed file)"
+        )
     # amavisd-new also tries every rule on file(1) short types and on MIME types.
     spelled = {(a.literal() or "").lower() for a in expansion.alternatives if a.start and a.end}
     for text in (*(f".{short}" for short in _ALL_SHORT_TYPES), *_KNOWN_TYPES):

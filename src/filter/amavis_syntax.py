@@ -7,7 +7,12 @@ interpolated variables.  Code that only running Perl could make sense of
 (``sub {...}``, backticks, method calls) becomes an :class:`Opaque` node; a
 statement that cannot be parsed at all (an ``if`` block, a ``map``) is kept as
 a :class:`Statement` with the reason it is skipped, and parsing goes on after
-it.  Nesting is bounded, so hostile input cannot exhaust the stack.  Pure.
+it.  Perl's scoping and control flow are followed where they decide what
+amavisd-new sees: ``my`` and ``local`` statements become :class:`Declare` nodes,
+statements after ``package X;`` (X other than amavisd-new's ``Amavis::Conf``)
+are skipped with the reason, and a top-level ``return`` ends the file, as it
+ends amavisd-new's ``do FILE``.  Nesting is bounded, so hostile input cannot
+exhaust the stack.  Pure.
 """
 
 from __future__ import annotations
@@ -134,6 +139,15 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class Declare:
+    """``my ...`` or ``local ...`` at the start of a statement: seen by the rest of the
+    file only, never by amavisd-new (``kind`` "my" or "local")."""
+
+    kind: str
+    inner: Node
+
+
+@dataclass(frozen=True)
 class Opaque:
     """Code that is parsed past but never evaluated; its value is unknown."""
 
@@ -142,7 +156,7 @@ class Opaque:
 
 Node = (
     Lit | Interp | Var | Elem | ListExpr | AnonHash | AnonArray | RefTo | Call | Binary | Unary
-    | Cond | Assign | Opaque
+    | Cond | Assign | Declare | Opaque
 )  # fmt: skip
 
 
@@ -175,6 +189,9 @@ _ASSIGN_OPS = frozenset((
     "=", ".=", "+=", "-=", "*=", "/=", "||=", "//=", "&&=", "|=", "&=", "^=", "x=", "**=",
     "%=", "<<=", ">>=",
 ))  # fmt: skip
+# amavisd-new evaluates its configuration files in this package: after ``package X;``
+# an assignment sets $X::name, which amavisd-new never reads.
+CONFIG_PACKAGE = "Amavis::Conf"
 # Functions taking a list without parentheses (Perl list operators) that configurations use.
 _LIST_OPERATORS = frozenset((
     "push", "unshift", "read_hash", "read_array", "read_text", "read_l10n_templates",
@@ -183,7 +200,7 @@ _LIST_OPERATORS = frozenset((
 # Statements that end with a block's closing brace rather than a semicolon.
 _BLOCK_WORDS = frozenset((
     "if", "unless", "while", "until", "for", "foreach", "sub", "BEGIN", "END", "else",
-    "elsif", "eval", "do",
+    "elsif", "eval", "do", "package",
 ))  # fmt: skip
 _NAMED_UNARY = frozenset(
     ["lc", "uc", "lcfirst", "ucfirst", "chomp", "chop", "defined", "ref", "undef", "scalar"]
@@ -199,6 +216,7 @@ class _Parser:
         self.pos = 0
         self.limits = limits
         self.depth = 0
+        self.package: tuple[str, int] | None = None  # a package switched to, and where
 
     def at_line(self, line: int) -> Where:
         return Where(self.path, line)
@@ -288,16 +306,35 @@ class _Parser:
                 break
             start = self.pos
             first = self.peek()
-            subject = " ".join(t.text for t in self.tokens[start : start + 3] if t.text)
+            subject = " ".join(_shown(t) for t in self.tokens[start : start + 3] if t.text)
             self.depth = 0
             try:
                 node = self.statement()
             except Trouble as trouble:
                 self.skip_statement(start)
                 out.append(Statement(None, first.line, subject, trouble.reason))
+                if first.kind == "word" and first.text == "return":
+                    break  # a conditional return: what follows may never have been read
                 continue
-            if node is not None:
-                out.append(Statement(node, first.line, subject))
+            if node is None:
+                continue
+            if first.kind == "word" and first.text == "return":
+                if self.peek().kind != "end":
+                    reason = (
+                        "return: amavisd-new's do FILE stops here, so the rest of the file"
+                        " is not read"
+                    )
+                    out.append(Statement(None, first.line, subject, reason))
+                break
+            if self.package is not None and not isinstance(node, Lit):
+                name, line = self.package
+                reason = (
+                    f"after package {name} (line {line}) this sets ${name}::...,"
+                    " which amavisd-new never reads"
+                )
+                out.append(Statement(None, first.line, subject, reason))
+                continue
+            out.append(Statement(node, first.line, subject))
         return out
 
     def statement(self) -> Node | None:
@@ -308,15 +345,26 @@ class _Parser:
         if token.kind == "op" and token.text == "{":
             raise Trouble("a bare block { ... } is not evaluated")
         if token.kind == "word":
-            if token.text in ("use", "no", "require", "package"):
+            if token.text == "package":
+                self.package_switch()
+                return None
+            if token.text == "return":
+                return self.top_level_return()
+            if token.text in ("use", "no", "require"):
                 return self.pragma()
             if token.text in ("if", "unless", "while", "until", "for", "foreach"):
                 raise Trouble(f"{token.text} ... {{ ... }}: code that decides at run time")
             if token.text in ("sub", "BEGIN", "END"):
                 raise Trouble(f"{token.text} {{ ... }}: Perl code, not a setting")
-            if token.text in ("my", "our", "local"):
+            if token.text in ("my", "local"):
                 self.take()
-        node = self.expression()
+                return Declare(token.text, self.end_statement(self.expression()))
+            if token.text == "our":
+                self.take()  # a package variable: in amavisd-new's package, a setting
+        return self.end_statement(self.expression())
+
+    def end_statement(self, node: Node) -> Node:
+        """``node`` once the statement's end (``;`` or the file's end) is taken."""
         after = self.peek()
         if after.kind == "word" and after.text in ("if", "unless", "for", "foreach", "while"):
             raise Trouble(f"a statement with {after.text}: decided at run time")
@@ -324,6 +372,38 @@ class _Parser:
             raise Trouble(f"unexpected {after.text!r}", after.line)
         self.take()
         return node
+
+    def package_switch(self) -> None:
+        """``package NAME;``: until ``package Amavis::Conf;`` statements are not carried."""
+        word = self.take()
+        name = self.take()
+        if self.at("{"):
+            raise Trouble(f"package {name.text} {{ ... }}: sets ${name.text}::...,"
+                          " which amavisd-new never reads")  # fmt: skip
+        if not self.at(";") and self.peek().kind != "end":
+            self.take()  # a version: package NAME VERSION;
+        self.end_statement(Lit(Undef()))
+        if name.text == CONFIG_PACKAGE:
+            self.package = None
+            return
+        self.package = (name.text, word.line)
+        raise Trouble(
+            f"package {name.text}: the statements after it set ${name.text}::...,"
+            f" which amavisd-new never reads (until package {CONFIG_PACKAGE};)"
+        )
+
+    def top_level_return(self) -> Node:
+        """``return ...;`` at the top of a file: amavisd-new's ``do FILE`` ends there."""
+        self.take()
+        while not (self.at(";") or self.peek().kind == "end"):
+            token = self.take()
+            if token.kind == "word" and token.text in ("if", "unless"):
+                raise Trouble(
+                    f"return ... {token.text}: decided at run time; the rest of the file"
+                    " is not read"
+                )
+        self.take()
+        return Lit(Undef())
 
     def pragma(self) -> Node | None:
         word = self.take()
@@ -628,6 +708,12 @@ class _Parser:
             self.depth -= 1
         self.expect(")")
         return inner.items if isinstance(inner, ListExpr) else (inner,)
+
+
+def _shown(token: Token) -> str:
+    """A token for a statement's subject in the report: strings are never shown (a
+    statement that is not read may hold a password)."""
+    return "'...'" if token.kind in ("sq", "dq", "qw") else token.text
 
 
 def _perl_number(text: str) -> float:

@@ -275,6 +275,36 @@ def test_passwords_in_sql_settings_are_never_shown(
     assert "changeme" not in (out / "filter.toml").read_text()
 
 
+def test_password_held_in_an_unknown_variable_is_not_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A password in a variable used by @lookup_sql_dsn is in neither report nor filter.toml."""
+    conf = tmp_path / "amavisd.conf"
+    conf.write_text(
+        "$dbpass = 'S3cr3tPW';\n@lookup_sql_dsn = (['DBI:mysql:db', 'amavis', $dbpass]);\n"
+        "$p = 'Pw2';\n$other = \"x$p\";\n$other_sql_dsn = $other;\n"
+        "unknown_call('Pw3');\n$mystery = 'Pw4';\n1;\n"
+    )
+    out = tmp_path / "out"
+    _, report, err = run_cli([str(conf), "--output", str(out)], capsys)
+    written = report + err + (out / "filter.toml").read_text()
+    for secret in ("S3cr3tPW", "Pw2", "Pw3", "Pw4"):
+        assert secret not in written
+    assert f"{conf}:1  $dbpass: (value not shown)" in report  # still named, with file:line
+
+
+def test_banned_names_mail_filter_lets_through_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """qr'\\.(exe|vbs)\\.[a-z]+$'i: the report says x.exe.gz is no longer banned."""
+    conf = tmp_path / "amavisd.conf"
+    conf.write_text("$banned_filename_re = new_RE(qr'\\.(exe|vbs)\\.[a-z]+$'i);\n1;\n")
+    out = tmp_path / "out"
+    _, report, _ = run_cli([str(conf), "--output", str(out)], capsys)
+    assert "'x.exe.gz'" in report
+    assert "*.exe.[a-z]*" in loaded(out).banned.names
+
+
 def test_everything_carried_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A configuration with nothing mail-filter lacks: exit 0, and the report says so."""
     conf = tmp_path / "amavisd.conf"

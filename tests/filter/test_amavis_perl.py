@@ -319,6 +319,82 @@ def test_code_in_values_is_kept_opaque() -> None:
     assert [] == m.problems
 
 
+# -- Perl scoping and control flow ----------------------------------------------
+
+
+def test_my_variable_does_not_change_destiny() -> None:
+    """my $x = ... is a lexical: later lines of the file see it, amavisd-new never does."""
+    m = run("my $final_banned_destiny = D_PASS;\n$seen = $final_banned_destiny;\n1;\n")
+    assert Num(1.0) == scalar(m, "seen")  # D_PASS, read within the file
+    assert m.get("$", "final_banned_destiny") is None
+    assert ["conf:1"] == [str(p.where) for p in m.problems]
+    assert "a lexical variable: amavisd-new never reads it" in m.problems[0].reason
+
+
+def test_my_variable_does_not_outlive_its_file() -> None:
+    """A file's my variable is gone in the next file it includes."""
+    m = run("my $d = 'a.example';\ninclude_config_files('next');\n",
+            files={"next": "$domain = $d;\n"})  # fmt: skip
+    assert Undef() == scalar(m, "domain")
+
+
+def test_local_variable_does_not_change_destiny() -> None:
+    """local $x = ... at file scope is undone when the file ends: not a setting."""
+    m = run("$final_banned_destiny = D_DISCARD;\nlocal $final_banned_destiny = D_PASS;\n1;\n")
+    binding = m.get("$", "final_banned_destiny")
+    assert binding is not None
+    assert Num(0.0) == binding.value  # D_DISCARD, restored
+    assert ["conf:2"] == [str(p.where) for p in m.problems]
+    assert "a local variable: amavisd-new never reads it" in m.problems[0].reason
+
+
+def test_local_of_an_unset_variable_leaves_it_unset() -> None:
+    """local $x = ... of a variable never set before leaves nothing behind."""
+    assert run("local $final_banned_destiny = D_PASS;\n").get("$", "final_banned_destiny") is None
+
+
+def test_assignment_after_package_switch_is_not_carried() -> None:
+    """After package Foo; an assignment sets $Foo::x: reported, not applied."""
+    m = run("package Foo;\n$final_banned_destiny = D_PASS;\n1;\n")
+    assert m.get("$", "final_banned_destiny") is None
+    assert ["conf:1", "conf:2"] == [str(p.where) for p in m.problems]
+    assert "after package Foo (line 1)" in m.problems[1].reason
+
+
+def test_package_amavis_conf_switches_back() -> None:
+    """package Amavis::Conf; (amavisd-new's own package) makes assignments settings again."""
+    m = run("package main;\n$a = 1;\npackage Amavis::Conf;\n$b = 2;\n")
+    assert Undef() == scalar(m, "a")
+    assert Num(2.0) == scalar(m, "b")
+
+
+def test_package_block_is_not_carried() -> None:
+    """package Foo { ... } is skipped as a whole and reported."""
+    m = run("package Foo {\n  $a = 1;\n}\n$b = 2;\n")
+    assert (Undef(), Num(2.0)) == (scalar(m, "a"), scalar(m, "b"))
+    assert ["conf:1"] == [str(p.where) for p in m.problems]
+
+
+def test_statements_after_return_are_not_carried() -> None:
+    """A top-level return ends amavisd-new's do FILE: the rest is reported, not read."""
+    m = run("return 1;\n$final_banned_destiny = D_PASS;\n")
+    assert m.get("$", "final_banned_destiny") is None
+    assert ["conf:1"] == [str(p.where) for p in m.problems]
+    assert "the rest of the file is not read" in m.problems[0].reason
+
+
+def test_conditional_return_also_stops_reading() -> None:
+    """return ... if ...; may end the file at run time: what follows is not carried."""
+    m = run("return 1 if $x;\n$final_banned_destiny = D_PASS;\n")
+    assert m.get("$", "final_banned_destiny") is None
+    assert "decided at run time" in m.problems[0].reason
+
+
+def test_return_at_the_end_is_not_reported() -> None:
+    """return 1; as a file's last statement ends nothing and is not a problem."""
+    assert [] == run("$a = 1;\nreturn 1;\n").problems
+
+
 # -- bounds ------------------------------------------------------------------
 
 

@@ -81,6 +81,31 @@ def test_a_pattern_mail_filters_matcher_would_never_fire_is_refused() -> None:
     assert "never bans" in found.refused[0]
 
 
+def test_translated_banned_pattern_bans_what_amavis_banned() -> None:
+    """*.exe.[a-z]* lets invoice.exe.gz through in mail-filter: the names it lets are said."""
+    found = banned_translation(r"\.(exe|vbs)\.[a-z]+$", "i")
+    assert ("*.exe.[a-z]*", "*.vbs.[a-z]*") == found.names  # still bans x.exe.zip
+    assert name_banned("invoice.exe.zip", found.names)
+    assert name_banned("invoice.exe.gz", found.names) is None
+    assert 1 == len(found.refused)
+    assert "'x.exe.gz'" in found.refused[0]
+    assert "'x.vbs.xz'" in found.refused[0]
+    assert "'x.exe.bz2'" not in found.refused[0]  # [a-z]+ never matched bz2
+
+
+def test_case_sensitive_rule_names_the_spelling_it_banned() -> None:
+    """qr'\\.EXE\\.[A-Z]+$' banned x.EXE.GZ (not x.exe.gz): the note names that."""
+    found = banned_translation(r"\.EXE\.[A-Z]+$")
+    assert "'x.EXE.GZ'" in found.refused[0]
+    assert "'x.exe.gz'" not in found.refused[0]
+
+
+def test_no_compressed_note_when_the_rule_never_matched_one() -> None:
+    """A rule ending in .exe, or one already refused for .gz, gets no second note."""
+    assert () == banned_translation(DEBIAN_DOUBLE, "i").refused
+    assert 1 == len(banned_translation(r"\.exe\.(zip|gz)$", "i").refused)
+
+
 def test_counted_repeats_and_classes_are_spelled_out() -> None:
     """Debian's CLSID rule: {n} repeats and [0-9a-f] classes become a shell pattern."""
     found = banned_translation(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}?$", "i")
